@@ -1,0 +1,233 @@
+"""The ``dpack`` command: train, score, evaluate. Errors end with one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import DpackError
+
+log = logging.getLogger("dpack")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model file (default: the shipped models/dpack-default.pt)")
+    p.add_argument("--config", help="YAML configuration file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dpack", description="Early detection of malicious flows (D-PACK).")
+    ap.add_argument("--version", action="version", version=f"dpack {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a model on benign captures")
+    t.add_argument("captures", nargs="+", help="benign pcap/pcapng files (gzip allowed)")
+    t.add_argument("--out", required=True, help="model file to write")
+    t.add_argument("--arch", choices=("paper", "fast"), default="fast")
+    t.add_argument("--packets", type=int, default=3, help="N, packets per flow (default 3)")
+    t.add_argument(
+        "--bytes", type=int, default=80, help="L, bytes per packet from the IP header (default 80)"
+    )
+    t.add_argument("--policy", choices=("first", "payload"), default="payload", help="prefix policy")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="benign flows kept for calibration")
+    t.add_argument("--target-fpr", type=float, default=0.01, help="target false positive rate")
+    t.add_argument(
+        "--threshold",
+        choices=("quantile", "sigma"),
+        default="quantile",
+        help="quantile: (1-target FPR) quantile; sigma: mean + k*std of calibration scores",
+    )
+    t.add_argument("--sigma-k", type=float, default=3.0)
+    t.add_argument("--cnn-epochs", type=int, default=8)
+    t.add_argument("--ae-epochs", type=int, default=40)
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--name", default="", help="model name recorded in the file and in verdicts")
+
+    s = sub.add_parser("score", help="score every flow of a capture")
+    s.add_argument("capture", help="pcap/pcapng file (gzip allowed)")
+    _add_model_args(s)
+    s.add_argument("--verdicts", help="write one JSON line per flow here ('-' for stdout)")
+    s.add_argument("--explain", choices=("anomalous", "all", "none"), help="which verdicts get explanations")
+    s.add_argument("--top", type=int, default=10, help="flagged flows shown in the summary")
+
+    e = sub.add_parser("evaluate", help="detection metrics on labelled captures")
+    _add_model_args(e)
+    e.add_argument("--benign", nargs="+", default=[], help="benign captures")
+    e.add_argument("--attack", nargs="+", default=[], help="attack captures")
+    e.add_argument("--pcap", help="one capture with benign and attack flows (with --labels)")
+    e.add_argument("--labels", help="labels CSV (lab-dev format) for --pcap")
+    e.add_argument("--report", help="directory for ROC/PR/histogram plots and index.html")
+    e.add_argument("--json", help="write the metrics as JSON here")
+    return ap
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .config import load_config
+    from .modelfile import load_model
+
+    cfg = load_config(args.config, overrides={"model": args.model} if args.model else None)
+    expect = cfg.export.spec() if cfg.export is not None else None
+    return cfg, load_model(cfg.model_path(), expect=expect)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .packets import PrefixSpec
+    from .train import TrainOptions, train
+
+    try:
+        spec = PrefixSpec(args.packets, args.bytes, args.policy)
+        opts = TrainOptions(
+            arch=args.arch, spec=spec, val_fraction=args.val_fraction, target_fpr=args.target_fpr,
+            threshold_method=args.threshold, sigma_k=args.sigma_k, cnn_epochs=args.cnn_epochs,
+            ae_epochs=args.ae_epochs, seed=args.seed, name=args.name,
+        )  # fmt: skip
+    except ValueError as err:
+        raise DpackError(str(err)) from None
+    bar = tqdm(total=1 + opts.cnn_epochs + opts.ae_epochs, unit="step", file=sys.stderr,
+               disable=None, desc="train")  # fmt: skip
+
+    def progress(msg: str, n: int) -> None:
+        bar.set_postfix_str(msg)
+        bar.update(n)
+
+    try:
+        summary = train(args.captures, args.out, opts, progress)
+    except ValueError as err:
+        raise DpackError(str(err)) from None
+    finally:
+        bar.close()
+    st = summary["score_stats"]
+    print(f"model      {args.out}  ({summary['name']})")
+    print(
+        f"flows      {summary['provenance']['flows_total']} encoded; {summary['flows']['train']} train, "
+        f"{summary['flows']['calibration']} calibration"
+    )
+    print(f"classes    {', '.join(f'{k}={v}' for k, v in summary['class_counts'].items())}")
+    print(f"cnn        profile-class accuracy on calibration flows {summary['cnn_val_accuracy']:.4f}")
+    print(
+        f"threshold  {summary['threshold']:.6g} ({summary['threshold_method']}; "
+        f"quantile {summary['thresholds']['quantile']:.6g}, sigma {summary['thresholds']['sigma']:.6g})"
+    )
+    print(
+        f"calibration FPR at threshold {st['calibration_fpr_at_threshold']:.4f}; "
+        f"score p50 {st['calibration']['p50']:.3g} p99 {st['calibration']['p99']:.3g}"
+    )
+    print(f"time       {summary['provenance']['seconds']} s")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .score import Scorer, score_capture
+
+    cfg, model = _load(args)
+    scorer = Scorer(model, explain=args.explain or cfg.scoring.explain, top_k=cfg.scoring.top_k)
+    t0 = time.perf_counter()
+    out = None
+    tmp = None
+    if args.verdicts == "-":
+        out = sys.stdout
+    elif args.verdicts:
+        tmp = Path(args.verdicts).with_name(f".{Path(args.verdicts).name}.partial")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        out = open(tmp, "w")  # noqa: SIM115
+    try:
+        run = score_capture(args.capture, scorer, out, cfg.scoring.batch_size, cfg.scoring.idle_timeout,
+                            keep_top=args.top)  # fmt: skip
+    finally:
+        if out is not None and out is not sys.stdout:
+            out.close()
+    if tmp is not None:
+        os.replace(tmp, args.verdicts)
+    dt = time.perf_counter() - t0
+    info = sys.stderr if args.verdicts == "-" else sys.stdout
+    fs, cs = run.flow_stats, run.capture
+    print(
+        f"capture  {args.capture}: {cs.frames} frames, {fs.non_ip} non-IP, {fs.malformed} malformed, "
+        f"{fs.fragments} fragments, {cs.short_frames} cut by snaplen"
+        + (", TRUNCATED" if cs.truncated else ""),
+        file=info,
+    )
+    print(
+        f"model    {model.name} (N={model.spec.n_packets}, L={model.spec.n_bytes}, "
+        f"policy={model.spec.policy}, threshold={model.threshold:.6g})",
+        file=info,
+    )
+    print(
+        f"flows    {run.flows} scored, {run.flagged} flagged ({run.flagged / max(1, run.flows):.2%}) "
+        f"in {dt:.2f} s ({run.flows / max(dt, 1e-9):,.0f} flows/s)",
+        file=info,
+    )
+    if run.top:
+        print(f"\ntop {len(run.top)} flagged flows", file=info)
+        print(f"{'score':>9}  {'proto':<5} {'source':<22} {'destination':<22} explanation", file=info)
+        for v in run.top:
+            print(
+                f"{v.score:9.4g}  {v.proto:<5} {v.src + ':' + str(v.sport):<22} "
+                f"{v.dst + ':' + str(v.dport):<22} {', '.join(v.explanation)}",
+                file=info,
+            )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table, labelled_pcap, labelled_sets, write_report
+    from .score import Scorer
+
+    if args.pcap or args.labels:
+        if not (args.pcap and args.labels) or args.benign or args.attack:
+            raise DpackError("evaluate takes either --benign/--attack captures or --pcap with --labels")
+    elif not (args.benign and args.attack):
+        raise DpackError("evaluate needs --benign and --attack captures, or --pcap with --labels")
+    cfg, model = _load(args)
+    scorer = Scorer(model, explain="none")
+    data = (labelled_pcap(args.pcap, args.labels, model.spec) if args.pcap
+            else labelled_sets(args.benign, args.attack, model.spec))  # fmt: skip
+    if len(data.flows) == 0:
+        raise DpackError("no labelled flows to evaluate")
+    m, scores = evaluate(scorer, data)
+    attack_fams = {f for f, a in zip(data.family, data.is_attack, strict=True) if a}
+    print(
+        f"model {model.name} (N={model.spec.n_packets}, L={model.spec.n_bytes}, policy={model.spec.policy})"
+    )
+    if data.unlabelled:
+        print(f"note: {data.unlabelled} flows had no label row and were left out")
+    print(format_table(m, attack_fams))
+    if args.json:
+        from .modelfile import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps(m, indent=1) + "\n").encode())
+    if args.report:
+        files = write_report(args.report, m, data.is_attack, scores)
+        print(f"report: {files[-1]}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="dpack: %(levelname)s: %(message)s")  # fmt: skip
+    try:
+        return {"train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate}[args.cmd](args)
+    except DpackError as err:
+        print(f"dpack: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("dpack: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Evaluation: score labelled flows and report detection metrics, per attack family, with plots.
+
+Labels come either from the capture sets (``--benign``/``--attack``; families from a ``NAME.labels.csv``
+beside each capture when there is one, else the file name) or from a labels CSV in the lab-dev format
+(one row per flow, keyed by the initiator's 5-tuple and first timestamp).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import FlowSet, extract
+from .errors import LabelsError
+from .flows import FlowSample
+from .score import Scorer
+
+log = logging.getLogger(__name__)
+
+LabelKey = tuple[str, str, str, int, str, int]
+LABEL_COLUMNS = ("ts_first", "proto", "src", "sport", "dst", "dport", "label", "family")
+
+
+def sample_key(s: FlowSample) -> LabelKey:
+    return (f"{s.ts:.6f}", s.proto_name, s.src, s.sport, s.dst, s.dport)
+
+
+def read_labels(path: str | os.PathLike[str]) -> dict[LabelKey, tuple[bool, str]]:
+    """``key -> (is_attack, family)`` from a lab-dev style labels CSV."""
+    out: dict[LabelKey, tuple[bool, str]] = {}
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise LabelsError(f"{path}: labels CSV lacks column(s) {', '.join(missing)}")
+            for lineno, row in enumerate(reader, start=2):
+                try:
+                    key = (
+                        row["ts_first"],
+                        row["proto"],
+                        row["src"],
+                        int(row["sport"]),
+                        row["dst"],
+                        int(row["dport"]),
+                    )
+                except (TypeError, ValueError):
+                    raise LabelsError(f"{path}:{lineno}: bad port value") from None
+                label = row["label"].strip().lower()
+                if label not in ("benign", "attack"):
+                    raise LabelsError(
+                        f"{path}:{lineno}: label must be benign or attack, got {row['label']!r}"
+                    )
+                out[key] = (label == "attack", row["family"] or label)
+    except FileNotFoundError:
+        raise LabelsError(f"{path}: no such labels file") from None
+    except UnicodeDecodeError:
+        raise LabelsError(f"{path}: not a text CSV file") from None
+    return out
+
+
+def _labels_beside(capture: str | os.PathLike[str]) -> Path | None:
+    p = Path(capture)
+    stem = p.name
+    for suffix in (".gz", ".pcapng", ".pcap"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    cand = p.with_name(stem + ".labels.csv")
+    return cand if cand.is_file() else None
+
+
+@dataclass
+class Labelled:
+    flows: FlowSet
+    is_attack: np.ndarray  # (F,) bool
+    family: list[str]
+    unlabelled: int
+
+
+def labelled_sets(benign: Sequence[str], attack: Sequence[str], spec: Any) -> Labelled:
+    sets, attacks, fams = [], [], []
+    unlabelled = 0
+    for paths, is_attack in ((benign, False), (attack, True)):
+        for p in paths:
+            fs = extract([p], spec)
+            beside = _labels_beside(p)
+            labels = read_labels(beside) if beside else {}
+            default = ("attack" if is_attack else "benign") if not labels else None
+            keep = []
+            for i, s in enumerate(fs.samples):
+                lab = labels.get(sample_key(s))
+                if lab is None and default is None:
+                    unlabelled += 1
+                    continue
+                keep.append(i)
+                fams.append(lab[1] if lab else Path(p).name.split(".")[0])
+                attacks.append(is_attack)
+            sets.append(fs.subset(np.array(keep, dtype=np.int64)))
+    return Labelled(_concat(sets), np.array(attacks, dtype=bool), fams, unlabelled)
+
+
+def labelled_pcap(pcap: str, labels_csv: str, spec: Any) -> Labelled:
+    labels = read_labels(labels_csv)
+    fs = extract([pcap], spec)
+    keep, attacks, fams = [], [], []
+    for i, s in enumerate(fs.samples):
+        lab = labels.get(sample_key(s))
+        if lab is None:
+            continue
+        keep.append(i)
+        attacks.append(lab[0])
+        fams.append(lab[1])
+    unlabelled = len(fs) - len(keep)
+    return Labelled(fs.subset(np.array(keep, dtype=np.int64)), np.array(attacks, bool), fams, unlabelled)
+
+
+def _concat(sets: list[FlowSet]) -> FlowSet:
+    return FlowSet(
+        np.concatenate([s.data for s in sets]),
+        np.concatenate([s.direction for s in sets]),
+        [x for s in sets for x in s.samples],
+    )
+
+
+def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with ties counted half)."""
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([neg, pos]), kind="mergesort")
+    allv = np.concatenate([neg, pos])[order]
+    ranks = np.empty(len(allv))
+    # average ranks over ties
+    _, first, counts = np.unique(allv, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks_sorted = np.repeat(avg, counts)
+    ranks[order] = ranks_sorted
+    r_pos = ranks[len(neg) :].sum()
+    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def metrics(y: np.ndarray, scores: np.ndarray, threshold: float, family: list[str]) -> dict[str, Any]:
+    pred = scores > threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    tn = int((~pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    n = len(y)
+
+    def div(a: float, b: float) -> float:
+        return float(a / b) if b else 0.0
+
+    precision = div(tp, tp + fp)
+    recall = div(tp, tp + fn)
+    per_family: dict[str, dict[str, int]] = {}
+    for f, p in zip(family, pred, strict=True):
+        e = per_family.setdefault(f, {"flows": 0, "detected": 0})
+        e["flows"] += 1
+        e["detected"] += int(p)
+    return {
+        "flows": n,
+        "accuracy": div(tp + tn, n),
+        "precision": precision,
+        "recall": recall,
+        "f1": div(2 * precision * recall, precision + recall),
+        "fpr": div(fp, fp + tn),
+        "fnr": div(fn, fn + tp),
+        "auc": roc_auc(y, scores),
+        "threshold": float(threshold),
+        "per_family": dict(sorted(per_family.items())),
+    }
+
+
+def evaluate(scorer: Scorer, data: Labelled) -> tuple[dict[str, Any], np.ndarray]:
+    scores = np.concatenate(
+        [
+            scorer.scores(data.flows.data[i : i + 8192], data.flows.direction[i : i + 8192])
+            for i in range(0, len(data.flows), 8192)
+        ]
+        or [np.zeros(0, np.float32)]
+    )
+    return metrics(data.is_attack, scores, scorer.model.threshold, data.family), scores
+
+
+def format_table(m: dict[str, Any], attack_families: set[str]) -> str:
+    lines = [
+        f"flows {m['flows']}  threshold {m['threshold']:.6g}",
+        f"accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+        f"f1 {m['f1']:.4f}",
+        f"fpr {m['fpr']:.4f}  fnr {m['fnr']:.4f}  auc {m['auc']:.4f}",
+        "",
+        f"{'family':<24} {'kind':<7} {'flows':>7} {'flagged':>8} {'share':>7}",
+    ]
+    for fam, e in m["per_family"].items():
+        kind = "attack" if fam in attack_families else "benign"
+        share = e["detected"] / e["flows"] if e["flows"] else 0.0
+        lines.append(f"{fam:<24} {kind:<7} {e['flows']:>7} {e['detected']:>8} {share:>7.2%}")
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: str | os.PathLike[str], m: dict[str, Any], y: np.ndarray, scores: np.ndarray
+) -> list[Path]:
+    """ROC, precision-recall and score-histogram PNGs plus an index.html in ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(-scores, kind="mergesort")
+    ys = y[order]
+    tps = np.cumsum(ys)
+    fps = np.cumsum(~ys)
+    tpr = tps / max(1, ys.sum())
+    fpr = fps / max(1, (~ys).sum())
+    prec = tps / np.arange(1, len(ys) + 1)
+    files = []
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(np.concatenate([[0], fpr]), np.concatenate([[0], tpr]))
+    ax.axvline(m["fpr"], ls="--", c="grey")
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set(xlabel="false positive rate", ylabel="detection rate", title=f"ROC (AUC {m['auc']:.4f})")
+    fig.tight_layout()
+    fig.savefig(d / "roc.png", dpi=100)
+    files.append(d / "roc.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(tpr, prec)
+    ax.set(xlabel="recall", ylabel="precision", title="precision-recall")
+    fig.tight_layout()
+    fig.savefig(d / "pr.png", dpi=100)
+    files.append(d / "pr.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    lo = max(float(scores[scores > 0].min()) if (scores > 0).any() else 1e-6, 1e-8)
+    bins = np.logspace(np.log10(lo), np.log10(max(float(scores.max()), lo * 10)), 60)
+    ax.hist(scores[~y], bins=bins, alpha=0.6, label="benign")
+    ax.hist(scores[y], bins=bins, alpha=0.6, label="attack")
+    ax.axvline(m["threshold"], c="k", ls="--", label="threshold")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel="anomaly score", ylabel="flows", title="score histogram")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(d / "scores.png", dpi=100)
+    files.append(d / "scores.png")
+    plt.close(fig)
+    rows = "".join(
+        f"<tr><td>{html.escape(f)}</td><td>{e['flows']}</td><td>{e['detected']}</td>"
+        f"<td>{e['detected'] / max(1, e['flows']):.2%}</td></tr>"
+        for f, e in m["per_family"].items()
+    )
+    summary = {k: v for k, v in m.items() if k != "per_family"}
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>dpack evaluation</title></head><body>"
+        f"<h1>dpack evaluation</h1><pre>{html.escape(json.dumps(summary, indent=1))}</pre>"
+        f"<table border='1'><tr><th>family</th><th>flows</th><th>flagged</th><th>share</th></tr>{rows}</table>"
+        "<p><img src='roc.png'><img src='pr.png'><img src='scores.png'></p></body></html>"
+    )
+    (d / "index.html").write_text(page)
+    files.append(d / "index.html")
+    return files

@@ -1,0 +1,124 @@
+"""The model file: one ``torch.save`` dict of plain values and tensors, loaded with ``weights_only=True``.
+
+Contents: ``format``/``format_version``, ``config`` (rebuilds the network), ``prefix`` (N, L, policy,
+masking), ``state_dict``, ``threshold`` and how it was chosen, ``score_stats`` on the calibration flows,
+``classes`` (profile class names) and ``provenance`` (training files and their SHA-256, flow counts, dpack
+version, date). Files are written to a temporary name and renamed over the target, so a reader never sees
+half a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelError
+from .model import DPackNet, ModelConfig
+from .packets import PrefixSpec
+
+FORMAT = "dpack-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    net: DPackNet
+    spec: PrefixSpec
+    threshold: float
+    meta: dict[str, Any]
+    path: str
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        """Short name for verdicts and rules: the stored name and the first 12 hex digits of the file hash."""
+        return f"{self.meta.get('name', Path(self.path).stem)}@{self.sha256[:12]}"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_model(path: str | os.PathLike[str], net: DPackNet, spec: PrefixSpec, **meta: Any) -> None:
+    import io
+
+    blob = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": net.cfg.as_dict(),
+        "prefix": spec.as_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        **meta,
+    }
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_model(path: str | os.PathLike[str], expect: PrefixSpec | None = None) -> LoadedModel:
+    """Load and check a model file; ``expect`` is the configured export, refused if it differs."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        blob = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{path}: not a readable dpack model ({first[:160]})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a dpack model file")
+    if blob.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: model format version {blob.get('format_version')} is not supported "
+            f"(this dpack reads {FORMAT_VERSION})"
+        )
+    try:
+        cfg = ModelConfig(**blob["config"])
+        spec = PrefixSpec(**blob["prefix"])
+        net = DPackNet(cfg)
+        net.load_state_dict(blob["state_dict"])
+        threshold = float(blob["threshold"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AssertionError) as err:
+        raise ModelError(f"{path}: damaged dpack model ({str(err).splitlines()[0][:160]})") from None
+    if (spec.n_packets, spec.n_bytes) != (cfg.n_packets, cfg.n_bytes):
+        raise ModelError(f"{path}: damaged dpack model (prefix and network disagree)")
+    if expect is not None and expect != spec:
+        raise ModelError(
+            f"{path}: model expects packets={spec.n_packets} bytes={spec.n_bytes} policy={spec.policy} "
+            f"masking={spec.masking}, but the export is configured as packets={expect.n_packets} "
+            f"bytes={expect.n_bytes} policy={expect.policy} masking={expect.masking}"
+        )
+    net.eval()
+    meta = {k: v for k, v in blob.items() if k not in ("state_dict",)}
+    return LoadedModel(net, spec, threshold, meta, str(p), sha256_file(p))
