@@ -134,12 +134,13 @@ class DPackNet(nn.Module):
         return ((self.ae(z) - z) ** 2).mean(dim=1)
 
     def attribution(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 2, N*L) -> (B, N*L): gradient of the score times the byte's deviation from benign."""
+        """(B, 2, N*L) -> (B, 2, N*L): gradient of the score times the input's deviation from the mean
+        benign input; channel 0 per byte, channel 1 per byte of the direction channel."""
         x = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             s = self.score(x).sum()
             (g,) = torch.autograd.grad(s, x)
-        return (g * (x.detach() - self.x_mean)).sum(dim=1)  # (B, N*L): bytes and direction together
+        return g * (x.detach() - self.x_mean)  # (B, 2, N*L)
 
 
 def flops_per_flow(cfg: ModelConfig) -> int:

@@ -66,16 +66,18 @@ def explain_rows(
     """For each flow, the ``top_k`` input fields that raised the score most, as ``p<slot>.<field>``."""
     if len(x) == 0:
         return []
-    attr = model.net.attribution(x).numpy()  # (B, N*L)
+    attr = model.net.attribution(x).numpy()  # (B, 2, N*L)
     n, length = model.spec.n_packets, model.spec.n_bytes
     out = []
     for i in range(len(x)):
-        a = attr[i].reshape(n, length)  # (N, L)
+        a = attr[i, 0].reshape(n, length)  # (N, L) bytes
+        d = attr[i, 1].reshape(n, length).sum(axis=1)  # (N,) direction channel, per packet
         per_field: dict[str, float] = {}
         for j in range(n):
-            if direction[i, j] == 0:
-                per_field[f"p{j + 1}.absent"] = float(np.clip(a[j], 0, None).sum())
+            if direction[i, j] == 0:  # no packet: the absence itself is the evidence
+                per_field[f"p{j + 1}.absent"] = float(np.clip(a[j], 0, None).sum() + max(d[j], 0.0))
                 continue
+            per_field[f"p{j + 1}.direction"] = float(d[j])
             names = field_names(data[i, j])
             for k in np.flatnonzero(a[j] > 0):
                 key = f"p{j + 1}.{names[k]}"
