@@ -21,12 +21,13 @@ demo: install
 	$(BIN)/dpack score $(SAMPLE) --verdicts verdicts.jsonl
 
 test: install
-	$(BIN)/ruff check plugin tests benchmarks
+	$(BIN)/ruff check plugin tests benchmarks tools
+	$(BIN)/ruff format --check plugin tests benchmarks tools
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check plugin tests benchmarks
-	$(BIN)/ruff format --check plugin tests benchmarks
+	$(BIN)/ruff check plugin tests benchmarks tools
+	$(BIN)/ruff format --check plugin tests benchmarks tools
 
 bench: install
 	$(BIN)/python benchmarks/bench_extract.py
@@ -37,6 +38,6 @@ bench: install
 DATA ?= ../shared/datasets/lab-dev
 model: install
 	$(BIN)/dpack train $(DATA)/benign-train.pcap.gz --out models/dpack-default.pt --arch fast \
-	  --packets 3 --bytes 80 --policy payload --name dpack-default
+	  --packets 3 --bytes 80 --policy payload --target-fpr 0.005 --name dpack-default
 clean:
 	rm -rf $(VENV) verdicts.jsonl

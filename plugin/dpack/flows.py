@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from .packets import (
     ICMP6_QUERY_PAIRS,
     ICMP_QUERY_PAIRS,
+    LINKTYPE_ETHERNET,
     PROTO_ICMP,
     PROTO_ICMP6,
     PROTO_NAMES,
@@ -92,7 +93,8 @@ def _flow_key(p: Packet) -> tuple[object, ...]:
         a, b = (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
         return (p.proto, a, b)
     if p.proto in (PROTO_TCP, PROTO_UDP):
-        a, b = (p.src, p.sport), (p.dst, p.dport)
+        # address + port as bytes (the same key ``FlowTable.add``'s fast path builds from raw frames)
+        a, b = p.src + p.sport.to_bytes(2, "big"), p.dst + p.dport.to_bytes(2, "big")
         return (p.proto, a, b) if a <= b else (p.proto, b, a)
     if p.proto in (PROTO_ICMP, PROTO_ICMP6):
         a2, b2 = (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
@@ -134,6 +136,8 @@ class FlowTable:
         if ts - self._now >= 1.0 or ts < self._now:
             self._now = ts
             out.extend(self.expire(ts))
+        if linktype == LINKTYPE_ETHERNET and self._known_continuation(ts, frame):
+            return out
         off = ip_offset(frame, linktype)
         if off < 0:
             self.stats.non_ip += 1
@@ -171,6 +175,36 @@ class FlowTable:
             if len(f.frames) >= self.spec.n_packets:
                 out.append(self._sample(f))
         return out
+
+    def _known_continuation(self, ts: float, frame: bytes) -> bool:
+        """Fast path for the bulk of a capture: a later packet of a flow whose prefix is already handed out.
+
+        Only plain Ethernet + IPv4 (no options, not a fragment) + TCP/UDP; it builds the same key as
+        ``_flow_key`` straight from the bytes and only refreshes the flow's activity. Anything else, or
+        anything that could start a new flow (idle too long, a SYN after FIN/RST), takes the full path.
+        """
+        if len(frame) < 38 or frame[12] != 8 or frame[13] != 0 or frame[14] != 0x45:
+            return False
+        proto = frame[23]
+        if (proto != PROTO_TCP and proto != PROTO_UDP) or (frame[20] & 0x3F) or frame[21]:
+            return False
+        a = frame[26:30] + frame[34:36]
+        b = frame[30:34] + frame[36:38]
+        key = (proto, a, b) if a <= b else (proto, b, a)
+        f = self.flows.get(key)
+        if f is None or f.frames is not None or ts - f.last > self.idle_timeout:
+            return False
+        if proto == PROTO_TCP:
+            if len(frame) < 48:
+                return False
+            flags = frame[47]
+            if f.closing and flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
+                return False
+            if flags & (TCP_FIN | TCP_RST):
+                f.closing = True
+        f.last = ts
+        self.flows.move_to_end(key)
+        return True
 
     def expire(self, now: float) -> list[FlowSample]:
         """Hand out flows idle for longer than the timeout (with fewer than N packets) and forget them."""

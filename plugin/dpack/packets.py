@@ -462,6 +462,48 @@ _UDP_FIELDS = [(0, 2, "udp.sport"), (2, 4, "udp.dport"), (4, 6, "udp.len"), (6, 
 _ICMP_FIELDS = [(0, 1, "icmp.type"), (1, 2, "icmp.code"), (2, 4, "icmp.sum"), (4, 8, "icmp.rest")]
 
 
+# Every field name explanations can use, with a stable number (grows as names are first seen; finite:
+# header fields, ``payload[k]`` for k < L, a few extension-header names).
+FIELD_VOCAB: dict[str, int] = {}
+FIELD_NAMES: list[str] = []
+
+
+def _field_id(name: str) -> int:
+    i = FIELD_VOCAB.get(name)
+    if i is None:
+        i = FIELD_VOCAB[name] = len(FIELD_NAMES)
+        FIELD_NAMES.append(name)
+    return i
+
+
+def field_layout(ip_bytes: bytes | np.ndarray) -> np.ndarray:
+    """``field_names`` as numbers into ``FIELD_NAMES`` (one per byte); cached by header shape.
+
+    The names of a packet's bytes depend only on a few header bytes (version/IHL, protocol, TCP data
+    offset, total length), so packets of the same shape share one layout; explanations of thousands of
+    flows then cost one dictionary lookup per packet instead of a walk over every byte.
+    """
+    b = bytes(ip_bytes)
+    v = b[0] >> 4 if b else 0
+    if v == 4 and len(b) >= 20:
+        ihl = max((b[0] & 0x0F) * 4, 20)
+        key = (len(b), b[0], b[9], b[ihl + 12] if len(b) > ihl + 12 else -1, min(_u16(b, 2)[0], len(b)))
+        hit = _LAYOUTS.get(key)
+        if hit is None:
+            if len(_LAYOUTS) > 4096:  # bounded: hostile traffic cannot grow it without limit
+                _LAYOUTS.clear()
+            hit = _LAYOUTS[key] = _layout(b)
+        return hit
+    return _layout(b)
+
+
+_LAYOUTS: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def _layout(b: bytes) -> np.ndarray:
+    return np.fromiter((_field_id(n) for n in field_names(b)), dtype=np.intp, count=len(b))
+
+
 def field_names(ip_bytes: bytes | np.ndarray) -> list[str]:
     """A field name for every byte of a (masked, possibly padded) packet, e.g. ``tcp.flags``."""
     b = bytes(ip_bytes)

@@ -17,7 +17,7 @@ from .dataset import encode_samples
 from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable
 from .model import to_input
 from .modelfile import LoadedModel
-from .packets import field_names
+from .packets import FIELD_NAMES, field_layout
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +63,36 @@ class Verdict:
 def explain_rows(
     model: LoadedModel, x: torch.Tensor, data: np.ndarray, direction: np.ndarray, top_k: int = 3
 ) -> list[list[str]]:
-    """For each flow, the ``top_k`` input fields that raised the score most, as ``p<slot>.<field>``."""
-    if len(x) == 0:
+    """For each flow, the ``top_k`` input fields that raised the score most, as ``p<slot>.<field>``.
+
+    A field's weight is the sum of the positive attributions of its bytes; a packet's ``direction`` and,
+    for an empty slot, ``absent`` (the missing packet itself is the evidence) are fields too.
+    """
+    b = len(x)
+    if b == 0:
         return []
-    attr = model.net.attribution(x).numpy()  # (B, 2, N*L)
     n, length = model.spec.n_packets, model.spec.n_bytes
+    attr = model.net.attribution(x).numpy()  # (B, 2, N*L)
+    pos = np.clip(attr[:, 0].reshape(b, n, length), 0, None)  # (B, N, L)
+    d = attr[:, 1].reshape(b, n, length).sum(axis=2)  # (B, N) direction channel per packet
+    present = direction != 0  # (B, N)
+    gid = np.zeros((b, n, length), dtype=np.intp)
+    for i, j in zip(*np.nonzero(present), strict=True):
+        gid[i, j] = field_layout(data[i, j])
+    v = len(FIELD_NAMES) + 2  # + direction, absent
+    flat = (np.arange(b * n).reshape(b, n, 1) * v + gid).ravel()  # (B*N*L,) into (B, N, V)
+    sums = np.bincount(flat, weights=(pos * present[:, :, None]).ravel(), minlength=b * n * v)
+    sums = sums.reshape(b, n, v)
+    sums[:, :, v - 2] = np.where(present, d, 0.0)
+    sums[:, :, v - 1] = np.where(present, 0.0, pos.sum(axis=2) + np.clip(d, 0, None))
+    sums = sums.reshape(b, n * v)
+    k = min(top_k, n * v)
+    top = np.argpartition(-sums, k - 1, axis=1)[:, :k]  # (B, k) unordered
+    names = [*FIELD_NAMES, "direction", "absent"]
     out = []
-    for i in range(len(x)):
-        a = attr[i, 0].reshape(n, length)  # (N, L) bytes
-        d = attr[i, 1].reshape(n, length).sum(axis=1)  # (N,) direction channel, per packet
-        per_field: dict[str, float] = {}
-        for j in range(n):
-            if direction[i, j] == 0:  # no packet: the absence itself is the evidence
-                per_field[f"p{j + 1}.absent"] = float(np.clip(a[j], 0, None).sum() + max(d[j], 0.0))
-                continue
-            per_field[f"p{j + 1}.direction"] = float(d[j])
-            names = field_names(data[i, j])
-            for k in np.flatnonzero(a[j] > 0):
-                key = f"p{j + 1}.{names[k]}"
-                per_field[key] = per_field.get(key, 0.0) + float(a[j, k])
-        ranked = sorted(per_field.items(), key=lambda kv: -kv[1])
-        out.append([name for name, v in ranked[:top_k] if v > 0])
+    for i in range(b):
+        cols = sorted(top[i].tolist(), key=lambda c: -sums[i, c])
+        out.append([f"p{c // v + 1}.{names[c % v]}" for c in cols if sums[i, c] > 0])
     return out
 
 

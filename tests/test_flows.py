@@ -1,0 +1,98 @@
+"""The flow table: bidirectional keys, early hand-out, idle timeout, lone packets, ICMP, Community ID."""
+
+from __future__ import annotations
+
+import socket
+
+import communityid
+import dpkt
+import pytest
+from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, a4, a6, eth, handshake, ip4, ip6, tcp, udp
+
+from dpack.flows import FlowTable, community_id, flows_from_frames
+from dpack.packets import PrefixSpec
+
+FIRST2 = PrefixSpec(2, 80, "first")
+
+
+def feed(pkts, spec=FIRST2, t0=100.0, dt=0.01, idle=60.0):
+    return list(flows_from_frames(((t0 + i * dt, 1, eth(p)) for i, p in enumerate(pkts)), spec, idle))
+
+
+def test_bidirectional_flow_with_directions():
+    (s,) = feed(handshake())
+    assert (s.proto_name, s.src, s.sport, s.dst, s.dport) == ("tcp", CLIENT, 40000, SERVER, 22)
+    assert [f.is_orig for f in s.frames] == [True, False]
+    assert s.ts == pytest.approx(100.0)
+
+
+def test_sample_handed_out_as_soon_as_prefix_is_complete():
+    table = FlowTable(PrefixSpec(2, 80, "first"))
+    pk = handshake()
+    assert table.add(1.0, 1, eth(pk[0])) == []
+    ready = table.add(1.001, 1, eth(pk[1]))
+    assert len(ready) == 1 and len(ready[0].frames) == 2
+    # later packets of the same flow do not open a new flow
+    assert table.add(1.002, 1, eth(pk[2])) == [] and table.stats.flows == 1
+    assert table.flush() == []
+
+
+def test_lone_syn_is_a_flow_scored_at_the_end():
+    scan = [ip4(CLIENT, SERVER, tcp(50000 + i, 1 + i, dpkt.tcp.TH_SYN)) for i in range(5)]
+    out = feed(scan, PrefixSpec(3, 80, "payload"))
+    assert len(out) == 5 and all(len(s.frames) == 1 for s in out)
+
+
+def test_idle_timeout_splits_flows():
+    q = ip4(CLIENT, SERVER, udp(5000, 53, b"q"))
+    out = list(flows_from_frames([(0.0, 1, eth(q)), (200.0, 1, eth(q))], PrefixSpec(2, 80), 60.0))
+    assert len(out) == 2 and [s.ts for s in out] == [0.0, 200.0]
+
+
+def test_new_syn_after_fin_is_a_new_flow():
+    fin = ip4(CLIENT, SERVER, tcp(40000, 22, dpkt.tcp.TH_FIN | dpkt.tcp.TH_ACK))
+    pk = handshake()
+    out = feed([pk[0], fin, pk[0]], PrefixSpec(3, 80, "first"))
+    assert len(out) == 2
+
+
+def test_icmp_echo_request_and_reply_form_one_flow():
+    req = dpkt.icmp.ICMP(type=8, code=0, data=dpkt.icmp.ICMP.Echo(id=77, seq=1, data=b"ping"))
+    rep = dpkt.icmp.ICMP(type=0, code=0, data=dpkt.icmp.ICMP.Echo(id=77, seq=1, data=b"ping"))
+    other = dpkt.icmp.ICMP(type=8, code=0, data=dpkt.icmp.ICMP.Echo(id=78, seq=1, data=b"ping"))
+    out = feed([ip4(CLIENT, SERVER, req), ip4(SERVER, CLIENT, rep), ip4(CLIENT, SERVER, other)])
+    assert sorted(len(s.frames) for s in out) == [1, 2]
+    assert all(s.proto_name == "icmp" and s.sport == 8 for s in out)
+
+
+def test_ipv6_udp_flow():
+    q = ip6(CLIENT6, SERVER6, udp(5000, 53, b"q"), nxt=17)
+    r = ip6(SERVER6, CLIENT6, udp(53, 5000, b"r"), nxt=17)
+    (s,) = feed([q, r])
+    assert (s.src, s.dst, s.proto_name) == (CLIENT6, SERVER6, "udp")
+
+
+def test_non_ip_and_malformed_are_counted():
+    table = FlowTable(PrefixSpec(2, 80))
+    table.add(0.0, 1, b"\xff" * 6 + b"\x00" * 6 + b"\x08\x06" + b"\0" * 28)  # ARP
+    table.add(0.0, 1, eth(b"\x45" + b"\0" * 10))  # cut IPv4 header
+    assert (table.stats.non_ip, table.stats.malformed) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "proto, src, dst, sport, dport",
+    [
+        (6, "128.232.110.120", "66.35.250.204", 34855, 80),
+        (6, "66.35.250.204", "128.232.110.120", 80, 34855),
+        (17, "192.0.2.1", "198.51.100.7", 53, 5353),
+        (1, "192.0.2.1", "198.51.100.7", 8, 0),
+        (1, "192.0.2.1", "198.51.100.7", 3, 3),
+        (58, CLIENT6, SERVER6, 128, 0),
+    ],
+)
+def test_community_id_matches_reference_implementation(proto, src, dst, sport, dport):
+    ref = communityid.CommunityID()
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    tup = communityid.FlowTuple(proto, src, dst, sport, dport)
+    raw = a6 if fam == socket.AF_INET6 else a4
+    assert community_id(proto, raw(src), raw(dst), sport, dport) == ref.calc(tup)

@@ -1,0 +1,113 @@
+"""Networks, model files (round trip, refusal of damaged or mismatched files), thresholds, explanations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEFAULT_MODEL
+
+from dpack.errors import ModelError
+from dpack.model import DPackNet, ModelConfig, flops_per_flow, to_input
+from dpack.modelfile import load_model, save_model
+from dpack.packets import PrefixSpec
+from dpack.train import threshold_from
+
+
+def test_paper_architecture_shapes():
+    net = DPackNet(ModelConfig("paper", 2, 80, profile_dim=1024))
+    convs = [m for m in net.cnn.conv if isinstance(m, torch.nn.Conv1d)]
+    assert [(c.out_channels, c.kernel_size[0]) for c in convs] == [(32, 6), (64, 6)]
+    assert net.cnn.head.out_features == 25
+    dims = [m.out_features for m in net.ae if isinstance(m, torch.nn.Linear)]
+    assert dims == [512, 256, 512, 1024]
+    x = to_input(np.zeros((5, 2, 80), np.uint8), np.zeros((5, 2), np.int8))
+    logits, profile = net(x)
+    assert logits.shape == (5, 25) and profile.shape == (5, 1024) and net.score(x).shape == (5,)
+
+
+def test_fast_has_at_least_8x_fewer_flops():
+    for n in (2, 3, 4):
+        paper = flops_per_flow(ModelConfig("paper", n, 80, profile_dim=1024))
+        fast = flops_per_flow(ModelConfig("fast", n, 80, profile_dim=256))
+        assert paper / fast >= 8, (n, paper, fast)
+
+
+def test_threshold_methods():
+    s = np.linspace(0, 1, 1001)
+    assert threshold_from(s, "quantile", 0.01, 3) == pytest.approx(0.99)
+    assert threshold_from(s, "sigma", 0.01, 3) == pytest.approx(s.mean() + 3 * s.std())
+
+
+def test_model_file_round_trip(tmp_path):
+    net = DPackNet(ModelConfig("fast", 2, 80, profile_dim=64))
+    spec = PrefixSpec(2, 80, "first")
+    p = tmp_path / "m.pt"
+    save_model(p, net, spec, threshold=0.25, name="t", provenance={"files": []})
+    m = load_model(p, expect=spec)
+    assert m.threshold == 0.25 and m.spec == spec and m.name.startswith("t@")
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, m.net.state_dict()[k])
+    # the file is plain tensors and values: the safe loader reads it
+    assert torch.load(p, weights_only=True)["format"] == "dpack-model"
+
+
+def test_shipped_default_model_card_facts(default_model):
+    prov = default_model.meta["provenance"]
+    assert [f["name"] for f in prov["files"]] == ["benign-train.pcap.gz"]
+    assert default_model.meta["threshold_method"] in ("quantile", "sigma")
+    assert default_model.threshold == pytest.approx(default_model.meta["thresholds"]["quantile"])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b[: len(b) // 2], "not a readable dpack model"),
+        (lambda b: b"\0" * 100, "not a readable dpack model"),
+        (lambda b: b"", "not a readable dpack model"),
+    ],
+)
+def test_corrupt_model_files(tmp_path, mutate, message):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(mutate(DEFAULT_MODEL.read_bytes()))
+    with pytest.raises(ModelError, match=message) as ei:
+        load_model(p)
+    assert "\n" not in str(ei.value)
+
+
+def test_model_with_foreign_pickle_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"format": "dpack-model", "x": Evil()}, p)
+    with pytest.raises(ModelError, match="not a readable dpack model"):
+        load_model(p)
+
+
+def test_wrong_contents_and_versions(tmp_path):
+    p = tmp_path / "m.pt"
+    torch.save({"hello": 1}, p)
+    with pytest.raises(ModelError, match="not a dpack model file"):
+        load_model(p)
+    torch.save({"format": "dpack-model", "format_version": 99}, p)
+    with pytest.raises(ModelError, match="format version 99"):
+        load_model(p)
+    blob = torch.load(DEFAULT_MODEL, weights_only=True)
+    del blob["state_dict"]["ae.0.weight"]
+    torch.save(blob, p)
+    with pytest.raises(ModelError, match="damaged dpack model"):
+        load_model(p)
+
+
+def test_mismatched_export_is_refused_with_one_line():
+    with pytest.raises(ModelError) as ei:
+        load_model(DEFAULT_MODEL, expect=PrefixSpec(2, 80, "first"))
+    msg = str(ei.value)
+    assert "\n" not in msg and "packets=3" in msg and "packets=2" in msg and "policy=first" in msg
+
+
+def test_missing_model():
+    with pytest.raises(ModelError, match="no such model file"):
+        load_model("does/not/exist.pt")
