@@ -301,6 +301,13 @@ class FlowInput(NamedTuple):
     direction: np.ndarray  # (N,) int8: +1 from the initiator, -1 from the responder, 0 no packet
 
 
+# Zero runs for fixed-size fields. ``_mask_ip`` writes them with plain slice assignments: on the buffer
+# ``mask_packet`` pads with _PAD, every fixed IPv4/TCP/UDP/ICMP field offset (IHL <= 60, quoted headers
+# included) lies inside it; a write past the end could only extend the buffer, which is cut back after.
+_Z2, _Z8, _Z10 = bytes(2), bytes(8), bytes(10)
+_PAD = bytes(192)
+
+
 def _zero(b: bytearray, start: int, stop: int) -> None:
     """Zero b[start:stop], clipped to the buffer."""
     stop = min(stop, len(b))
@@ -339,8 +346,8 @@ def _mask_ip(b: bytearray, off: int, orig_port_at: int | None, depth: int = 0) -
     version = b[off] >> 4
     if version == 4:
         ihl = max((b[off] & 0x0F) * 4, 20)
-        _zero(b, off + 4, off + 6)  # ip.id
-        _zero(b, off + 10, off + 20)  # ip.sum, ip.src, ip.dst
+        b[off + 4 : off + 6] = _Z2  # ip.id
+        b[off + 10 : off + 20] = _Z10  # ip.sum, ip.src, ip.dst
         _zero(b, off + 20, off + ihl)  # options
         proto = b[off + 9] if off + 9 < len(b) else -1
         nonfirst = off + 7 < len(b) and (((b[off + 6] << 8) | b[off + 7]) & 0x1FFF) != 0
@@ -378,20 +385,20 @@ def _mask_ip(b: bytearray, off: int, orig_port_at: int | None, depth: int = 0) -
         return
     if proto in (PROTO_TCP, PROTO_UDP):
         if orig_port_at is not None:
-            _zero(b, l4 + orig_port_at, l4 + orig_port_at + 2)
+            b[l4 + orig_port_at : l4 + orig_port_at + 2] = _Z2
             resp = l4 + 2 - orig_port_at
             if resp + 1 < len(b) and b[resp] >= DYNAMIC_PORT_HIGH_BYTE:
-                _zero(b, resp, resp + 2)
+                b[resp : resp + 2] = _Z2
     if proto == PROTO_TCP:
-        _zero(b, l4 + 4, l4 + 12)  # seq, ack
-        _zero(b, l4 + 16, l4 + 18)  # checksum
+        b[l4 + 4 : l4 + 12] = _Z8  # seq, ack
+        b[l4 + 16 : l4 + 18] = _Z2  # checksum
         if l4 + 12 < len(b):
             doff = (b[l4 + 12] >> 4) * 4
             _mask_tcp_options(b, l4 + 20, l4 + doff)
     elif proto == PROTO_UDP:
-        _zero(b, l4 + 6, l4 + 8)
+        b[l4 + 6 : l4 + 8] = _Z2
     elif proto in (PROTO_ICMP, PROTO_ICMP6):
-        _zero(b, l4 + 2, l4 + 4)  # checksum
+        b[l4 + 2 : l4 + 4] = _Z2  # checksum
         if l4 >= len(b):
             return
         itype = b[l4]
@@ -406,9 +413,11 @@ def _mask_ip(b: bytearray, off: int, orig_port_at: int | None, depth: int = 0) -
 
 
 def mask_packet(ip_bytes: bytes, is_orig: bool) -> bytearray:
-    """A masked copy of an IP packet (bytes from the IP header on)."""
-    b = bytearray(ip_bytes)
+    """A masked copy of an IP packet (bytes from the IP header on), as long as ``ip_bytes``."""
+    n = len(ip_bytes)
+    b = bytearray(ip_bytes) + _PAD  # header fields of a cut packet are then still in the buffer
     _mask_ip(b, 0, 0 if is_orig else 2)
+    del b[n:]
     return b
 
 
@@ -437,7 +446,7 @@ def encode_flow(frames: Sequence[Frame], spec: PrefixSpec) -> FlowInput:
             first = False
             continue
         first = False
-        masked = mask_packet(fr.data[off : off + length + 64], fr.is_orig)[:length]
+        masked = mask_packet(fr.data[off : off + length], fr.is_orig)
         data[slot, : len(masked)] = np.frombuffer(bytes(masked), dtype=np.uint8)
         direction[slot] = 1 if fr.is_orig else -1
         slot += 1

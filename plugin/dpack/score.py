@@ -17,7 +17,7 @@ from .dataset import encode_samples
 from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable
 from .model import to_input
 from .modelfile import LoadedModel
-from .packets import FIELD_NAMES, field_layout
+from .packets import FIELD_NAMES, PrefixSpec, field_layout
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,12 @@ def explain_rows(
     sums = sums.reshape(b, n * v)
     k = min(top_k, n * v)
     top = np.argpartition(-sums, k - 1, axis=1)[:, :k]  # (B, k) unordered
+    vals = np.take_along_axis(sums, top, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    top, vals = np.take_along_axis(top, order, axis=1).tolist(), np.take_along_axis(vals, order, axis=1) > 0
     names = [*FIELD_NAMES, "direction", "absent"]
-    out = []
-    for i in range(b):
-        cols = sorted(top[i].tolist(), key=lambda c: -sums[i, c])
-        out.append([f"p{c // v + 1}.{names[c % v]}" for c in cols if sums[i, c] > 0])
-    return out
+    return [[f"p{c // v + 1}.{names[c % v]}" for c, ok in zip(row, keep, strict=True) if ok]
+            for row, keep in zip(top, vals.tolist(), strict=True)]  # fmt: skip
 
 
 class Scorer:
@@ -112,9 +112,17 @@ class Scorer:
             return self.model.net.score(to_input(data, direction)).numpy()
 
     def verdicts(self, samples: Sequence[FlowSample]) -> list[Verdict]:
+        """Verdicts for flow samples (their frames are encoded here)."""
         if not samples:
             return []
-        data, direction = encode_samples(samples, self.model.spec)
+        return self.verdicts_encoded(samples, *encode_samples(samples, self.model.spec))
+
+    def verdicts_encoded(
+        self, samples: Sequence[FlowSample], data: np.ndarray, direction: np.ndarray
+    ) -> list[Verdict]:
+        """Verdicts for samples already encoded with ``encode_samples`` under this model's spec."""
+        if not samples:
+            return []
         x = to_input(data, direction)
         with torch.no_grad():
             s = self.model.net.score(x).numpy()
@@ -168,6 +176,25 @@ def _chunks(it: Iterable[FlowSample], size: int) -> Iterator[list[FlowSample]]:
         yield buf
 
 
+def _encoded_chunks(
+    path: str | os.PathLike[str], spec: PrefixSpec, idle_timeout: float, size: int, run: ScoreRun
+) -> Iterator[tuple[list[FlowSample], np.ndarray, np.ndarray]]:
+    """Read, group into flows and encode a capture: chunks of (samples without frames, data, direction)."""
+    table = FlowTable(spec, idle_timeout)
+    run.flow_stats = table.stats
+
+    def samples() -> Iterator[FlowSample]:
+        for ts, lt, fr in read_capture(path, run.capture):
+            yield from table.add(ts, lt, fr)
+        yield from table.flush()
+
+    for chunk in _chunks(samples(), size):
+        data, direction = encode_samples(chunk, spec)
+        for smp in chunk:
+            smp.frames = []  # encoded; no need to keep (or send) the bytes
+        yield chunk, data, direction
+
+
 def score_capture(
     path: str | os.PathLike[str],
     scorer: Scorer,
@@ -179,16 +206,8 @@ def score_capture(
 ) -> ScoreRun:
     """Score every flow of a capture, streaming: verdict JSON lines go to ``out`` as batches finish."""
     run = ScoreRun()
-    table = FlowTable(scorer.model.spec, idle_timeout)
-    run.flow_stats = table.stats
-
-    def samples() -> Iterator[FlowSample]:
-        for ts, lt, fr in read_capture(path, run.capture):
-            yield from table.add(ts, lt, fr)
-        yield from table.flush()
-
-    for chunk in _chunks(samples(), batch_size):
-        vs = scorer.verdicts(chunk)
+    for samples, data, direction in _encoded_chunks(path, scorer.model.spec, idle_timeout, batch_size, run):
+        vs = scorer.verdicts_encoded(samples, data, direction)
         run.flows += len(vs)
         flagged = [v for v in vs if v.anomalous]
         run.flagged += len(flagged)
