@@ -24,6 +24,7 @@ test: install
 	$(BIN)/ruff check plugin tests benchmarks tools
 	$(BIN)/ruff format --check plugin tests benchmarks tools
 	$(BIN)/python -m pytest -q
+	cd tests/btest && PATH="$(abspath $(BIN)):$$PATH" btest -d
 
 lint: install
 	$(BIN)/ruff check plugin tests benchmarks tools

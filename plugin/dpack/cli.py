@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--explain", choices=("anomalous", "all", "none"), help="which verdicts get explanations")
     s.add_argument("--top", type=int, default=10, help="flagged flows shown in the summary")
 
+    v = sub.add_parser("serve", help="score flows exported by Zeek, live")
+    _add_model_args(v)
+    v.add_argument("--url", help="Zeek WebSocket URL (default ws://127.0.0.1:27759/v1/messages/json)")
+    v.add_argument("--topic", help="sample topic (prefix) to subscribe to (default dpack/samples)")
+    v.add_argument("--alerts", help="SIEM feed, ECS JSON lines ('' for none; default dpack-alerts.jsonl)")
+    v.add_argument(
+        "--metrics-port", type=int, help="Prometheus endpoint on 127.0.0.1 (0 for none; default 9477)"
+    )
+
     e = sub.add_parser("evaluate", help="detection metrics on labelled captures")
     _add_model_args(e)
     e.add_argument("--benign", nargs="+", default=[], help="benign captures")
@@ -68,6 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", help="directory for ROC/PR/histogram plots and index.html")
     e.add_argument("--json", help="write the metrics as JSON here")
     return ap
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from .config import load_config
+    from .serve import Service
+
+    zeek = {k: v for k, v in (("url", args.url), ("topic", args.topic)) if v is not None}
+    serve = {k: v for k, v in (("alerts", args.alerts), ("metrics_port", args.metrics_port)) if v is not None}
+    overrides: dict[str, Any] = {"zeek": zeek, "serve": serve}
+    if args.model:
+        overrides["model"] = args.model
+    cfg = load_config(args.config, overrides=overrides)
+    if not args.verbose:
+        logging.getLogger("dpack").setLevel(logging.INFO)
+
+    async def main() -> None:
+        service = Service(cfg)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop.set)
+        await service.run()
+
+    asyncio.run(main())
+    return 0
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -215,10 +251,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="dpack: %(levelname)s: %(message)s")  # fmt: skip
+    fmt = (
+        "%(asctime)s dpack: %(levelname)s: %(message)s"
+        if args.cmd == "serve"
+        else "dpack: %(levelname)s: %(message)s"
+    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format=fmt)
     try:
-        return {"train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate}[args.cmd](args)
+        cmds = {"train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate, "serve": cmd_serve}
+        return cmds[args.cmd](args)
     except DpackError as err:
         print(f"dpack: error: {err}", file=sys.stderr)
         return 2

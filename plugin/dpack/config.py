@@ -13,7 +13,18 @@ YAML layout (every key optional)::
       top_k: 3
       idle_timeout: 60.0
 
-Environment: ``DPACK_MODEL``, and ``DPACK_<SECTION>_<KEY>`` for the others (``DPACK_EXPORT_PACKETS=3``).
+    zeek:                            # dpack serve: how to reach Zeek
+      url: ws://127.0.0.1:27759/v1/messages/json
+      transport: websocket           # websocket | broker
+      topic: dpack/samples
+    serve:                           # dpack serve: queues, outputs, endpoints (see ServeConfig)
+      batch_size: 256
+      max_delay_ms: 2.0
+      alerts: dpack-alerts.jsonl
+      metrics_port: 9477
+
+Environment: ``DPACK_MODEL``, and ``DPACK_<SECTION>_<KEY>`` for the others (``DPACK_EXPORT_PACKETS=3``,
+``DPACK_SERVE_METRICS_PORT=0``).
 """
 
 from __future__ import annotations
@@ -53,10 +64,42 @@ class ScoringConfig:
 
 
 @dataclass
+class ZeekConfig:
+    """How ``dpack serve`` reaches Zeek."""
+
+    # Zeek's WebSocket API (JSON v1); 27759 is the port zeekctl's WebSocket listener uses.
+    url: str = "ws://127.0.0.1:27759/v1/messages/json"
+    transport: str = "websocket"  # websocket | broker (native, Zeek's own Python bindings)
+    # Topic (prefix) to subscribe to: "dpack/samples" takes every shard, "dpack/samples/1" one shard.
+    topic: str = "dpack/samples"
+    # Reconnect backoff doubles from 0.2 s up to this many seconds.
+    reconnect_max: float = 30.0
+
+
+@dataclass
+class ServeConfig:
+    """The live scorer's queues, outputs and operational endpoints."""
+
+    batch_size: int = 256  # flows per model call at most
+    max_delay_ms: float = 2.0  # a partial batch is scored this long after its first flow arrived
+    queue_size: int = 65536  # flows waiting to be scored; beyond it new flows are dropped and counted
+    outbox_size: int = 65536  # verdicts waiting for a Zeek connection; beyond it the oldest are dropped
+    alerts: str = "dpack-alerts.jsonl"  # SIEM feed (ECS JSON lines); "" for none
+    alerts_all: bool = False  # also write non-anomalous verdicts (event.kind "event")
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 9477  # Prometheus text format; 0 for none
+    log_interval: float = 60.0  # seconds between operational log lines
+    watch: bool = True  # reload the model and this file when they change
+
+
+@dataclass
 class Config:
     model: str | None = None
     export: ExportConfig | None = None  # None: take the model's own prefix (offline use)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    zeek: ZeekConfig = field(default_factory=ZeekConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    path: str | None = None  # the YAML file this came from, if any
 
     def model_path(self) -> str:
         if self.model:
@@ -81,11 +124,28 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("scoring", "explain"): lambda v: v in EXPLAIN_MODES,
     ("scoring", "top_k"): lambda v: 1 <= v <= 32,
     ("scoring", "idle_timeout"): lambda v: 0 < v <= 86400,
+    ("zeek", "url"): lambda v: v.startswith(("ws://", "wss://", "tcp://")),
+    ("zeek", "transport"): lambda v: v in ("websocket", "broker"),
+    ("zeek", "topic"): lambda v: 0 < len(v) <= 200 and v.isprintable(),
+    ("zeek", "reconnect_max"): lambda v: 0.2 <= v <= 3600,
+    ("serve", "batch_size"): lambda v: 1 <= v <= 4096,
+    ("serve", "max_delay_ms"): lambda v: 0 <= v <= 1000,
+    ("serve", "queue_size"): lambda v: 1 <= v <= 10_000_000,
+    ("serve", "outbox_size"): lambda v: 1 <= v <= 10_000_000,
+    ("serve", "metrics_port"): lambda v: 0 <= v <= 65535,
+    ("serve", "log_interval"): lambda v: 0.1 <= v <= 86400,
 }
+_SECTIONS = ("export", "scoring", "zeek", "serve")
 
 
 def _coerce(where: str, value: Any, typ: type) -> Any:
-    if typ is bool or isinstance(value, bool) and typ is not bool:
+    if typ is bool:
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(value, bool):
         raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
     if isinstance(value, str) and typ in (int, float):
         try:
@@ -104,7 +164,7 @@ def _apply_section(obj: Any, section: str, values: Mapping[str, Any], origin: st
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{origin}: unknown setting {section}.{key} (known: {', '.join(known)})")
-        typ = {"int": int, "float": float, "str": str}[str(known[key].type)]
+        typ = {"int": int, "float": float, "str": str, "bool": bool}[str(known[key].type)]
         v = _coerce(f"{origin}: {section}.{key}", value, typ)
         check = _CHECKS.get((section, key))
         if check is not None and not check(v):
@@ -133,19 +193,20 @@ def load_config(
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         _merge(cfg, raw, str(path), base=Path(path).resolve().parent)
+        cfg.path = str(path)
     env = os.environ if env is None else env
     from_env: dict[str, Any] = {}
     for k, v in env.items():
         if not k.startswith("DPACK_") or k in ("DPACK_MODEL",):
             continue
         parts = k[len("DPACK_") :].lower().split("_", 1)
-        if len(parts) == 2 and parts[0] in ("export", "scoring"):
+        if len(parts) == 2 and parts[0] in _SECTIONS:
             from_env.setdefault(parts[0], {})[parts[1]] = v
     if "DPACK_MODEL" in env:
         from_env["model"] = env["DPACK_MODEL"]
     _merge(cfg, from_env, "environment", base=Path.cwd())
     if overrides:
-        _merge(cfg, {k: v for k, v in overrides.items() if v}, "command line", base=Path.cwd())
+        _merge(cfg, {k: v for k, v in overrides.items() if v or v == ""}, "command line", base=Path.cwd())
     return cfg
 
 
@@ -163,9 +224,9 @@ def _merge(cfg: Config, raw: Mapping[str, Any], origin: str, base: Path) -> None
             if cfg.export is None:
                 cfg.export = ExportConfig()
             _apply_section(cfg.export, "export", value, origin)
-        elif key == "scoring":
+        elif key in _SECTIONS:
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{origin}: scoring must be a mapping")
-            _apply_section(cfg.scoring, "scoring", value, origin)
+                raise ConfigError(f"{origin}: {key} must be a mapping")
+            _apply_section(getattr(cfg, key), key, value, origin)
         else:
-            raise ConfigError(f"{origin}: unknown setting {key!r} (known: model, export, scoring)")
+            raise ConfigError(f"{origin}: unknown setting {key!r} (known: model, {', '.join(_SECTIONS)})")

@@ -1,0 +1,351 @@
+"""Zeek WebSocket API messages (JSON v1 encoding) <-> Python values, and the dpack contract on top.
+
+Built against frames recorded from Zeek 8.0.10 (``shared/zeek-wire``; replayed by ``tests/test_codec.py``):
+
+* every value is ``{"@data-type": T, "data": V}``; records are vectors of their fields in order;
+* an event is a data message whose ``data`` is ``[count 1, count 1, [name, [args...], metadata?]]``: in the
+  recorded frames the metadata (e.g. the network timestamp) is the event body's optional third element
+  (the fixture README places it as a fourth envelope element; both are accepted, and ignored);
+* ``count`` can be 2**64-1 (parsed exactly: Python's json keeps integers exact);
+* ``timestamp`` is ISO 8601 in UTC with millisecond precision;
+* strings holding raw bytes arrive as invalid UTF-8 - which is why the contract sends packets base64.
+
+Nothing here trusts its input: every deviation raises ``CodecError`` with a short reason, which the service
+counts and logs; it is never fatal.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import ipaddress
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import contract as C
+from .errors import DpackError
+from .flows import FlowSample, community_id
+from .packets import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, Frame
+
+_PORT_PROTOS = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP}
+_MAX_FRAME_TEXT = 4 * 1024 * 1024  # a text frame larger than this is refused before parsing
+_U64 = 2**64
+
+
+class CodecError(DpackError):
+    """A WebSocket message that does not decode, or does not fit the contract."""
+
+
+@dataclass(frozen=True)
+class Ack:
+    endpoint: str
+    version: str
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    code: str
+    context: str
+
+
+@dataclass(frozen=True)
+class Event:
+    topic: str
+    name: str
+    args: list[Any]  # decoded values
+    has_metadata: bool
+
+
+@dataclass(frozen=True)
+class Port:
+    number: int
+    proto: str  # "tcp", "udp", "icmp", "unknown"
+
+    def wire(self) -> str:
+        return f"{self.number}/{self.proto}"
+
+
+Message = Ack | ErrorReply | Event
+
+
+# --- values -------------------------------------------------------------------------------------------
+
+
+def _ts_to_iso(ts: float) -> str:
+    """Zeek's JSON form of a ``time``: ISO 8601, UTC, no zone, milliseconds."""
+    ms = round(ts * 1000)
+    dt = _dt.datetime.fromtimestamp(ms // 1000, _dt.UTC).replace(tzinfo=None)
+    return f"{dt.strftime('%Y-%m-%dT%H:%M:%S')}.{ms % 1000:03d}"
+
+
+def _iso_to_ts(text: str) -> float:
+    try:
+        dt = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CodecError(f"bad timestamp {text[:40]!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=_dt.UTC)
+    return dt.timestamp()
+
+
+def decode_value(node: Any) -> Any:
+    """One ``{"@data-type", "data"}`` node -> Python value (vectors recursively)."""
+    if not isinstance(node, dict) or "@data-type" not in node or "data" not in node:
+        raise CodecError("value without @data-type/data")
+    t, v = node["@data-type"], node["data"]
+    if t == "vector":
+        if not isinstance(v, list):
+            raise CodecError("vector data is not a list")
+        return [decode_value(x) for x in v]
+    if t == "count":
+        if type(v) is not int or not 0 <= v < _U64:
+            raise CodecError(f"bad count {str(v)[:30]}")
+        return v
+    if t == "integer":
+        if type(v) is not int:
+            raise CodecError(f"bad integer {str(v)[:30]}")
+        return v
+    if t == "real":
+        if type(v) not in (int, float) or not math.isfinite(v):
+            raise CodecError(f"bad real {str(v)[:30]}")
+        return float(v)
+    if t == "boolean":
+        if type(v) is not bool:
+            raise CodecError("bad boolean")
+        return v
+    if t == "string":
+        if not isinstance(v, str):
+            raise CodecError("bad string")
+        return v
+    if t == "address":
+        try:
+            return ipaddress.ip_address(v)
+        except (ValueError, TypeError):
+            raise CodecError(f"bad address {str(v)[:45]!r}") from None
+    if t == "port":
+        if not isinstance(v, str) or "/" not in v:
+            raise CodecError(f"bad port {str(v)[:20]!r}")
+        num, _, proto = v.partition("/")
+        if not num.isdigit() or int(num) > 65535:
+            raise CodecError(f"bad port {v[:20]!r}")
+        return Port(int(num), proto)
+    if t == "timestamp":
+        if not isinstance(v, str):
+            raise CodecError("bad timestamp")
+        return _iso_to_ts(v)
+    if t == "none":
+        return None
+    raise CodecError(f"unsupported @data-type {str(t)[:20]!r}")
+
+
+def encode_value(t: str, v: Any) -> dict[str, Any]:
+    """Python value -> ``{"@data-type", "data"}`` of wire type ``t``."""
+    if t == "count":
+        assert isinstance(v, int) and 0 <= v < _U64, v
+        return {"@data-type": "count", "data": v}
+    if t == "real":
+        f = float(v)
+        return {"@data-type": "real", "data": f if math.isfinite(f) else 0.0}
+    if t == "boolean":
+        return {"@data-type": "boolean", "data": bool(v)}
+    if t == "string":
+        return {"@data-type": "string", "data": str(v)}
+    if t == "address":
+        return {"@data-type": "address", "data": str(ipaddress.ip_address(v))}
+    if t == "port":
+        return {"@data-type": "port", "data": v.wire() if isinstance(v, Port) else str(v)}
+    if t == "timestamp":
+        return {"@data-type": "timestamp", "data": _ts_to_iso(float(v))}
+    raise ValueError(f"cannot encode wire type {t}")
+
+
+def encode_record(fields: Sequence[tuple[str, str]], values: dict[str, Any]) -> dict[str, Any]:
+    return {"@data-type": "vector", "data": [encode_value(t, values[name]) for name, t in fields]}
+
+
+# --- messages -----------------------------------------------------------------------------------------
+
+
+def decode_message(raw: str | bytes) -> Message:
+    """One WebSocket text frame -> Ack, ErrorReply or Event."""
+    if len(raw) > _MAX_FRAME_TEXT:
+        raise CodecError(f"frame of {len(raw)} bytes is larger than {_MAX_FRAME_TEXT}")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CodecError("frame is not valid UTF-8 (raw bytes in a Zeek string?)") from None
+    try:
+        msg = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise CodecError("frame is not valid JSON") from None
+    if not isinstance(msg, dict):
+        raise CodecError("frame is not a JSON object")
+    kind = msg.get("type")
+    if kind == "ack":
+        return Ack(str(msg.get("endpoint", "")), str(msg.get("version", "")))
+    if kind == "error":
+        return ErrorReply(str(msg.get("code", "")), str(msg.get("context", "")))
+    if kind != "data-message":
+        raise CodecError(f"unknown message type {str(kind)[:30]!r}")
+    topic = msg.get("topic")
+    if not isinstance(topic, str):
+        raise CodecError("data message without topic")
+    if msg.get("@data-type") != "vector" or not isinstance(msg.get("data"), list):
+        raise CodecError("data message is not a vector")
+    env = msg["data"]
+    if len(env) not in (3, 4):
+        raise CodecError(f"event envelope has {len(env)} elements, expected 3 or 4")
+    if decode_value(env[0]) != 1 or decode_value(env[1]) != 1:
+        raise CodecError("not an event (format/type are not 1/1)")
+    body = env[2]
+    if (
+        not isinstance(body, dict)
+        or body.get("@data-type") != "vector"
+        or not isinstance(body.get("data"), list)
+    ):
+        raise CodecError("event body is not a vector")
+    if len(body["data"]) not in (2, 3):
+        raise CodecError(f"event body has {len(body['data'])} elements, expected name, arguments, metadata")
+    name = decode_value(body["data"][0])
+    if not isinstance(name, str):
+        raise CodecError("event name is not a string")
+    args_node = body["data"][1]
+    if not isinstance(args_node, dict) or args_node.get("@data-type") != "vector":
+        raise CodecError("event arguments are not a vector")
+    args = decode_value(args_node)
+    return Event(topic, name, args, len(env) == 4 or len(body["data"]) == 3)
+
+
+def encode_event(topic: str, name: str, args: list[dict[str, Any]]) -> str:
+    """An event as a data message (compact JSON, no metadata element), ready to send."""
+    msg = {
+        "type": "data-message",
+        "topic": topic,
+        "@data-type": "vector",
+        "data": [
+            {"@data-type": "count", "data": 1},
+            {"@data-type": "count", "data": 1},
+            {"@data-type": "vector", "data": [{"@data-type": "string", "data": name},
+                                              {"@data-type": "vector", "data": args}]},
+        ],
+    }  # fmt: skip
+    return json.dumps(msg, separators=(",", ":"))
+
+
+# --- the dpack contract -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    version: int
+    node: str
+    reply_topic: str
+    policy: str
+    packets: int
+    bytes: int
+    sent: float
+
+
+@dataclass
+class SampleBatch:
+    header: BatchHeader
+    samples: list[FlowSample]
+    skipped: list[str]  # one reason per sample left out
+
+
+def _record(value: Any, fields: Sequence[tuple[str, str]], what: str) -> dict[str, Any]:
+    if not isinstance(value, list) or len(value) != len(fields):
+        n = len(value) if isinstance(value, list) else "no"
+        raise CodecError(f"{what}: expected a record of {len(fields)} fields, got {n}")
+    out = {}
+    checks = {"count": int, "string": str, "real": float, "boolean": bool, "timestamp": float,
+              "port": Port, "vector": list}  # fmt: skip
+    for (name, t), v in zip(fields, value, strict=True):
+        if t == "address":
+            ok = isinstance(v, ipaddress.IPv4Address | ipaddress.IPv6Address)
+        else:
+            ok = type(v) is checks[t] or (t == "count" and type(v) is int)
+        if not ok:
+            raise CodecError(f"{what}: field {name} is not a {t}")
+        out[name] = v
+    return out
+
+
+def _sample(rec: dict[str, Any], max_packets: int) -> FlowSample:
+    proto = _PORT_PROTOS.get(rec["proto"])
+    src, dst = rec["orig_h"], rec["resp_h"]
+    if proto == PROTO_ICMP and src.version == 6:
+        proto = PROTO_ICMP6
+    if proto is None:
+        raise CodecError(f"unknown proto {rec['proto'][:10]!r}")
+    pkts, dirs = rec["pkts"], rec["is_orig"]
+    if len(pkts) != len(dirs):
+        raise CodecError("pkts and is_orig differ in length")
+    if len(pkts) > max_packets:
+        raise CodecError(f"{len(pkts)} packets, more than {max_packets}")
+    frames = []
+    for p, d in zip(pkts, dirs, strict=True):
+        if not isinstance(p, str) or type(d) is not bool:
+            raise CodecError("pkts must be strings and is_orig booleans")
+        if len(p) > C.MAX_FRAME_BYTES * 4 // 3 + 4:
+            raise CodecError("packet larger than the contract allows")
+        try:
+            raw = base64.b64decode(p, validate=True)
+        except (binascii.Error, ValueError):
+            raise CodecError("packet is not base64") from None
+        frames.append(Frame(rec["link"], raw, d))
+    sport, dport = rec["orig_p"].number, rec["resp_p"].number
+    return FlowSample(
+        rec["ts"], proto, str(src), sport, str(dst), dport, frames, uid=rec["uid"],
+        community_id=community_id(proto, src.packed, dst.packed, sport, dport),
+    )  # fmt: skip
+
+
+def parse_samples(ev: Event, max_batch: int = C.MAX_BATCH) -> SampleBatch:
+    """A ``DPack::samples`` event -> header and flow samples; malformed samples are skipped with a reason,
+    a malformed header or batch raises ``CodecError``."""
+    if ev.name != C.SAMPLES_EVENT:
+        raise CodecError(f"unexpected event {ev.name[:60]!r}")
+    if len(ev.args) != 2:
+        raise CodecError(f"{C.SAMPLES_EVENT} has {len(ev.args)} arguments, expected 2")
+    hdr = BatchHeader(**_record(ev.args[0], C.BATCH_HEADER, "batch header"))
+    batch = ev.args[1]
+    if not isinstance(batch, list):
+        raise CodecError("batch is not a vector")
+    if len(batch) > max_batch:
+        raise CodecError(f"batch of {len(batch)} samples is larger than {max_batch}")
+    samples, skipped = [], []
+    for i, value in enumerate(batch):
+        try:
+            samples.append(_sample(_record(value, C.SAMPLE, f"sample {i}"), C.MAX_PACKETS))
+        except CodecError as err:
+            skipped.append(str(err))
+    return SampleBatch(hdr, samples, skipped)
+
+
+def encode_verdicts(
+    topic: str, verdicts: Sequence[Any], sent: Sequence[float], latencies: Sequence[float]
+) -> str:
+    """A ``DPack::verdicts`` event for ``verdicts`` (``score.Verdict`` objects) on ``topic``; ``sent`` is
+    each sample's batch header time (echoed), ``latencies`` the seconds each spent in the scorer."""
+    recs = []
+    for v, t_sent, lat in zip(verdicts, sent, latencies, strict=True):
+        proto = (
+            v.proto if v.proto in ("tcp", "udp") else ("icmp" if v.proto in ("icmp", "icmp6") else "unknown")
+        )
+        recs.append(encode_record(C.VERDICT, {
+            "uid": v.uid, "orig_h": v.src, "orig_p": Port(v.sport, proto), "resp_h": v.dst,
+            "resp_p": Port(v.dport, proto), "score": v.score, "threshold": v.threshold,
+            "anomalous": v.anomalous, "model": v.model, "explanation": ",".join(v.explanation),
+            "community_id": v.community_id, "sent": t_sent, "scorer_latency": lat,
+        }))  # fmt: skip
+    return encode_event(topic, C.VERDICTS_EVENT, [{"@data-type": "vector", "data": recs}])
+
+
+def encode_refusal(topic: str, reason: str) -> str:
+    return encode_event(topic, C.REFUSED_EVENT, [encode_value("string", reason)])

@@ -1,0 +1,532 @@
+"""``dpack serve``: the live scorer between Zeek and the verdict sinks.
+
+Data path: link (WebSocket) -> ``codec.parse_samples`` -> bounded queue -> micro-batches (``batch_size``
+flows or ``max_delay_ms`` after the first, whichever comes first) -> ``Scorer`` in a worker thread ->
+verdict events back to each batch's reply topic, the SIEM feed, and the anomaly hooks (Suricata rules).
+
+Nothing a peer sends can stop the service: undecodable frames, wrong events, bad samples and refused
+batches are counted and logged (rate-limited). Flows that do not fit the queue are dropped and counted;
+verdicts that cannot be sent while Zeek is away wait in a bounded outbox and go out after reconnecting.
+On SIGTERM the queue is scored and sent before the link closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import contract as C
+from .codec import (
+    Ack,
+    CodecError,
+    ErrorReply,
+    Event,
+    SampleBatch,
+    decode_message,
+    encode_refusal,
+    encode_verdicts,
+    parse_samples,
+)
+from .config import Config, load_config
+from .errors import DpackError, ModelError
+from .flows import FlowSample
+from .modelfile import LoadedModel, load_model
+from .score import Scorer, Verdict
+from .siem import AlertFeed
+
+log = logging.getLogger(__name__)
+
+AnomalyHook = Callable[[Sequence[Verdict], Sequence[str]], None]
+
+
+class RateLimitedLog:
+    """At most one line per ``key`` every ``every`` seconds, with the count of what was held back."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, level: int, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        t, held = self.last.get(key, (-1e9, 0))
+        if now - t >= self.every:
+            suffix = f" (+{held} more like it)" if held else ""
+            log.log(level, msg + suffix, *args)
+            self.last[key] = (now, 0)
+        else:
+            self.last[key] = (t, held + 1)
+        if len(self.last) > 1000:
+            self.last.clear()
+
+
+@dataclass
+class Item:
+    sample: FlowSample
+    reply_topic: str
+    node: str
+    sent: float  # batch header time (Zeek's wall clock)
+    received: float  # our monotonic clock
+
+
+class Metrics:
+    """Operational counters, exported in Prometheus text format and summarised in a periodic log line."""
+
+    COUNTERS = {
+        "messages_received": "WebSocket messages received from Zeek",
+        "messages_malformed": "messages that did not decode or did not fit the contract",
+        "zeek_errors": "error replies from Zeek (a message of ours it could not use)",
+        "batches_refused": "sample batches refused (contract version or prefix mismatch)",
+        "flows_received": "flow samples accepted into the queue",
+        "samples_skipped": "samples left out of a batch because they were malformed",
+        "flows_dropped": "flow samples dropped because the queue was full",
+        "flows_scored": "flows scored",
+        "flows_flagged": "flows scored as anomalous",
+        "verdicts_sent": "verdicts sent back to Zeek",
+        "verdicts_dropped": "verdicts dropped because the outbox was full while Zeek was away",
+        "alerts_written": "records written to the SIEM feed",
+        "alert_write_errors": "failed writes to the SIEM feed",
+        "hook_errors": "exceptions raised by anomaly hooks (rule writers)",
+        "reconnects": "connections made to Zeek",
+        "model_reloads": "models swapped in while serving",
+        "model_reload_failures": "new model files refused (the old model kept serving)",
+        "config_reload_failures": "changed config files refused",
+    }
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.c = dict.fromkeys(self.COUNTERS, 0)
+        self.latency: deque[float] = deque(maxlen=20_000)  # seconds, receipt -> verdict sent
+        self.queue_depth = 0
+        self.outbox_depth = 0
+        self.connected = 0
+
+    def inc(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.c[name] += n
+
+    def percentiles(self) -> tuple[float, float, float]:
+        with self.lock:
+            lat = np.array(self.latency) if self.latency else np.zeros(1)
+        p50, p99, pmax = np.percentile(lat, [50, 99, 100])
+        return float(p50), float(p99), float(pmax)
+
+    def prometheus(self) -> str:
+        lines = []
+        with self.lock:
+            c = dict(self.c)
+        for name, help_ in self.COUNTERS.items():
+            lines += [f"# HELP dpack_{name}_total {help_}", f"# TYPE dpack_{name}_total counter",
+                      f"dpack_{name}_total {c[name]}"]  # fmt: skip
+        for name, value, help_ in (
+            ("queue_depth", self.queue_depth, "flow samples waiting to be scored"),
+            ("outbox_depth", self.outbox_depth, "verdicts waiting for a Zeek connection"),
+            ("connected", self.connected, "1 while connected to Zeek"),
+        ):
+            lines += [f"# HELP dpack_{name} {help_}", f"# TYPE dpack_{name} gauge", f"dpack_{name} {value}"]
+        p50, p99, pmax = self.percentiles()
+        lines += ["# HELP dpack_verdict_latency_seconds receipt of a sample to its verdict being sent",
+                  "# TYPE dpack_verdict_latency_seconds summary",
+                  f'dpack_verdict_latency_seconds{{quantile="0.5"}} {p50:.6f}',
+                  f'dpack_verdict_latency_seconds{{quantile="0.99"}} {p99:.6f}',
+                  f'dpack_verdict_latency_seconds{{quantile="1"}} {pmax:.6f}']  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+    def summary(self) -> str:
+        p50, p99, _ = self.percentiles()
+        c = self.c
+        return (f"scored={c['flows_scored']} flagged={c['flows_flagged']} dropped={c['flows_dropped']} "
+                f"malformed={c['messages_malformed']} skipped={c['samples_skipped']} "
+                f"refused={c['batches_refused']} queue={self.queue_depth} outbox={self.outbox_depth} "
+                f"connected={self.connected} latency_p50={p50 * 1e3:.2f}ms p99={p99 * 1e3:.2f}ms")  # fmt: skip
+
+
+async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.base_events.Server:
+    """A minimal HTTP endpoint for Prometheus: ``GET /metrics`` (anything else: 404)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=5)
+            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
+                pass
+            ok = line.split(b" ")[1:2] == [b"/metrics"]
+            body = metrics.prometheus().encode() if ok else b"not found\n"
+            status = b"200 OK" if ok else b"404 Not Found"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                         + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)  # fmt: skip
+            await writer.drain()
+        except (TimeoutError, ConnectionError, IndexError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)
+
+
+class Service:
+    """One running ``dpack serve``: owns the model, the queues, the link and the outputs."""
+
+    def __init__(self, cfg: Config, link: Any = None, hooks: Sequence[AnomalyHook] = ()) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.ratelog = RateLimitedLog()
+        self.model = self._load_model(cfg)
+        self.scorer = Scorer(self.model, explain=cfg.scoring.explain, top_k=cfg.scoring.top_k)
+        self.hooks = list(hooks)
+        self.feed = AlertFeed(cfg.serve.alerts, cfg.serve.alerts_all) if cfg.serve.alerts else None
+        self.queue: deque[Item] = deque()
+        self.outbox: deque[str] = deque()
+        self.outbox_verdicts: deque[int] = deque()  # verdicts per outbox message
+        self.refusals_sent: set[tuple[str, str]] = set()
+        if link is None:
+            from .link import WebSocketLink
+
+            if cfg.zeek.transport != "websocket":
+                raise DpackError("zeek.transport 'broker' is not available in this version; use 'websocket'")
+            link = WebSocketLink(cfg.zeek.url, cfg.zeek.topic, cfg.zeek.reconnect_max, self._on_link)
+        self.link = link
+        self.stop = asyncio.Event()  # set by SIGTERM: stop taking samples, drain, then close the link
+        self.link_stop = asyncio.Event()
+        self.wakeup = asyncio.Event()
+        self.reload_requested: set[str] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- model -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _load_model(cfg: Config) -> LoadedModel:
+        expect = cfg.export.spec() if cfg.export is not None else None
+        return load_model(cfg.model_path(), expect=expect)
+
+    def reload_model(self) -> bool:
+        """Swap in the model file at the configured path; a bad file is refused and the old one kept."""
+        try:
+            model = self._load_model(self.cfg)
+        except ModelError as err:
+            self.metrics.inc("model_reload_failures")
+            log.error("new model refused, still serving %s: %s", self.model.name, err)
+            return False
+        if model.sha256 == self.model.sha256:
+            return False
+        if model.spec != self.model.spec:
+            log.warning("new model %s reads %s, the old one read %s; Zeek's export must match it",
+                        model.name, model.spec, self.model.spec)  # fmt: skip
+        self.model = model
+        self.scorer = Scorer(model, explain=self.cfg.scoring.explain, top_k=self.cfg.scoring.top_k)
+        self.metrics.inc("model_reloads")
+        log.info("now serving model %s (threshold %.6g)", model.name, model.threshold)
+        return True
+
+    def reload_config(self) -> None:
+        if not self.cfg.path:
+            return
+        try:
+            new = load_config(self.cfg.path)
+        except DpackError as err:
+            self.metrics.inc("config_reload_failures")
+            log.error("changed config refused, keeping the running one: %s", err)
+            return
+        model_changed = new.model_path() != self.cfg.model_path()
+        # what can change while serving: scoring and batching settings and the model; the link, the
+        # queues and the outputs keep their start-up settings until a restart.
+        self.cfg.scoring, self.cfg.export = new.scoring, new.export
+        self.cfg.serve.batch_size, self.cfg.serve.max_delay_ms = new.serve.batch_size, new.serve.max_delay_ms
+        self.cfg.model = new.model
+        log.info("config reloaded from %s", self.cfg.path)
+        if model_changed:
+            self.reload_model()
+
+    # --- receiving ---------------------------------------------------------------------------------------
+
+    def _on_link(self, up: bool) -> None:
+        self.metrics.connected = int(up)
+        if up:
+            self.metrics.inc("reconnects")
+            self.refusals_sent.clear()
+            self.wakeup.set()  # flush the outbox
+
+    async def on_message(self, raw: str | bytes) -> None:
+        self.metrics.inc("messages_received")
+        try:
+            msg = decode_message(raw)
+        except CodecError as err:
+            self.metrics.inc("messages_malformed")
+            self.ratelog(logging.WARNING, "decode", "message from Zeek skipped: %s", err)
+            return
+        if isinstance(msg, ErrorReply):
+            self.metrics.inc("zeek_errors")
+            self.ratelog(logging.ERROR, "zeek-error", "Zeek could not use a message of ours: %s (%s)",
+                         msg.code, msg.context)  # fmt: skip
+            return
+        if isinstance(msg, Ack):
+            return
+        assert isinstance(msg, Event)
+        if msg.name != C.SAMPLES_EVENT:
+            self.metrics.inc("messages_malformed")
+            self.ratelog(logging.WARNING, "event", "unexpected event %r skipped", msg.name[:80])
+            return
+        try:
+            batch = parse_samples(msg)
+        except CodecError as err:
+            self.metrics.inc("messages_malformed")
+            self.ratelog(logging.WARNING, "batch", "sample batch skipped: %s", err)
+            return
+        await self._accept(batch)
+
+    def _refusal(self, batch: SampleBatch) -> str | None:
+        h, spec = batch.header, self.model.spec
+        if h.version != C.CONTRACT_VERSION:
+            return (f"contract version {h.version} from node {h.node}, dpack speaks {C.CONTRACT_VERSION}; "
+                    "update the dpack Zeek package or dpack")  # fmt: skip
+        if (h.policy, h.packets, h.bytes) != (spec.policy, spec.n_packets, spec.n_bytes):
+            return (f"model {self.model.name} expects policy={spec.policy} packets={spec.n_packets} "
+                    f"bytes={spec.n_bytes}, node {h.node} sends policy={h.policy} packets={h.packets} "
+                    f"bytes={h.bytes}; set DPack::policy/packets/packet_bytes or use a matching model")  # fmt: skip
+        return None
+
+    async def _accept(self, batch: SampleBatch) -> None:
+        if self.stop.is_set():
+            self.metrics.inc("flows_dropped", len(batch.samples))
+            self.ratelog(
+                logging.WARNING, "stopping", "stopping: %d flow(s) arrived too late", len(batch.samples)
+            )
+            return
+        if batch.skipped:
+            self.metrics.inc("samples_skipped", len(batch.skipped))
+            self.ratelog(logging.WARNING, "sample", "%d malformed sample(s) skipped, e.g.: %s",
+                         len(batch.skipped), batch.skipped[0])  # fmt: skip
+        reason = self._refusal(batch)
+        if reason is not None:
+            self.metrics.inc("batches_refused")
+            self.ratelog(logging.ERROR, "refuse:" + reason, "batch refused: %s", reason)
+            key = (batch.header.reply_topic, reason)
+            if key not in self.refusals_sent and _valid_topic(batch.header.reply_topic):
+                self.refusals_sent.add(key)
+                await self.link.send(encode_refusal(batch.header.reply_topic, reason))
+            return
+        topic = batch.header.reply_topic
+        if not _valid_topic(topic):
+            self.metrics.inc("messages_malformed")
+            self.ratelog(logging.WARNING, "topic", "batch with an unusable reply topic skipped")
+            return
+        room = self.cfg.serve.queue_size - len(self.queue)
+        now = time.monotonic()
+        take = batch.samples[: max(room, 0)]
+        if len(take) < len(batch.samples):
+            n = len(batch.samples) - len(take)
+            self.metrics.inc("flows_dropped", n)
+            self.ratelog(logging.WARNING, "drop", "queue full (%d flows): %d flow(s) dropped",
+                         self.cfg.serve.queue_size, n)  # fmt: skip
+        h = batch.header
+        self.queue.extend(Item(s, topic, h.node, h.sent, now) for s in take)
+        self.metrics.inc("flows_received", len(take))
+        self.metrics.queue_depth = len(self.queue)
+        if take:
+            self.wakeup.set()
+
+    # --- scoring and sending ------------------------------------------------------------------------------
+
+    async def _next_batch(self) -> list[Item]:
+        """Wait for flows; return up to batch_size of them once full or max_delay after the first."""
+        while not self.queue:
+            self.wakeup.clear()
+            if self.outbox and self.link.connected:
+                return []
+            if self.stop.is_set():
+                return []
+            await self.wakeup.wait()
+        first = self.queue[0].received
+        size = self.cfg.serve.batch_size
+        deadline = first + self.cfg.serve.max_delay_ms / 1000.0
+        while len(self.queue) < size and not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=left)
+            except TimeoutError:
+                break
+        n = min(size, len(self.queue))
+        items = [self.queue.popleft() for _ in range(n)]
+        self.metrics.queue_depth = len(self.queue)
+        return items
+
+    async def _score(self, items: list[Item]) -> None:
+        scorer = self.scorer  # a reload swaps self.scorer; this batch finishes with the one it started
+        verdicts = await asyncio.to_thread(scorer.verdicts, [it.sample for it in items])
+        self.metrics.inc("flows_scored", len(verdicts))
+        flagged = [i for i, v in enumerate(verdicts) if v.anomalous]
+        self.metrics.inc("flows_flagged", len(flagged))
+        now_m = time.monotonic()
+        by_topic: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            by_topic.setdefault(it.reply_topic, []).append(i)
+        for topic, idx in by_topic.items():
+            text = encode_verdicts(topic, [verdicts[i] for i in idx], [items[i].sent for i in idx],
+                                   [now_m - items[i].received for i in idx])  # fmt: skip
+            self._post(text, len(idx))
+        await self._flush_outbox()
+        done = time.monotonic()
+        with self.metrics.lock:
+            self.metrics.latency.extend(done - it.received for it in items)
+        nodes = [it.node for it in items]
+        if self.feed is not None:
+            try:
+                self.metrics.inc("alerts_written", self.feed.write(verdicts, nodes, time.time()))
+            except OSError as err:
+                self.metrics.inc("alert_write_errors")
+                self.ratelog(logging.ERROR, "feed", "SIEM feed %s not written: %s", self.feed.path, err)
+        if flagged:
+            fv, fn = [verdicts[i] for i in flagged], [nodes[i] for i in flagged]
+            for hook in self.hooks:
+                try:
+                    hook(fv, fn)
+                except Exception:  # noqa: BLE001 - a rule writer must not take the scorer down
+                    self.metrics.inc("hook_errors")
+                    log.exception("anomaly hook %r failed", hook)
+
+    def _post(self, text: str, n: int) -> None:
+        self.outbox.append(text)
+        self.outbox_verdicts.append(n)
+        while sum(self.outbox_verdicts) > self.cfg.serve.outbox_size and len(self.outbox) > 1:
+            self.outbox.popleft()
+            lost = self.outbox_verdicts.popleft()
+            self.metrics.inc("verdicts_dropped", lost)
+            self.ratelog(logging.ERROR, "outbox", "Zeek away too long: %d verdict(s) not delivered", lost)
+        self.metrics.outbox_depth = sum(self.outbox_verdicts)
+
+    async def _flush_outbox(self) -> None:
+        while self.outbox and self.link.connected:
+            if not await self.link.send(self.outbox[0]):
+                break
+            self.outbox.popleft()
+            self.metrics.inc("verdicts_sent", self.outbox_verdicts.popleft())
+        self.metrics.outbox_depth = sum(self.outbox_verdicts)
+
+    async def _score_loop(self) -> None:
+        while True:
+            items = await self._next_batch()
+            if items:
+                await self._score(items)
+            elif self.outbox and self.link.connected:
+                before = len(self.outbox)
+                await self._flush_outbox()
+                if len(self.outbox) == before:
+                    await asyncio.sleep(0.05)  # the link is going down; wait for it to say so
+            if self.stop.is_set() and not self.queue:
+                await self._flush_outbox()
+                return
+
+    # --- housekeeping -------------------------------------------------------------------------------------
+
+    async def _log_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=self.cfg.serve.log_interval)
+            except TimeoutError:
+                log.info("%s", self.metrics.summary())
+
+    def _watch(self) -> Any:
+        """Watch the model file and the config file; reloads run on the event loop, debounced."""
+        if not self.cfg.serve.watch:
+            return None
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        targets = {os.path.realpath(self.model.path): "model"}
+        if self.cfg.path:
+            targets[os.path.realpath(self.cfg.path)] = "config"
+        loop = self.loop
+        assert loop is not None
+        service = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                for p in (event.src_path, getattr(event, "dest_path", "")):
+                    kind = targets.get(os.path.realpath(p)) if p else None
+                    if kind:
+                        loop.call_soon_threadsafe(service._request_reload, kind)
+
+        obs = Observer()
+        for d in {str(Path(t).parent) for t in targets}:
+            obs.schedule(Handler(), d, recursive=False)
+        obs.daemon = True
+        obs.start()
+        return obs
+
+    def _request_reload(self, kind: str) -> None:
+        if not self.reload_requested:
+            assert self.loop is not None
+            self.loop.call_later(0.3, self._do_reloads)  # debounce: editors write in several steps
+        self.reload_requested.add(kind)
+
+    def _do_reloads(self) -> None:
+        kinds, self.reload_requested = self.reload_requested, set()
+        if "config" in kinds:
+            self.reload_config()
+        if "model" in kinds:
+            self.reload_model()
+
+    async def run(self) -> None:
+        """Serve until ``self.stop`` is set; then score and send what is queued, and return."""
+        self.loop = asyncio.get_running_loop()
+        metrics_server = None
+        if self.cfg.serve.metrics_port:
+            metrics_server = await serve_metrics(self.metrics, self.cfg.serve.metrics_address,
+                                                 self.cfg.serve.metrics_port)  # fmt: skip
+        observer = self._watch()
+        log.info("serving model %s (N=%d, L=%d, policy=%s); Zeek at %s", self.model.name,
+                 self.model.spec.n_packets, self.model.spec.n_bytes, self.model.spec.policy,
+                 getattr(self.link, "url", "?"))  # fmt: skip
+        link_task = asyncio.create_task(self.link.run(self.on_message, self.link_stop))
+        log_task = asyncio.create_task(self._log_loop())
+        score_task = asyncio.create_task(self._score_loop())
+        stopper = asyncio.create_task(self.stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {link_task, score_task, stopper}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for t in done:
+                if t is not stopper and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            self.wakeup.set()
+            # stopping: the scorer drains the queue and the outbox while the link is still up
+            await asyncio.wait_for(score_task, timeout=30)
+            if self.outbox:
+                lost = sum(self.outbox_verdicts)
+                self.metrics.inc("verdicts_dropped", lost)
+                log.error(
+                    "stopping while Zeek is away: %d verdict(s) not delivered (they are in the SIEM feed)",
+                    lost,
+                )
+        finally:
+            self.stop.set()
+            self.link_stop.set()
+            self.wakeup.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(link_task), timeout=5)  # closes with code 1000
+            except (TimeoutError, Exception):  # noqa: BLE001 - shutting down; the link reports its own errors
+                pass
+            for t in (link_task, log_task, score_task, stopper):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(link_task, log_task, score_task, stopper, return_exceptions=True)
+            if metrics_server is not None:
+                metrics_server.close()
+            if observer is not None:
+                observer.stop()
+            log.info("stopped: %s", self.metrics.summary())
+
+
+def _valid_topic(topic: str) -> bool:
+    return 0 < len(topic) <= 200 and topic.isprintable()

@@ -1,0 +1,226 @@
+"""A WebSocket peer on 127.0.0.1 that behaves like Zeek 8.0's WebSocket API with the dpack scripts loaded.
+
+It is the stand-in for Zeek where Zeek cannot be installed (the btest suite in zeek_scripts/tests runs the
+real thing where it can). What it sends is built the way ``zeek_scripts/main.zeek`` builds it - per
+connection the first N packets under the prefix policy, each frame cut to ``capture_bytes`` and
+base64-encoded, batched with a ``BatchHeader`` - and encoded as Zeek 8.0.10 encodes events (compact JSON,
+keys in Zeek's order, the metadata element with the network timestamp, as in shared/zeek-wire). What it
+receives it checks as Zeek would: unknown events, wrong argument counts or types get Zeek's error frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import threading
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from websockets.asyncio.server import serve
+
+from dpack import contract as C
+from dpack.capture import read_capture
+from dpack.codec import Port, _ts_to_iso, decode_message, encode_record
+from dpack.flows import FlowTable
+from dpack.packets import PrefixSpec
+
+ERR_EVENT = {"type": "error", "code": "deserialization_failed", "context": "failed to create Zeek event"}
+ERR_JSON = {"type": "error", "code": "deserialization_failed", "context": "failed to decode JSON object"}
+ERR_TOPIC = {
+    "type": "error",
+    "code": "deserialization_failed",
+    "context": "no topic in top-level JSON object",
+}
+
+
+def zeek_json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def uid() -> str:
+    return "C" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")[:17]
+
+
+def samples_from_pcap(path: str, packets: int = 3, policy: str = "payload", capture_bytes: int = 128,
+                      limit: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Sample records as main.zeek's ``emit`` builds them (frames from the link layer, cut, base64)."""
+    table = FlowTable(PrefixSpec(packets, 80, policy))
+    out = []
+
+    def take(samples: Iterable[Any]) -> None:
+        for s in samples:
+            proto = s.proto_name if s.proto_name in ("tcp", "udp") else "icmp"
+            out.append({
+                "uid": uid(), "orig_h": s.src, "orig_p": Port(s.sport, proto), "resp_h": s.dst,
+                "resp_p": Port(s.dport, proto), "proto": proto, "ts": s.ts, "link": s.frames[0].linktype,
+                "pkts": [base64.b64encode(f.data[:capture_bytes]).decode() for f in s.frames],
+                "is_orig": [f.is_orig for f in s.frames],
+            })  # fmt: skip
+
+    for ts, lt, fr in read_capture(path):
+        take(table.add(ts, lt, fr))
+        if limit and len(out) >= limit:
+            return out[:limit]
+    take(table.flush())
+    return out[:limit] if limit else out
+
+
+def sample_node(rec: dict[str, Any]) -> dict[str, Any]:
+    node = encode_record(C.SAMPLE[:8], rec)
+    node["data"].append(
+        {"@data-type": "vector", "data": [{"@data-type": "string", "data": p} for p in rec["pkts"]]}
+    )
+    node["data"].append(
+        {"@data-type": "vector", "data": [{"@data-type": "boolean", "data": d} for d in rec["is_orig"]]}
+    )
+    return node
+
+
+def samples_frame(recs: list[dict[str, Any]], sent: float, topic: str = "dpack/samples/0", packets: int = 3,
+                  policy: str = "payload", nbytes: int = 80, version: int = C.CONTRACT_VERSION,
+                  reply_topic: str = "dpack/verdicts", node: str = "zeek") -> str:  # fmt: skip
+    """One ``DPack::samples`` data message exactly as Zeek 8.0 sends it (with the metadata element)."""
+    hdr = encode_record(C.BATCH_HEADER, {"version": version, "node": node, "reply_topic": reply_topic,
+                                         "policy": policy, "packets": packets, "bytes": nbytes, "sent": sent})  # fmt: skip
+    body = [
+        {"@data-type": "string", "data": C.SAMPLES_EVENT},
+        {"@data-type": "vector", "data": [hdr, {"@data-type": "vector", "data": [sample_node(r) for r in recs]}]},
+        {"@data-type": "vector", "data": [{"@data-type": "vector", "data": [
+            {"@data-type": "count", "data": 1}, {"@data-type": "timestamp", "data": _ts_to_iso(sent)}]}]},
+    ]  # fmt: skip
+    return zeek_json({"type": "data-message", "topic": topic, "@data-type": "vector",
+                      "data": [{"@data-type": "count", "data": 1}, {"@data-type": "count", "data": 1},
+                               {"@data-type": "vector", "data": body}]})  # fmt: skip
+
+
+EXPECTED_ARGS = {C.VERDICTS_EVENT: ("vector", C.VERDICT), C.REFUSED_EVENT: ("string", None)}
+
+
+def zeek_accepts(text: str) -> tuple[str, list[Any]] | dict[str, str]:
+    """What Zeek does with a client message: (event name, args) or the error frame it answers with."""
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return ERR_JSON
+    if not isinstance(raw, dict) or "topic" not in raw:
+        return ERR_TOPIC
+    try:
+        ev = decode_message(text)
+    except Exception:  # noqa: BLE001
+        return ERR_EVENT
+    if ev.name not in EXPECTED_ARGS or len(ev.args) != 1:
+        return ERR_EVENT
+    kind, fields = EXPECTED_ARGS[ev.name]
+    arg = raw["data"][2]["data"][1]["data"][0]
+    if arg["@data-type"] != kind:
+        return ERR_EVENT
+    if fields is not None:
+        for rec in arg["data"]:
+            types = [f["@data-type"] for f in rec["data"]]
+            if types != [t for _, t in fields]:
+                return ERR_EVENT
+    return ev.name, ev.args
+
+
+class ZeekPeer:
+    """Runs in its own thread with its own event loop; the test drives it through thread-safe methods."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.received: list[tuple[str, list[Any]]] = []
+        self.errors_sent = 0
+        self.subscriptions: list[list[str]] = []
+        self.clients: set[Any] = set()
+        self.connected = threading.Event()
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._server: Any = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/messages/json"
+
+    def start(self, port: int = 0) -> ZeekPeer:
+        self._want_port = port
+        self.thread.start()
+        assert self._ready.wait(10), "peer did not start"
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._start())
+        self._ready.set()
+        self.loop.run_forever()
+
+    async def _start(self) -> None:
+        self._server = await serve(
+            self._handler, "127.0.0.1", self._want_port, compression=None, max_size=None
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handler(self, ws: Any) -> None:
+        subs = json.loads(await ws.recv())
+        self.subscriptions.append(subs)
+        await ws.send(
+            zeek_json({"type": "ack", "endpoint": f"{uuid.uuid4()}-websocket-0", "version": "8.0.10"})
+        )
+        self.clients.add(ws)
+        self.connected.set()
+        try:
+            async for msg in ws:
+                verdict = zeek_accepts(msg)
+                if isinstance(verdict, dict):
+                    self.errors_sent += 1
+                    await ws.send(zeek_json(verdict))
+                else:
+                    with self.lock:
+                        self.received.append(verdict)
+        except Exception:  # noqa: BLE001 - the client went away
+            pass
+        finally:
+            self.clients.discard(ws)
+            if not self.clients:
+                self.connected.clear()
+
+    def send(self, text: str | bytes, timeout: float = 10) -> None:
+        """Send a frame (text, or raw bytes in a text frame as Zeek does) to every connected client."""
+
+        async def go() -> None:
+            for ws in list(self.clients):
+                if isinstance(text, bytes):
+                    await ws.send(text, text=True)
+                else:
+                    await ws.send(text)
+
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout)
+
+    def drop_clients(self, timeout: float = 10) -> None:
+        async def go() -> None:
+            for ws in list(self.clients):
+                await ws.close(1001, "zeek restarting")
+
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout)
+
+    def stop(self) -> None:
+        async def go() -> None:
+            self._server.close()
+            for ws in list(self.clients):
+                await ws.close(1001, "zeek stopping")
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def verdicts(self) -> list[list[Any]]:
+        with self.lock:
+            return [rec for name, args in self.received if name == C.VERDICTS_EVENT for rec in args[0]]
+
+    def refusals(self) -> list[str]:
+        with self.lock:
+            return [args[0] for name, args in self.received if name == C.REFUSED_EVENT]

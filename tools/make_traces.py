@@ -1,0 +1,51 @@
+"""Cut the tiny btest traces (tests/btest/Traces) from the demo sample capture.
+
+    python tools/make_traces.py samples/lab-sample.pcap.gz tests/btest/Traces
+
+``mixed.pcap`` holds four whole connections: one SSH brute-force login attempt (attack), one SYN-scan
+probe (attack), one DNS query and one HTTP request (benign).
+"""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from pathlib import Path
+
+import dpkt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
+from dpack.flows import _flow_key  # noqa: E402
+from dpack.packets import ip_offset, parse_ip  # noqa: E402
+
+WANT = [("10.201.66.31", 22), ("10.201.66.11", None), ("10.201.1.15", 53), ("10.201.1.11", 80)]
+
+
+def main() -> None:
+    src, out = Path(sys.argv[1]), Path(sys.argv[2])
+    with gzip.open(src, "rb") as fh:
+        frames = list(dpkt.pcap.Reader(fh))
+    chosen: dict[tuple[object, ...], int] = {}
+    keep = []
+    for ts, buf in frames:
+        p = parse_ip(buf, ip_offset(buf, 1)) if ip_offset(buf, 1) >= 0 else None
+        if p is None:
+            continue
+        key = _flow_key(p)
+        if key not in chosen:
+            sa = ".".join(map(str, p.src))
+            for i, (host, port) in enumerate(WANT):
+                if i not in chosen.values() and sa == host and (port is None or p.dport == port):
+                    chosen[key] = i
+        if key in chosen:
+            keep.append((ts, buf))
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "mixed.pcap", "wb") as fh:
+        w = dpkt.pcap.Writer(fh, snaplen=256)
+        for ts, buf in keep:
+            w.writepkt(buf, ts=ts)
+    print(f"{len(keep)} frames, {len(chosen)} connections")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+##! The event contract between Zeek and the dpack scorer (``dpack serve``).
+##!
+##! Its Python twin is ``plugin/dpack/contract.py``; records travel as vectors of their fields in
+##! declaration order, so the order below is the wire format. Change both together and bump
+##! :zeek:see:`DPack::contract_version`.
+
+module DPack;
+
+export {
+	## Version of this contract. The scorer refuses batches of another version and answers with
+	## :zeek:see:`DPack::scorer_refused`.
+	const contract_version = 1;
+
+	## Sent with every batch of samples.
+	type BatchHeader: record {
+		## Contract version of the sending script.
+		version: count;
+		## Name of the sending node (``Cluster::node``), or "zeek" when standalone.
+		node: string;
+		## Topic on which the scorer publishes the verdicts for this batch.
+		reply_topic: string;
+		## Prefix policy: "first" or "payload".
+		policy: string;
+		## Packets per flow (N).
+		packets: count;
+		## Bytes per packet from the IP header on (L).
+		bytes: count;
+		## Wall-clock time at which the batch was published.
+		sent: time;
+	};
+
+	## The first packets of one connection.
+	type Sample: record {
+		## Connection uid.
+		uid: string;
+		## Originator address.
+		orig_h: addr;
+		## Originator port (ICMP: type).
+		orig_p: port;
+		## Responder address.
+		resp_h: addr;
+		## Responder port (ICMP: code).
+		resp_p: port;
+		## Transport protocol: "tcp", "udp" or "icmp".
+		proto: string;
+		## Time of the connection's first packet.
+		ts: time;
+		## pcap link type of the frames (``packet_source()$link_type``).
+		link: count;
+		## Base64 of each selected frame, from the link layer on, cut to
+		## :zeek:see:`DPack::capture_bytes`.
+		pkts: vector of string;
+		## Whether each frame was sent by the originator.
+		is_orig: vector of bool;
+	};
+
+	## The scorer's verdict on one connection.
+	type Verdict: record {
+		## Connection uid.
+		uid: string;
+		## Originator address.
+		orig_h: addr;
+		## Originator port.
+		orig_p: port;
+		## Responder address.
+		resp_h: addr;
+		## Responder port.
+		resp_p: port;
+		## Anomaly score (the autoencoder's reconstruction error).
+		score: double;
+		## The model's calibrated threshold; anomalous means score > threshold.
+		threshold: double;
+		## Whether the flow is anomalous.
+		anomalous: bool;
+		## Model name and the first hex digits of its file hash.
+		model: string;
+		## The fields that contributed most to the score, comma separated.
+		explanation: string;
+		## Community ID of the flow.
+		community_id: string;
+		## The batch header's ``sent`` time, echoed.
+		sent: time;
+		## Seconds the scorer took from receipt to verdict.
+		scorer_latency: double;
+	};
+
+	## Zeek to scorer: a batch of samples.
+	global samples: event(hdr: BatchHeader, batch: vector of Sample);
+
+	## Scorer to Zeek: verdicts for samples of earlier batches.
+	global verdicts: event(batch: vector of Verdict) &is_used;
+
+	## Scorer to Zeek: the scorer refused this node's batches (for example because its model
+	## expects another prefix than the one configured here). Reported once per reason.
+	global scorer_refused: event(reason: string) &is_used;
+}
