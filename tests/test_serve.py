@@ -94,6 +94,22 @@ def model_copy(tmp_path):
     return dst
 
 
+@pytest.fixture
+def start(tmp_path, peer, model_copy):
+    """Start a service against ``peer``, wait until it is connected; stopped after the test."""
+    runs = []
+
+    def go(scorer_wrap=None, **serve):
+        run = Running(make_cfg(tmp_path, peer, model_copy, **serve), scorer_wrap)
+        runs.append(run)
+        assert peer.connected.wait(10)
+        return run
+
+    yield go
+    for run in runs:
+        run.stop()
+
+
 def make_cfg(tmp_path, peer, model, **serve):
     cfg = load_config(None, env={}, overrides={
         "model": str(model),
@@ -120,116 +136,94 @@ def metrics_text(cfg):
         return r.read().decode()
 
 
-def test_end_to_end_verdicts_alerts_and_counters(tmp_path, peer, model_copy, sample_recs):
-    cfg = make_cfg(tmp_path, peer, model_copy)
-    run = Running(cfg)
-    try:
-        assert peer.connected.wait(10)
-        assert peer.subscriptions[-1] == ["dpack/samples"]
-        send_batches(peer, sample_recs)
-        wait_for(lambda: len(peer.verdicts()) >= len(sample_recs), what="all verdicts")
-        time.sleep(0.2)
-        verdicts = peer.verdicts()
-        assert len(verdicts) == len(sample_recs) == run.m["flows_scored"]
-        assert peer.errors_sent == 0  # Zeek accepted every verdict event
-        names = [n for n, _ in C.VERDICT]
-        by_uid = {v[0]: dict(zip(names, v, strict=True)) for v in verdicts}
-        assert set(by_uid) == {r["uid"] for r in sample_recs}
-        # the same flows scored offline from the pcap get the same scores and verdicts
-        offline = {}
-        model = load_model(DEFAULT_MODEL)
-        score_capture(SAMPLE, Scorer(model), on_verdicts=lambda vs: offline.update(
-            {(round(v.ts, 6), v.src, v.sport, v.dst, v.dport): v for v in vs}))  # fmt: skip
-        live_flagged = 0
-        for r in sample_recs:
-            v = by_uid[r["uid"]]
-            o = offline[(round(r["ts"], 6), r["orig_h"], r["orig_p"].number, r["resp_h"], r["resp_p"].number)]
-            assert v["score"] == pytest.approx(o.score, rel=1e-5) and v["anomalous"] == o.anomalous
-            assert v["explanation"] == ",".join(o.explanation)
-            live_flagged += v["anomalous"]
-        assert live_flagged == run.m["flows_flagged"] > 50
-        # SIEM feed: one ECS alert per anomalous verdict
-        alerts = [json.loads(line) for line in open(tmp_path / "alerts.jsonl")]
-        assert len(alerts) == live_flagged
-        a = alerts[0]
-        assert a["event"]["kind"] == "alert" and a["event"]["category"] == ["network", "intrusion_detection"]
-        assert a["rule"]["name"] == "DPack::Anomalous_Flow" and 50 <= a["event"]["risk_score"] <= 100
-        assert {"ip", "port"} <= set(a["source"]) and a["network"]["community_id"].startswith("1:")
-        assert a["zeek"]["uid"] in by_uid and a["network"]["transport"] in ("tcp", "udp", "icmp")
-        # Prometheus endpoint
-        text = metrics_text(cfg)
-        assert f"dpack_flows_scored_total {len(sample_recs)}" in text
-        assert f"dpack_flows_flagged_total {live_flagged}" in text and "dpack_connected 1" in text
-        assert 'dpack_verdict_latency_seconds{quantile="0.99"}' in text
-    finally:
-        run.stop()
+def test_end_to_end_verdicts_alerts_and_counters(tmp_path, start, peer, sample_recs):
+    run = start()
+    cfg = run.cfg
+    assert peer.subscriptions[-1] == ["dpack/samples"]
+    send_batches(peer, sample_recs)
+    wait_for(lambda: len(peer.verdicts()) >= len(sample_recs), what="all verdicts")
+    time.sleep(0.2)
+    verdicts = peer.verdicts()
+    assert len(verdicts) == len(sample_recs) == run.m["flows_scored"]
+    assert peer.errors_sent == 0  # Zeek accepted every verdict event
+    names = [n for n, _ in C.VERDICT]
+    by_uid = {v[0]: dict(zip(names, v, strict=True)) for v in verdicts}
+    assert set(by_uid) == {r["uid"] for r in sample_recs}
+    # the same flows scored offline from the pcap get the same scores and verdicts
+    offline = {}
+    model = load_model(DEFAULT_MODEL)
+    score_capture(SAMPLE, Scorer(model), on_verdicts=lambda vs: offline.update(
+        {(round(v.ts, 6), v.src, v.sport, v.dst, v.dport): v for v in vs}))  # fmt: skip
+    live_flagged = 0
+    for r in sample_recs:
+        v = by_uid[r["uid"]]
+        o = offline[(round(r["ts"], 6), r["orig_h"], r["orig_p"].number, r["resp_h"], r["resp_p"].number)]
+        assert v["score"] == pytest.approx(o.score, rel=1e-5) and v["anomalous"] == o.anomalous
+        assert v["explanation"] == ",".join(o.explanation)
+        live_flagged += v["anomalous"]
+    assert live_flagged == run.m["flows_flagged"] > 50
+    # SIEM feed: one ECS alert per anomalous verdict
+    alerts = [json.loads(line) for line in open(tmp_path / "alerts.jsonl")]
+    assert len(alerts) == live_flagged
+    a = alerts[0]
+    assert a["event"]["kind"] == "alert" and a["event"]["category"] == ["network", "intrusion_detection"]
+    assert a["rule"]["name"] == "DPack::Anomalous_Flow" and 50 <= a["event"]["risk_score"] <= 100
+    assert {"ip", "port"} <= set(a["source"]) and a["network"]["community_id"].startswith("1:")
+    assert a["zeek"]["uid"] in by_uid and a["network"]["transport"] in ("tcp", "udp", "icmp")
+    # Prometheus endpoint
+    text = metrics_text(cfg)
+    assert f"dpack_flows_scored_total {len(sample_recs)}" in text
+    assert f"dpack_flows_flagged_total {live_flagged}" in text and "dpack_connected 1" in text
+    assert 'dpack_verdict_latency_seconds{quantile="0.99"}' in text
 
 
-def test_prefix_mismatch_is_refused_with_one_line_on_both_sides(
-    tmp_path, peer, model_copy, sample_recs, caplog
-):
-    run = Running(make_cfg(tmp_path, peer, model_copy))
-    try:
-        assert peer.connected.wait(10)
-        for _ in range(3):
-            peer.send(samples_frame(sample_recs[:5], time.time(), packets=2, policy="first"))
-        wait_for(lambda: run.m["batches_refused"] == 3, what="refusals")
-        wait_for(lambda: len(peer.refusals()) == 1, what="refusal event")
-        (reason,) = peer.refusals()
-        assert (
-            "expects policy=payload packets=3 bytes=80" in reason and "sends policy=first packets=2" in reason
-        )
-        peer.send(samples_frame(sample_recs[:5], time.time(), version=2))
-        wait_for(lambda: len(peer.refusals()) == 2, what="version refusal")
-        assert "contract version 2" in peer.refusals()[1]
-        assert peer.verdicts() == [] and run.m["flows_scored"] == 0
-    finally:
-        run.stop()
+def test_prefix_mismatch_is_refused_with_one_line_on_both_sides(start, peer, sample_recs):
+    run = start()
+    for _ in range(3):
+        peer.send(samples_frame(sample_recs[:5], time.time(), packets=2, policy="first"))
+    wait_for(lambda: run.m["batches_refused"] == 3, what="refusals")
+    wait_for(lambda: len(peer.refusals()) == 1, what="refusal event")
+    (reason,) = peer.refusals()
+    assert "expects policy=payload packets=3 bytes=80" in reason and "sends policy=first packets=2" in reason
+    peer.send(samples_frame(sample_recs[:5], time.time(), version=2))
+    wait_for(lambda: len(peer.refusals()) == 2, what="version refusal")
+    assert "contract version 2" in peer.refusals()[1]
+    assert peer.verdicts() == [] and run.m["flows_scored"] == 0
 
 
-def test_malformed_and_hostile_messages_are_counted_not_fatal(tmp_path, peer, model_copy, sample_recs):
-    run = Running(make_cfg(tmp_path, peer, model_copy))
-    try:
-        assert peer.connected.wait(10)
-        raw_frame = bytes.fromhex(
-            json.loads((WIRE / "frames-from-zeek.jsonl").read_text().splitlines()[2])["invalid_utf8_hex"]
-        )
-        good = json.loads(samples_frame(sample_recs[:3], time.time()))
-        wrong_event = json.loads(json.dumps(good))
-        wrong_event["data"][2]["data"][0]["data"] = "DPack::something_else"
-        wrong_arity = json.loads(json.dumps(good))
-        wrong_arity["data"][2]["data"][1]["data"].append({"@data-type": "count", "data": 1})
-        bad_b64 = json.loads(json.dumps(good))
-        bad_b64["data"][2]["data"][1]["data"][1]["data"][1]["data"][8]["data"][0]["data"] = "!!!"
-        hostile = [raw_frame, "{not json", "[]", json.dumps(wrong_event), json.dumps(wrong_arity),
-                   '{"type":"data-message","topic":"x","@data-type":"vector","data":' + "[" * 5000 + "]" * 5000 + "}",
-                   json.dumps({"type": "error", "code": "deserialization_failed", "context": "x"})]  # fmt: skip
-        for h in hostile:
-            peer.send(h)
-        peer.send(json.dumps(bad_b64))
-        peer.send(samples_frame(sample_recs[3:10], time.time()))
-        wait_for(lambda: len(peer.verdicts()) == 2 + 7, what="verdicts after the junk")
-        assert (
-            run.m["messages_malformed"] == 6 and run.m["zeek_errors"] == 1 and run.m["samples_skipped"] == 1
-        )
-        assert peer.connected.is_set()  # still the first connection
-        assert run.m["reconnects"] == 1
-    finally:
-        run.stop()
+def test_malformed_and_hostile_messages_are_counted_not_fatal(start, peer, sample_recs):
+    run = start()
+    raw_frame = bytes.fromhex(
+        json.loads((WIRE / "frames-from-zeek.jsonl").read_text().splitlines()[2])["invalid_utf8_hex"]
+    )
+    good = json.loads(samples_frame(sample_recs[:3], time.time()))
+    wrong_event = json.loads(json.dumps(good))
+    wrong_event["data"][2]["data"][0]["data"] = "DPack::something_else"
+    wrong_arity = json.loads(json.dumps(good))
+    wrong_arity["data"][2]["data"][1]["data"].append({"@data-type": "count", "data": 1})
+    bad_b64 = json.loads(json.dumps(good))
+    bad_b64["data"][2]["data"][1]["data"][1]["data"][1]["data"][8]["data"][0]["data"] = "!!!"
+    hostile = [raw_frame, "{not json", "[]", json.dumps(wrong_event), json.dumps(wrong_arity),
+               '{"type":"data-message","topic":"x","@data-type":"vector","data":' + "[" * 5000 + "]" * 5000 + "}",
+               json.dumps({"type": "error", "code": "deserialization_failed", "context": "x"})]  # fmt: skip
+    for h in hostile:
+        peer.send(h)
+    peer.send(json.dumps(bad_b64))
+    peer.send(samples_frame(sample_recs[3:10], time.time()))
+    wait_for(lambda: len(peer.verdicts()) == 2 + 7, what="verdicts after the junk")
+    assert run.m["messages_malformed"] == 6 and run.m["zeek_errors"] == 1 and run.m["samples_skipped"] == 1
+    assert peer.connected.is_set()  # still the first connection
+    assert run.m["reconnects"] == 1
 
 
-def test_reconnects_when_zeek_restarts(tmp_path, peer, model_copy, sample_recs):
-    run = Running(make_cfg(tmp_path, peer, model_copy))
-    try:
-        assert peer.connected.wait(10)
-        peer.send(samples_frame(sample_recs[:10], time.time()))
-        wait_for(lambda: len(peer.verdicts()) == 10, what="first verdicts")
-        peer.drop_clients()
-        wait_for(lambda: run.m["reconnects"] == 2 and peer.connected.is_set(), what="reconnect")
-        peer.send(samples_frame(sample_recs[10:30], time.time()))
-        wait_for(lambda: len(peer.verdicts()) == 30, what="verdicts after reconnect")
-    finally:
-        run.stop()
+def test_reconnects_when_zeek_restarts(start, peer, sample_recs):
+    run = start()
+    peer.send(samples_frame(sample_recs[:10], time.time()))
+    wait_for(lambda: len(peer.verdicts()) == 10, what="first verdicts")
+    peer.drop_clients()
+    wait_for(lambda: run.m["reconnects"] == 2 and peer.connected.is_set(), what="reconnect")
+    peer.send(samples_frame(sample_recs[10:30], time.time()))
+    wait_for(lambda: len(peer.verdicts()) == 30, what="verdicts after reconnect")
 
 
 def test_verdicts_made_while_zeek_is_away_are_delivered_after_it_returns(tmp_path, model_copy, sample_recs):
@@ -256,7 +250,7 @@ def test_verdicts_made_while_zeek_is_away_are_delivered_after_it_returns(tmp_pat
         raise
 
 
-def test_flood_beyond_capacity_drops_are_counted_and_memory_bounded(tmp_path, peer, model_copy, sample_recs):
+def test_flood_beyond_capacity_drops_are_counted_and_memory_bounded(start, peer, sample_recs):
     def slow(service):  # fault injection: a scorer that needs 50 ms per call
         real = service.scorer.verdicts
 
@@ -266,54 +260,45 @@ def test_flood_beyond_capacity_drops_are_counted_and_memory_bounded(tmp_path, pe
 
         service.scorer.verdicts = verdicts
 
-    cfg = make_cfg(tmp_path, peer, model_copy, queue_size=200, batch_size=64, watch=False)
-    run = Running(cfg, scorer_wrap=slow)
+    run = start(scorer_wrap=slow, queue_size=200, batch_size=64, watch=False)
     depth = []
-    try:
-        assert peer.connected.wait(10)
-        recs = (sample_recs * 3)[:3000]
-        for i in range(0, len(recs), 100):
-            peer.send(samples_frame(recs[i : i + 100], time.time()))
-            depth.append(run.service.metrics.queue_depth)
-        wait_for(lambda: run.m["flows_received"] + run.m["flows_dropped"] == 3000, what="all flows accounted")
-        wait_for(
-            lambda: len(peer.verdicts()) == run.m["flows_received"], timeout=60, what="verdicts for accepted"
-        )
-        assert run.m["flows_dropped"] > 0
-        assert max(depth) <= 200
-        assert f"dpack_flows_dropped_total {run.m['flows_dropped']}" in metrics_text(cfg)
-    finally:
-        run.stop()
+    recs = (sample_recs * 3)[:3000]
+    for i in range(0, len(recs), 100):
+        peer.send(samples_frame(recs[i : i + 100], time.time()))
+        depth.append(run.service.metrics.queue_depth)
+    wait_for(lambda: run.m["flows_received"] + run.m["flows_dropped"] == 3000, what="all flows accounted")
+    wait_for(
+        lambda: len(peer.verdicts()) == run.m["flows_received"], timeout=60, what="verdicts for accepted"
+    )
+    assert run.m["flows_dropped"] > 0
+    assert max(depth) <= 200
+    assert f"dpack_flows_dropped_total {run.m['flows_dropped']}" in metrics_text(run.cfg)
 
 
-def test_model_replaced_while_serving(tmp_path, peer, model_copy, sample_recs):
-    run = Running(make_cfg(tmp_path, peer, model_copy))
-    try:
-        assert peer.connected.wait(10)
-        old_name = run.service.model.name
-        # a corrupt file lands on the model path: refused, the old model keeps serving
-        junk = model_copy.with_suffix(".tmp")
-        junk.write_bytes(b"this is not a model")
-        os.replace(junk, model_copy)
-        wait_for(lambda: run.m["model_reload_failures"] >= 1, what="refusal of the corrupt model")
-        peer.send(samples_frame(sample_recs[:10], time.time()))
-        wait_for(lambda: len(peer.verdicts()) == 10, what="verdicts with the old model")
-        assert {v[8] for v in peer.verdicts()} == {old_name}
-        # a good new model (same prefix, another threshold) is swapped in without a reconnect
-        blob = torch.load(DEFAULT_MODEL, weights_only=True)
-        blob["threshold"] = 1e9
-        fresh = model_copy.with_suffix(".new")
-        torch.save(blob, fresh)
-        os.replace(fresh, model_copy)
-        wait_for(lambda: run.m["model_reloads"] == 1, what="reload")
-        peer.send(samples_frame(sample_recs[10:20], time.time()))
-        wait_for(lambda: len(peer.verdicts()) == 20, what="verdicts with the new model")
-        new = peer.verdicts()[10:]
-        assert {v[8] for v in new} == {run.service.model.name} != {old_name}
-        assert not any(v[7] for v in new)  # threshold 1e9: nothing anomalous
-        assert run.m["reconnects"] == 1
-    finally:
-        run.stop()
+def test_model_replaced_while_serving(start, peer, model_copy, sample_recs):
+    run = start()
+    old_name = run.service.model.name
+    # a corrupt file lands on the model path: refused, the old model keeps serving
+    junk = model_copy.with_suffix(".tmp")
+    junk.write_bytes(b"this is not a model")
+    os.replace(junk, model_copy)
+    wait_for(lambda: run.m["model_reload_failures"] >= 1, what="refusal of the corrupt model")
+    peer.send(samples_frame(sample_recs[:10], time.time()))
+    wait_for(lambda: len(peer.verdicts()) == 10, what="verdicts with the old model")
+    assert {v[8] for v in peer.verdicts()} == {old_name}
+    # a good new model (same prefix, another threshold) is swapped in without a reconnect
+    blob = torch.load(DEFAULT_MODEL, weights_only=True)
+    blob["threshold"] = 1e9
+    fresh = model_copy.with_suffix(".new")
+    torch.save(blob, fresh)
+    os.replace(fresh, model_copy)
+    wait_for(lambda: run.m["model_reloads"] == 1, what="reload")
+    peer.send(samples_frame(sample_recs[10:20], time.time()))
+    wait_for(lambda: len(peer.verdicts()) == 20, what="verdicts with the new model")
+    new = peer.verdicts()[10:]
+    assert {v[8] for v in new} == {run.service.model.name} != {old_name}
+    assert not any(v[7] for v in new)  # threshold 1e9: nothing anomalous
+    assert run.m["reconnects"] == 1
 
 
 def test_sigterm_scores_and_sends_what_is_queued(tmp_path, peer, sample_recs):
