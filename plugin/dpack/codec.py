@@ -92,54 +92,89 @@ def _iso_to_ts(text: str) -> float:
     return dt.timestamp()
 
 
-def decode_value(node: Any) -> Any:
-    """One ``{"@data-type", "data"}`` node -> Python value (vectors recursively)."""
-    if not isinstance(node, dict) or "@data-type" not in node or "data" not in node:
-        raise CodecError("value without @data-type/data")
-    t, v = node["@data-type"], node["data"]
-    if t == "vector":
-        if not isinstance(v, list):
-            raise CodecError("vector data is not a list")
-        return [decode_value(x) for x in v]
-    if t == "count":
-        if type(v) is not int or not 0 <= v < _U64:
-            raise CodecError(f"bad count {str(v)[:30]}")
-        return v
-    if t == "integer":
-        if type(v) is not int:
-            raise CodecError(f"bad integer {str(v)[:30]}")
-        return v
-    if t == "real":
-        if type(v) not in (int, float) or not math.isfinite(v):
-            raise CodecError(f"bad real {str(v)[:30]}")
-        return float(v)
-    if t == "boolean":
-        if type(v) is not bool:
-            raise CodecError("bad boolean")
-        return v
-    if t == "string":
-        if not isinstance(v, str):
-            raise CodecError("bad string")
-        return v
-    if t == "address":
+def _count(v: Any) -> int:
+    if type(v) is not int or not 0 <= v < _U64:
+        raise CodecError(f"bad count {str(v)[:30]}")
+    return v
+
+
+def _integer(v: Any) -> int:
+    if type(v) is not int:
+        raise CodecError(f"bad integer {str(v)[:30]}")
+    return v
+
+
+def _real(v: Any) -> float:
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise CodecError(f"bad real {str(v)[:30]}")
+    return float(v)
+
+
+def _boolean(v: Any) -> bool:
+    if type(v) is not bool:
+        raise CodecError("bad boolean")
+    return v
+
+
+def _string(v: Any) -> str:
+    if type(v) is not str:
+        raise CodecError("bad string")
+    return v
+
+
+_ADDRS: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+
+
+def _address(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    a = _ADDRS.get(v) if type(v) is str else None
+    if a is None:  # parsing is the slow part of a sample; the same hosts come back again and again
         try:
-            return ipaddress.ip_address(v)
+            a = ipaddress.ip_address(v)
         except (ValueError, TypeError):
             raise CodecError(f"bad address {str(v)[:45]!r}") from None
-    if t == "port":
-        if not isinstance(v, str) or "/" not in v:
-            raise CodecError(f"bad port {str(v)[:20]!r}")
-        num, _, proto = v.partition("/")
-        if not num.isdigit() or int(num) > 65535:
-            raise CodecError(f"bad port {v[:20]!r}")
-        return Port(int(num), proto)
-    if t == "timestamp":
-        if not isinstance(v, str):
-            raise CodecError("bad timestamp")
-        return _iso_to_ts(v)
-    if t == "none":
-        return None
-    raise CodecError(f"unsupported @data-type {str(t)[:20]!r}")
+        if len(_ADDRS) >= 65536:
+            _ADDRS.clear()
+        _ADDRS[v] = a
+    return a
+
+
+def _port(v: Any) -> Port:
+    if type(v) is not str or "/" not in v:
+        raise CodecError(f"bad port {str(v)[:20]!r}")
+    num, _, proto = v.partition("/")
+    if not num.isdigit() or len(num) > 5 or int(num) > 65535:
+        raise CodecError(f"bad port {v[:20]!r}")
+    return Port(int(num), proto)
+
+
+def _timestamp(v: Any) -> float:
+    if type(v) is not str:
+        raise CodecError("bad timestamp")
+    return _iso_to_ts(v)
+
+
+def _vector(v: Any) -> list[Any]:
+    if type(v) is not list:
+        raise CodecError("vector data is not a list")
+    return [decode_value(x) for x in v]
+
+
+_DECODERS: dict[str, Any] = {
+    "vector": _vector, "count": _count, "integer": _integer, "real": _real, "boolean": _boolean,
+    "string": _string, "address": _address, "port": _port, "timestamp": _timestamp, "none": lambda v: None,
+}  # fmt: skip
+
+
+def decode_value(node: Any) -> Any:
+    """One ``{"@data-type", "data"}`` node -> Python value (vectors recursively)."""
+    try:
+        t, v = node["@data-type"], node["data"]
+    except (KeyError, TypeError):
+        raise CodecError("value without @data-type/data") from None
+    dec = _DECODERS.get(t) if type(t) is str else None
+    if dec is None:
+        raise CodecError(f"unsupported @data-type {str(t)[:20]!r}")
+    return dec(v)
 
 
 def encode_value(t: str, v: Any) -> dict[str, Any]:
@@ -154,8 +189,8 @@ def encode_value(t: str, v: Any) -> dict[str, Any]:
         return {"@data-type": "boolean", "data": bool(v)}
     if t == "string":
         return {"@data-type": "string", "data": str(v)}
-    if t == "address":
-        return {"@data-type": "address", "data": str(ipaddress.ip_address(v))}
+    if t == "address":  # our own values (from a parsed sample or a pcap header): already canonical text
+        return {"@data-type": "address", "data": str(v)}
     if t == "port":
         return {"@data-type": "port", "data": v.wire() if isinstance(v, Port) else str(v)}
     if t == "timestamp":

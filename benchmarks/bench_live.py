@@ -1,0 +1,138 @@
+"""The live path: ``dpack serve`` (its own process) fed over the WebSocket API on 127.0.0.1.
+
+    python benchmarks/bench_live.py [--seconds 5] [--rate 5000]
+
+A WebSocket peer in this process plays Zeek (``tests/zeekpeer.py``: the same messages the dpack Zeek
+scripts send) with the flows of lab-dev benign-val + attack-dev (the shipped sample if lab-dev is absent).
+
+1. Sustained throughput: every flow sent as fast as the link takes it, in batches of 64 (Zeek's default
+   ``DPack::batch_size``); flows/s = flows / time until the last verdict is back.
+2. Latency at a fixed offered load: ``--rate`` flows/s, a batch every 10 ms (Zeek's ``batch_interval``),
+   for ``--seconds``; latency = verdict back at the peer minus batch sent, p50/p99/max.
+3. Offline ``score_capture`` on the same capture in this process, and the ratio live/offline.
+Prints figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from zeekpeer import ZeekPeer, samples_frame, samples_from_pcap  # noqa: E402
+
+from dpack.modelfile import load_model  # noqa: E402
+from dpack.score import Scorer, score_capture  # noqa: E402
+
+LAB = ROOT.parent / "shared" / "datasets" / "lab-dev"
+
+
+def capture(tmp: Path) -> Path:
+    parts = [LAB / "benign-val.pcap.gz", LAB / "attack-dev.pcap.gz"]
+    if not all(p.exists() for p in parts):
+        return ROOT / "samples" / "lab-sample.pcap.gz"
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_score import merged
+
+    return merged(parts, tmp / "mix.pcap")
+
+
+def start_serve(peer: ZeekPeer, tmp: Path) -> subprocess.Popen[str]:
+    cfg = tmp / "serve.yaml"
+    cfg.write_text(f"zeek: {{url: '{peer.url}'}}\nserve: {{alerts: '', metrics_port: 0, queue_size: 1000000, "
+                   f"batch_size: 512, max_delay_ms: 2.0, watch: false}}\n")  # fmt: skip
+    exe = shutil.which("dpack") or str(Path(sys.executable).with_name("dpack"))
+    proc = subprocess.Popen([exe, "serve", "--config", str(cfg)], stderr=subprocess.DEVNULL, text=True)
+    if not peer.connected.wait(60):
+        proc.kill()
+        raise SystemExit("dpack serve did not connect")
+    return proc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rate", type=int, default=5000)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        cap = capture(tmp)
+        recs = samples_from_pcap(str(cap))
+        print(f"flows: {len(recs)} from {cap.name}")
+        peer = ZeekPeer().start()
+        proc = start_serve(peer, tmp)
+        try:
+            # warm-up
+            peer.send(samples_frame(recs[:64], time.time()))
+            end = time.monotonic() + 30
+            while len(peer.verdicts()) < 64 and time.monotonic() < end:
+                time.sleep(0.01)
+            base = len(peer.verdicts())
+            # 1. sustained
+            frames = [samples_frame(recs[i : i + 64], time.time()) for i in range(0, len(recs), 64)]
+            t0 = time.perf_counter()
+            for f in frames:
+                peer.send(f)
+            end = time.monotonic() + 120
+            while len(peer.verdicts()) < base + len(recs) and time.monotonic() < end:
+                time.sleep(0.005)
+            dt = time.perf_counter() - t0
+            got = len(peer.verdicts()) - base
+            live = got / dt
+            print(f"sustained: {got} verdicts in {dt:.2f} s = {live:,.0f} flows/s")
+            # 2. latency at a fixed load
+            per_batch = max(1, round(a.rate / 100))
+            sent_at: dict[str, float] = {}
+            recv_at: dict[str, float] = {}
+            seen = len(peer.verdicts())
+            n_batches = int(a.seconds * 100)
+            t_start = time.perf_counter()
+            for k in range(n_batches):
+                target = t_start + k * 0.01
+                while time.perf_counter() < target:
+                    time.sleep(0.0005)
+                chunk = [recs[(k * per_batch + j) % len(recs)] for j in range(per_batch)]
+                chunk = [dict(r, uid=f"L{k}x{j}") for j, r in enumerate(chunk)]
+                now = time.perf_counter()
+                for r in chunk:
+                    sent_at[r["uid"]] = now
+                peer.send(samples_frame(chunk, time.time()))
+                for v in peer.verdicts()[seen:]:
+                    recv_at.setdefault(v[0], time.perf_counter())
+                seen = len(peer.verdicts())
+            end = time.monotonic() + 30
+            while len(recv_at) < len(sent_at) and time.monotonic() < end:
+                for v in peer.verdicts()[seen:]:
+                    recv_at.setdefault(v[0], time.perf_counter())
+                seen = len(peer.verdicts())
+                time.sleep(0.001)
+            lat = np.array([recv_at[u] - sent_at[u] for u in sent_at if u in recv_at]) * 1e3
+            print(f"latency at {per_batch * 100:,} flows/s offered ({len(lat)}/{len(sent_at)} answered): "
+                  f"p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms, max {lat.max():.2f} ms")  # fmt: skip
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            peer.stop()
+        # 3. offline on the same capture
+        if str(cap).endswith(".gz"):
+            raw = tmp / "cap.pcap"
+            raw.write_bytes(gzip.decompress(cap.read_bytes()))
+            cap = raw
+        scorer = Scorer(load_model(ROOT / "models" / "dpack-default.pt"))
+        t0 = time.perf_counter()
+        run = score_capture(cap, scorer)
+        off = run.flows / (time.perf_counter() - t0)
+        print(f"offline dpack score: {off:,.0f} flows/s; live/offline = {live / off:.2f}")
+
+
+if __name__ == "__main__":
+    main()
