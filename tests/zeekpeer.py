@@ -15,6 +15,7 @@ import base64
 import json
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -128,9 +129,14 @@ def zeek_accepts(text: str) -> tuple[str, list[Any]] | dict[str, str]:
 class ZeekPeer:
     """Runs in its own thread with its own event loop; the test drives it through thread-safe methods."""
 
-    def __init__(self) -> None:
+    def __init__(self, check_on_receipt: bool = True) -> None:
+        # check_on_receipt=False (benchmarks): store what arrives with its time and check it later, so the
+        # peer's own work does not delay the receive times of the next messages.
+        self.check_on_receipt = check_on_receipt
+        self.raw: list[tuple[float, str]] = []
         self.port = 0
         self.received: list[tuple[str, list[Any]]] = []
+        self.received_at: list[float] = []  # time.perf_counter() of each entry of ``received``
         self.errors_sent = 0
         self.subscriptions: list[list[str]] = []
         self.clients: set[Any] = set()
@@ -173,6 +179,9 @@ class ZeekPeer:
         self.connected.set()
         try:
             async for msg in ws:
+                if not self.check_on_receipt:
+                    self.raw.append((time.perf_counter(), msg))
+                    continue
                 verdict = zeek_accepts(msg)
                 if isinstance(verdict, dict):
                     self.errors_sent += 1
@@ -180,6 +189,7 @@ class ZeekPeer:
                 else:
                     with self.lock:
                         self.received.append(verdict)
+                        self.received_at.append(time.perf_counter())
         except Exception:  # noqa: BLE001 - the client went away
             pass
         finally:
@@ -220,6 +230,19 @@ class ZeekPeer:
     def verdicts(self) -> list[list[Any]]:
         with self.lock:
             return [rec for name, args in self.received if name == C.VERDICTS_EVENT for rec in args[0]]
+
+    def verdict_times(self) -> dict[str, float]:
+        """uid -> when its verdict event arrived (perf_counter)."""
+        if not self.check_on_receipt:
+            out = {}
+            for t, msg in list(self.raw):
+                got = zeek_accepts(msg)
+                if not isinstance(got, dict) and got[0] == C.VERDICTS_EVENT:
+                    out.update((rec[0], t) for rec in got[1][0])
+            return out
+        with self.lock:
+            return {rec[0]: t for (name, args), t in zip(self.received, self.received_at, strict=True)
+                    if name == C.VERDICTS_EVENT for rec in args[0]}  # fmt: skip
 
     def refusals(self) -> list[str]:
         with self.lock:

@@ -19,7 +19,7 @@ YAML layout (every key optional)::
       topic: dpack/samples
     serve:                           # dpack serve: queues, outputs, endpoints (see ServeConfig)
       batch_size: 256
-      max_delay_ms: 2.0
+      max_delay_ms: 1.0
       alerts: dpack-alerts.jsonl
       metrics_port: 9477
 
@@ -81,7 +81,7 @@ class ServeConfig:
     """The live scorer's queues, outputs and operational endpoints."""
 
     batch_size: int = 256  # flows per model call at most
-    max_delay_ms: float = 2.0  # a partial batch is scored this long after its first flow arrived
+    max_delay_ms: float = 1.0  # a partial batch is scored this long after its first flow arrived
     queue_size: int = 65536  # flows waiting to be scored; beyond it new flows are dropped and counted
     outbox_size: int = 65536  # verdicts waiting for a Zeek connection; beyond it the oldest are dropped
     alerts: str = "dpack-alerts.jsonl"  # SIEM feed (ECS JSON lines); "" for none
