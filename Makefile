@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_score.py
+	$(BIN)/python benchmarks/bench_live.py
 
 # Rebuild the shipped default model from lab-dev benign-train (see models/MODEL_CARD.md).
 DATA ?= ../shared/datasets/lab-dev
