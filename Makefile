@@ -21,6 +21,7 @@ demo: install
 	$(BIN)/dpack score $(SAMPLE) --verdicts verdicts.jsonl
 
 test: install
+	bash tools/install-suricata.sh
 	$(BIN)/ruff check plugin tests benchmarks tools
 	$(BIN)/ruff format --check plugin tests benchmarks tools
 	$(BIN)/python -m pytest -q

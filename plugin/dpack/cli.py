@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--verdicts", help="write one JSON line per flow here ('-' for stdout)")
     s.add_argument("--explain", choices=("anomalous", "all", "none"), help="which verdicts get explanations")
     s.add_argument("--top", type=int, default=10, help="flagged flows shown in the summary")
+    s.add_argument(
+        "--rules", help="write Suricata rules for the flagged flows here (policy: config 'rules:')"
+    )
 
     v = sub.add_parser("serve", help="score flows exported by Zeek, live")
     _add_model_args(v)
@@ -177,9 +180,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         tmp = Path(args.verdicts).with_name(f".{Path(args.verdicts).name}.partial")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         out = open(tmp, "w")  # noqa: SIM115
+    collected: list[Any] = []
     try:
         run = score_capture(args.capture, scorer, out, cfg.scoring.batch_size, cfg.scoring.idle_timeout,
-                            keep_top=args.top)  # fmt: skip
+                            keep_top=args.top,
+                            on_verdicts=collected.extend if args.rules else None)  # fmt: skip
     finally:
         if out is not None and out is not sys.stdout:
             out.close()
@@ -187,6 +192,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         os.replace(tmp, args.verdicts)
     dt = time.perf_counter() - t0
     info = sys.stderr if args.verdicts == "-" else sys.stdout
+    if args.rules:
+        _write_offline_rules(args.rules, cfg, collected, info)
     fs, cs = run.flow_stats, run.capture
     print(
         f"capture  {args.capture}: {cs.frames} frames, {fs.non_ip} non-IP, {fs.malformed} malformed, "
@@ -214,6 +221,22 @@ def cmd_score(args: argparse.Namespace) -> int:
                 file=info,
             )
     return 0
+
+
+def _write_offline_rules(path: str, cfg: Any, verdicts: list[Any], info: Any) -> None:
+    from .rules import RuleBook
+
+    policy = cfg.rules_policy()
+    state = cfg.rules.get("state") or f"{path}.state.json"
+    book = RuleBook(policy, path, state, suricata=cfg.rules.get("suricata"),
+                    suricata_config=cfg.rules.get("suricata_config"))  # fmt: skip
+    book.observe(verdicts)
+    validate = book.suricata is not None
+    book.write(validate=validate)
+    st = book.stats
+    print(f"rules    {path}: {len(book.state.entries)} active ({policy.mode}, scope {policy.scope}); "
+          f"{st['added']} added, {st['refreshed']} refreshed, {st['allowlisted']} allowlisted; "
+          + ("checked with suricata -T" if validate else "NOT checked: suricata not found"), file=info)  # fmt: skip
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -100,6 +100,23 @@ class Config:
     zeek: ZeekConfig = field(default_factory=ZeekConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     path: str | None = None  # the YAML file this came from, if any
+    # Suricata rules: ``rules.Policy`` fields (mode, scope, threshold_flows, window, ttl, max_entries,
+    # allowlist, require_handshake, sid_first, sid_last) plus ``file``, ``state``, ``suricata``,
+    # ``suricata_config``; checked by ``rules_policy()``.
+    rules: dict[str, Any] = field(default_factory=dict)
+
+    def rules_policy(self) -> Any:
+        from .rules import Policy, RulesError
+
+        known = {f.name for f in dataclasses.fields(Policy)}
+        extra = {"file", "state", "suricata", "suricata_config"}
+        unknown = set(self.rules) - known - extra
+        if unknown:
+            raise ConfigError(f"unknown setting(s) rules.{', rules.'.join(sorted(unknown))}")
+        try:
+            return Policy(**{k: v for k, v in self.rules.items() if k in known})
+        except (TypeError, RulesError) as err:
+            raise ConfigError(f"rules: {err}") from None
 
     def model_path(self) -> str:
         if self.model:
@@ -224,9 +241,15 @@ def _merge(cfg: Config, raw: Mapping[str, Any], origin: str, base: Path) -> None
             if cfg.export is None:
                 cfg.export = ExportConfig()
             _apply_section(cfg.export, "export", value, origin)
+        elif key == "rules":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{origin}: rules must be a mapping")
+            cfg.rules.update(value)
         elif key in _SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{origin}: {key} must be a mapping")
             _apply_section(getattr(cfg, key), key, value, origin)
         else:
-            raise ConfigError(f"{origin}: unknown setting {key!r} (known: model, {', '.join(_SECTIONS)})")
+            raise ConfigError(
+                f"{origin}: unknown setting {key!r} (known: model, rules, {', '.join(_SECTIONS)})"
+            )

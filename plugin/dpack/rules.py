@@ -1,0 +1,410 @@
+"""Suricata rules for flagged flows: a small ``Rule`` type that formats and parses back, the blocking policy
+(escalation, allowlist, cap, expiry), persistent state (stable SIDs), and the rules file writer
+(temporary file -> ``suricata -T`` -> atomic rename).
+
+Safety: a rule is built only from validated values - addresses parsed by ``ipaddress``, integer ports
+and SIDs, a fixed vocabulary for actions, protocols and messages, and metadata values that must match a
+strict pattern (anything else is left out and counted). Every rule is parsed back and compared before it
+is kept. Nothing from a packet or a peer is ever pasted into a rule as text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import DpackError
+from .modelfile import atomic_write_bytes
+from .score import Verdict
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("alert", "drop")
+SCOPES = ("source", "flow")
+PROTOS = ("ip", "tcp", "udp", "icmp")
+MESSAGES = {"source": "dpack anomalous source", "flow": "dpack anomalous flow"}
+LOCAL_SID_RANGE = (1_000_000, 1_999_999)  # reserved for local rules
+# metadata key -> the only values it may carry
+_META_PATTERNS = {
+    "dpack_version": re.compile(r"[0-9][0-9A-Za-z.+-]{0,30}"),
+    "model": re.compile(r"[A-Za-z0-9._-]{1,64}@[0-9a-f]{12}"),
+    "score": re.compile(r"[0-9]+(\.[0-9]+)?(e[-+][0-9]+)?"),
+    "flows": re.compile(r"[0-9]{1,9}"),
+    "zeek_uid": re.compile(r"C[A-Za-z0-9]{5,30}"),
+    "community_id": re.compile(r"1:[A-Za-z0-9+/]{27}="),
+    "expires": re.compile(r"[0-9]{10}"),
+}
+
+
+class RulesError(DpackError):
+    """A rule, a rules file or the rules state that cannot be used."""
+
+
+def _addr(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise RulesError(f"not an IP address: {text[:50]!r}") from None
+
+
+def _port(p: int | str) -> str:
+    if p == "any":
+        return "any"
+    if type(p) is not int or not 0 <= p <= 65535:
+        raise RulesError(f"not a port: {str(p)[:20]!r}")
+    return str(p)
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: str
+    proto: str
+    src: str
+    sport: str
+    dst: str
+    dport: str
+    msg: str
+    sid: int
+    rev: int = 1
+    established: bool = False  # flow:established, so an ongoing flow is cut (not only its first packet)
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS or self.proto not in PROTOS or self.msg not in MESSAGES.values():
+            raise RulesError(f"rule outside dpack's vocabulary: {self.action} {self.proto} {self.msg!r}")
+        for a in (self.src, self.dst):
+            if a != "any" and _addr(a) != a:
+                raise RulesError(f"address not in canonical form: {a[:50]!r}")
+        for p in (self.sport, self.dport):
+            if p != "any" and (not p.isdigit() or int(p) > 65535):
+                raise RulesError(f"bad port {p[:10]!r}")
+        if not LOCAL_SID_RANGE[0] <= self.sid <= LOCAL_SID_RANGE[1] or not 1 <= self.rev < 1_000_000:
+            raise RulesError(f"sid {self.sid} / rev {self.rev} out of range")
+        for k, v in self.metadata:
+            pat = _META_PATTERNS.get(k)
+            if pat is None or not pat.fullmatch(v):
+                raise RulesError(f"metadata {k[:20]!r} has a value outside its pattern")
+
+    def format(self) -> str:
+        opts = [f'msg:"{self.msg}"']
+        if self.established:
+            opts.append("flow:established")
+        track = "by_src" if self.src != "any" else "by_dst"
+        opts.append(f"threshold:type limit, track {track}, count 1, seconds 60")
+        if self.metadata:
+            opts.append("metadata:" + ", ".join(f"{k} {v}" for k, v in self.metadata))
+        opts += ["classtype:misc-attack", f"sid:{self.sid}", f"rev:{self.rev}"]
+        return (f"{self.action} {self.proto} {self.src} {self.sport} -> {self.dst} {self.dport} "
+                f"({'; '.join(opts)};)")  # fmt: skip
+
+    _RE = re.compile(
+        r"(?P<action>alert|drop) (?P<proto>ip|tcp|udp|icmp) (?P<src>[0-9A-Fa-f.:]+|any) (?P<sport>\d+|any) -> "
+        r"(?P<dst>[0-9A-Fa-f.:]+|any) (?P<dport>\d+|any) \(msg:\"(?P<msg>[a-z ]+)\"; "
+        r"(?P<est>flow:established; )?threshold:type limit, track by_(src|dst), count 1, seconds 60; "
+        r"(metadata:(?P<meta>[^;\"()]*); )?classtype:misc-attack; sid:(?P<sid>\d+); rev:(?P<rev>\d+);\)"
+    )
+
+    @classmethod
+    def parse(cls, line: str) -> Rule:
+        """Parse a rule this module wrote (and nothing else)."""
+        m = cls._RE.fullmatch(line.strip())
+        if m is None:
+            raise RulesError(f"not a dpack rule: {line[:80]!r}")
+        meta: tuple[tuple[str, str], ...] = ()
+        if m["meta"]:
+            pairs = [p.strip().split(" ", 1) for p in m["meta"].split(",")]
+            if any(len(p) != 2 for p in pairs):
+                raise RulesError(f"bad metadata in {line[:80]!r}")
+            meta = tuple((k, v) for k, v in pairs)
+        return cls(m["action"], m["proto"], m["src"], m["sport"], m["dst"], m["dport"], m["msg"],
+                   int(m["sid"]), int(m["rev"]), bool(m["est"]), meta)  # fmt: skip
+
+
+def metadata_for(
+    v: Verdict, flows: int | None = None, expires: float | None = None
+) -> tuple[tuple[str, str], ...]:
+    """The metadata pairs for a verdict; values that do not fit their pattern are left out."""
+    cand = [("dpack_version", __version__), ("model", v.model), ("score", f"{v.score:.6g}"),
+            ("zeek_uid", v.uid), ("community_id", v.community_id)]  # fmt: skip
+    if flows is not None:
+        cand.append(("flows", str(flows)))
+    if expires is not None:
+        cand.append(("expires", str(int(expires))))
+    out = []
+    for k, val in cand:
+        if val and _META_PATTERNS[k].fullmatch(val):
+            out.append((k, val))
+        elif val:
+            log.warning("rule metadata %s left out: value does not fit its pattern", k)
+    return tuple(out)
+
+
+# --- policy and state ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Policy:
+    """What gets blocked, when, and for how long (the ``rules:`` section of the config)."""
+
+    mode: str = "alert"  # alert | drop; a cautious SOC starts with alert
+    scope: str = "source"  # source: the attacker's address; flow: the 5-tuple
+    # Escalation: a source is blocked after `threshold_flows` anomalous flows within `window` seconds.
+    # At the shipped model's 0.55% false-positive rate, a benign host that opens 100 flows a minute reaches
+    # 5 false alarms in a minute with probability ~4e-4; every lab-dev attack family exceeds 5 flows a minute.
+    threshold_flows: int = 5
+    window: float = 60.0
+    ttl: float = 3600.0  # seconds an entry stays active
+    max_entries: int = 1000  # cap on active entries (oldest expire first when it is reached)
+    allowlist: list[str] = field(default_factory=list)  # CIDRs never blocked
+    require_handshake: bool = False  # only block sources whose TCP handshake completed (spoof-resistant)
+    sid_first: int = 1_900_000
+    sid_last: int = 1_909_999
+
+    def __post_init__(self) -> None:
+        if self.mode not in ACTIONS or self.scope not in SCOPES:
+            raise RulesError(
+                f"rules.mode must be alert|drop and rules.scope source|flow, got {self.mode}/{self.scope}"
+            )
+        if not (LOCAL_SID_RANGE[0] <= self.sid_first <= self.sid_last <= LOCAL_SID_RANGE[1]):
+            raise RulesError("rules.sid_first..sid_last must lie inside 1000000-1999999 (local rules)")
+        if self.threshold_flows < 1 or self.window <= 0 or self.ttl <= 0 or self.max_entries < 1:
+            raise RulesError("rules.threshold_flows, window, ttl and max_entries must be positive")
+        try:
+            self.networks = [ipaddress.ip_network(c, strict=False) for c in self.allowlist]
+        except ValueError as err:
+            raise RulesError(f"rules.allowlist: {err}") from None
+
+    def allowed(self, addr: str) -> bool:
+        a = ipaddress.ip_address(addr)
+        return any(a in n for n in self.networks)
+
+
+@dataclass
+class Entry:
+    key: str  # "src:ADDR" or "flow:PROTO:SRC:SPORT:DST:DPORT"
+    sid: int
+    rev: int
+    rule: str
+    created: float
+    expires: float
+
+
+@dataclass
+class State:
+    """Active entries and SID assignments; persisted atomically as JSON."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    sids: dict[str, int] = field(default_factory=dict)  # key -> sid, kept after expiry (stable SIDs)
+    revs: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> State:
+        """Read the state file; a corrupt one is moved aside (``.corrupt-<time>``) and reported, not reset
+        silently."""
+        if not path.exists():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+            st = cls(
+                {k: Entry(**e) for k, e in raw["entries"].items()},
+                {k: int(v) for k, v in raw["sids"].items()},
+                {k: int(v) for k, v in raw.get("revs", {}).items()},
+            )
+            for e in st.entries.values():
+                Rule.parse(e.rule)
+            return st
+        except (ValueError, KeyError, TypeError, AttributeError, RulesError) as err:
+            backup = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            shutil.copy2(path, backup)
+            raise RulesError(f"{path}: rules state is damaged ({type(err).__name__}); a copy is at {backup}; "
+                             "fix or remove it to start with no active rules") from None  # fmt: skip
+
+    def save(self, path: Path) -> None:
+        data = {
+            "entries": {k: asdict(e) for k, e in self.entries.items()},
+            "sids": self.sids,
+            "revs": self.revs,
+        }
+        atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+
+
+# --- the engine -----------------------------------------------------------------------------------------
+
+
+def _proto(v: Verdict) -> str:
+    return v.proto if v.proto in ("tcp", "udp") else ("icmp" if v.proto in ("icmp", "icmp6") else "ip")
+
+
+class RuleBook:
+    """Turns anomalous verdicts into rules under a policy; keeps state; writes and validates the file."""
+
+    def __init__(self, policy: Policy, rules_path: str | os.PathLike[str], state_path: str | os.PathLike[str] | None = None,
+                 suricata: str | None = None, suricata_config: str | None = None) -> None:  # fmt: skip
+        self.policy = policy
+        self.path = Path(rules_path)
+        self.state_path = Path(state_path) if state_path else self.path.with_suffix(".state.json")
+        self.state = State.load(self.state_path)
+        self.suricata = suricata if suricata is not None else shutil.which("suricata")
+        self.suricata_config = suricata_config
+        self.recent: dict[str, deque[float]] = {}
+        self.stats = {
+            "added": 0,
+            "refreshed": 0,
+            "expired": 0,
+            "allowlisted": 0,
+            "unverified": 0,
+            "capped": 0,
+            "invalid": 0,
+        }
+
+    # which flows lead to an entry
+    def observe(self, verdicts: Iterable[Verdict], handshake_ok: Sequence[bool] | None = None,
+                now: float | None = None) -> list[str]:  # fmt: skip
+        """Account anomalous verdicts; returns the keys added or refreshed. The escalation window runs on
+        the flows' own times (``ts``, so a capture replays as it happened); entries live ``ttl`` seconds
+        from ``now`` (default: the wall clock)."""
+        changed = []
+        wall = time.time() if now is None else now
+        for i, v in enumerate(verdicts):
+            if not v.anomalous:
+                continue
+            try:
+                _addr(v.src), _addr(v.dst)
+            except RulesError as err:
+                self.stats["invalid"] += 1
+                log.warning("verdict skipped for rules: %s", err)
+                continue
+            if self.policy.allowed(v.src):
+                self.stats["allowlisted"] += 1
+                continue
+            if self.policy.require_handshake and (handshake_ok is None or not handshake_ok[i]):
+                self.stats["unverified"] += 1
+                continue
+            t = v.ts
+            if self.policy.scope == "flow":
+                key = f"flow:{_proto(v)}:{v.src}:{v.sport}:{v.dst}:{v.dport}"
+                count = 1
+            else:
+                key = f"src:{v.src}"
+                q = self.recent.setdefault(v.src, deque())
+                q.append(t)
+                while q and t - q[0] > self.policy.window:
+                    q.popleft()
+                count = len(q)
+                if count < self.policy.threshold_flows:
+                    continue
+            if self._put(key, v, wall, count):
+                changed.append(key)
+        return changed
+
+    def _put(self, key: str, v: Verdict, now: float, flows: int) -> bool:
+        expires = now + self.policy.ttl
+        existing = self.state.entries.get(key)
+        if existing is not None and existing.expires - now > self.policy.ttl / 2:
+            return False  # active and far from expiry: nothing to change
+        sid = self.state.sids.get(key) or self._new_sid()
+        rev = self.state.revs.get(key, 0) + 1
+        p = self.policy
+        if p.scope == "flow":
+            proto = _proto(v)
+            ports = (str(v.sport), str(v.dport)) if proto in ("tcp", "udp") else ("any", "any")
+            rule = Rule(p.mode, proto, _addr(v.src), ports[0], _addr(v.dst), ports[1], MESSAGES["flow"], sid, rev,
+                        established=proto in ("tcp", "udp"), metadata=metadata_for(v, None, expires))  # fmt: skip
+        else:
+            rule = Rule(p.mode, "ip", _addr(v.src), "any", "any", "any", MESSAGES["source"], sid, rev,
+                        metadata=metadata_for(v, flows, expires))  # fmt: skip
+        text = rule.format()
+        if Rule.parse(text) != rule:  # re-parse before keeping it
+            raise RulesError(f"rule for {key} does not parse back")
+        if existing is None and len(self.state.entries) >= p.max_entries:
+            oldest = min(self.state.entries.values(), key=lambda e: e.expires)
+            del self.state.entries[oldest.key]
+            self.stats["capped"] += 1
+        self.state.entries[key] = Entry(key, sid, rev, text, now, expires)
+        self.state.sids[key], self.state.revs[key] = sid, rev
+        self.stats["refreshed" if existing else "added"] += 1
+        return True
+
+    def _new_sid(self) -> int:
+        used = set(self.state.sids.values())
+        for sid in range(self.policy.sid_first, self.policy.sid_last + 1):
+            if sid not in used:
+                return sid
+        # range exhausted: reuse the SID of the longest-expired key
+        stale = [k for k in self.state.sids if k not in self.state.entries]
+        if not stale:
+            raise RulesError("no free SID in rules.sid_first..sid_last; widen the range or lower max_entries")
+        sid = self.state.sids.pop(stale[0])
+        return sid
+
+    def expire(self, now: float) -> list[str]:
+        gone = [k for k, e in self.state.entries.items() if e.expires <= now]
+        for k in gone:
+            del self.state.entries[k]
+        self.stats["expired"] += len(gone)
+        return gone
+
+    def remove(self, addr: str) -> list[str]:
+        a = _addr(addr)
+        gone = [k for k in self.state.entries if k == f"src:{a}" or k.split(":")[2:3] == [a]]
+        for k in gone:
+            del self.state.entries[k]
+        return gone
+
+    # the file
+    def text(self) -> str:
+        head = (f"# dpack {__version__} rules: written {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
+                f"{len(self.state.entries)} active entries. Managed by dpack; edits are overwritten.\n")  # fmt: skip
+        body = "".join(e.rule + "\n" for e in sorted(self.state.entries.values(), key=lambda e: e.sid))
+        return head + body
+
+    def validate(self, path: Path) -> None:
+        """``suricata -T`` on a rules file; raises RulesError with Suricata's first error line."""
+        if not self.suricata:
+            raise RulesError("suricata not found; cannot validate rules (install Suricata 7)")
+        with tempfile.TemporaryDirectory(prefix="dpack-suricata-") as logdir:
+            cmd = [self.suricata, "-T", "-S", str(path), "-l", logdir]
+            if self.suricata_config:
+                cmd[1:1] = ["-c", self.suricata_config]
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                raise RulesError(f"suricata -T could not run: {err}") from None
+        if r.returncode != 0:
+            lines = [ln for ln in (r.stderr + r.stdout).splitlines() if "Error" in ln or "error" in ln]
+            raise RulesError(f"suricata -T refused {path.name}: {(lines or ['(no error line)'])[0][:300]}")
+
+    def write(self, validate: bool = True) -> Path:
+        """Write the rules file: a temporary file beside it, ``suricata -T``, then an atomic rename; the
+        state is saved after the file, so a crash in between leaves an older file and a newer state, which
+        the next write reconciles."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.text())
+                fh.flush()
+                os.fsync(fh.fileno())
+            if validate:
+                self.validate(Path(tmp))
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        self.state.save(self.state_path)
+        return self.path

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs Suricata 7 from Debian's bookworm-backports suite, taken from the same Debian mirror the machine
+# already uses (read from its apt sources, never hard-coded). Does nothing if suricata 7+ is present.
+set -euo pipefail
+if command -v suricata >/dev/null 2>&1 && suricata -V 2>/dev/null | grep -qE 'version ([7-9]|[1-9][0-9])\.'; then
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+list=/etc/apt/sources.list.d/dpack-backports.sources
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  uri=$(awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+  if [ -z "$uri" ]; then
+    uri=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  fi
+  [ -n "$uri" ] || { echo "install-suricata: no Debian bookworm mirror in the apt sources" >&2; exit 1; }
+  printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" | $SUDO tee "$list" >/dev/null
+fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports suricata >/dev/null
+suricata -V
