@@ -14,7 +14,7 @@ import pytest
 from conftest import SAMPLE
 
 from dpack.cli import main
-from dpack.rules import Policy, Rule, RuleBook, RulesError, State, metadata_for
+from dpack.rules import Policy, Rule, RuleBook, RulesError, metadata_for
 from dpack.score import Verdict
 
 SURICATA = shutil.which("suricata")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+def atomic_write_bytes(
+    path: str | os.PathLike[str], payload: bytes, check: Callable[[Path], None] | None = None
+) -> None:
+    """Write ``payload`` to ``path`` atomically: a temporary file in the same directory, fsync, ``check``
+    on it (raise to abandon the write: the old file stays), rename over the target."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -59,6 +63,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, target)
     except BaseException:
         try:

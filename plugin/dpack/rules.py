@@ -390,21 +390,6 @@ class RuleBook:
         """Write the rules file: a temporary file beside it, ``suricata -T``, then an atomic rename; the
         state is saved after the file, so a crash in between leaves an older file and a newer state, which
         the next write reconciles."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(self.text())
-                fh.flush()
-                os.fsync(fh.fileno())
-            if validate:
-                self.validate(Path(tmp))
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        atomic_write_bytes(self.path, self.text().encode(), check=self.validate if validate else None)
         self.state.save(self.state_path)
         return self.path
