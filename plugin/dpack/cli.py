@@ -71,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="Prometheus endpoint on 127.0.0.1 (0 for none; default 9477)"
     )
 
+    r = sub.add_parser("rules", help="inspect and change the active Suricata rules")
+    r.add_argument("--config", help="YAML configuration file (rules.file, rules.state)")
+    r.add_argument("--file", help="rules file (default: rules.file, or suricata_rules/dpack.rules)")
+    rsub = r.add_subparsers(dest="rules_cmd", required=True)
+    rsub.add_parser("list", help="active entries")
+    show = rsub.add_parser("show", help="one rule by SID")
+    show.add_argument("sid", type=int)
+    rsub.add_parser("expire", help="drop entries past their expiry and rewrite the file")
+    rm = rsub.add_parser("remove", help="remove the entries for an address and rewrite the file")
+    rm.add_argument("address")
+
     e = sub.add_parser("evaluate", help="detection metrics on labelled captures")
     _add_model_args(e)
     e.add_argument("--benign", nargs="+", default=[], help="benign captures")
@@ -239,6 +250,38 @@ def _write_offline_rules(path: str, cfg: Any, verdicts: list[Any], info: Any) ->
           + ("checked with suricata -T" if validate else "NOT checked: suricata not found"), file=info)  # fmt: skip
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from .config import load_config, repo_root
+    from .rules import RuleBook, RulesError
+
+    cfg = load_config(args.config)
+    path = args.file or cfg.rules.get("file") or str(repo_root() / "suricata_rules" / "dpack.rules")
+    state = cfg.rules.get("state") or f"{path}.state.json"
+    book = RuleBook(cfg.rules_policy(), path, state, suricata=cfg.rules.get("suricata"),
+                    suricata_config=cfg.rules.get("suricata_config"))  # fmt: skip
+    now = time.time()
+    if args.rules_cmd == "list":
+        print(f"{'sid':>8} {'rev':>4} {'expires in':>10}  key")
+        for e in sorted(book.state.entries.values(), key=lambda e: e.sid):
+            print(f"{e.sid:>8} {e.rev:>4} {max(0, e.expires - now):>9.0f}s  {e.key}")
+        print(f"{len(book.state.entries)} active entries in {path}")
+        return 0
+    if args.rules_cmd == "show":
+        for e in book.state.entries.values():
+            if e.sid == args.sid:
+                print(e.rule)
+                return 0
+        raise RulesError(f"no active rule with sid {args.sid}")
+    changed = book.expire(now) if args.rules_cmd == "expire" else book.remove(args.address)
+    if args.rules_cmd == "remove" and not changed:
+        raise RulesError(f"no active entry for {args.address}")
+    book.write(validate=book.suricata is not None)
+    print(
+        f"{len(changed)} entr{'y' if len(changed) == 1 else 'ies'} removed; {len(book.state.entries)} active"
+    )
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table, labelled_pcap, labelled_sets, write_report
     from .score import Scorer
@@ -281,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format=fmt)
     try:
-        cmds = {"train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate, "serve": cmd_serve}
+        cmds = {"train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate, "serve": cmd_serve,
+                "rules": cmd_rules}  # fmt: skip
         return cmds[args.cmd](args)
     except DpackError as err:
         print(f"dpack: error: {err}", file=sys.stderr)

@@ -28,13 +28,20 @@ from . import __version__
 from .errors import DpackError
 from .modelfile import atomic_write_bytes
 from .score import Verdict
+from .suricata import SuricataSocket
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("alert", "drop")
 SCOPES = ("source", "flow")
 PROTOS = ("ip", "tcp", "udp", "icmp")
-MESSAGES = {"source": "dpack anomalous source", "flow": "dpack anomalous flow"}
+MESSAGES = {
+    "source": "dpack anomalous source",
+    "flow": "dpack anomalous flow",
+    "dataset": "dpack blocked source",
+}
+APPLY = ("rules", "dataset")
+_DATASET_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 LOCAL_SID_RANGE = (1_000_000, 1_999_999)  # reserved for local rules
 # metadata key -> the only values it may carry
 _META_PATTERNS = {
@@ -80,6 +87,7 @@ class Rule:
     rev: int = 1
     established: bool = False  # flow:established, so an ongoing flow is cut (not only its first packet)
     metadata: tuple[tuple[str, str], ...] = ()
+    dataset: str = ""  # match ip.src against this Suricata dataset (type ip) instead of an address
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS or self.proto not in PROTOS or self.msg not in MESSAGES.values():
@@ -92,6 +100,8 @@ class Rule:
                 raise RulesError(f"bad port {p[:10]!r}")
         if not LOCAL_SID_RANGE[0] <= self.sid <= LOCAL_SID_RANGE[1] or not 1 <= self.rev < 1_000_000:
             raise RulesError(f"sid {self.sid} / rev {self.rev} out of range")
+        if self.dataset and not _DATASET_NAME.fullmatch(self.dataset):
+            raise RulesError(f"bad dataset name {self.dataset[:40]!r}")
         for k, v in self.metadata:
             pat = _META_PATTERNS.get(k)
             if pat is None or not pat.fullmatch(v):
@@ -101,7 +111,9 @@ class Rule:
         opts = [f'msg:"{self.msg}"']
         if self.established:
             opts.append("flow:established")
-        track = "by_src" if self.src != "any" else "by_dst"
+        if self.dataset:
+            opts.append(f"ip.src; dataset:isset,{self.dataset}")
+        track = "by_src" if self.src != "any" or self.dataset else "by_dst"
         opts.append(f"threshold:type limit, track {track}, count 1, seconds 60")
         if self.metadata:
             opts.append("metadata:" + ", ".join(f"{k} {v}" for k, v in self.metadata))
@@ -112,7 +124,8 @@ class Rule:
     _RE = re.compile(
         r"(?P<action>alert|drop) (?P<proto>ip|tcp|udp|icmp) (?P<src>[0-9A-Fa-f.:]+|any) (?P<sport>\d+|any) -> "
         r"(?P<dst>[0-9A-Fa-f.:]+|any) (?P<dport>\d+|any) \(msg:\"(?P<msg>[a-z ]+)\"; "
-        r"(?P<est>flow:established; )?threshold:type limit, track by_(src|dst), count 1, seconds 60; "
+        r"(?P<est>flow:established; )?(ip\.src; dataset:isset,(?P<ds>[a-z0-9_-]+); )?"
+        r"threshold:type limit, track by_(src|dst), count 1, seconds 60; "
         r"(metadata:(?P<meta>[^;\"()]*); )?classtype:misc-attack; sid:(?P<sid>\d+); rev:(?P<rev>\d+);\)"
     )
 
@@ -129,7 +142,7 @@ class Rule:
                 raise RulesError(f"bad metadata in {line[:80]!r}")
             meta = tuple((k, v) for k, v in pairs)
         return cls(m["action"], m["proto"], m["src"], m["sport"], m["dst"], m["dport"], m["msg"],
-                   int(m["sid"]), int(m["rev"]), bool(m["est"]), meta)  # fmt: skip
+                   int(m["sid"]), int(m["rev"]), bool(m["est"]), meta, m["ds"] or "")  # fmt: skip
 
 
 def metadata_for(
@@ -171,6 +184,11 @@ class Policy:
     require_handshake: bool = False  # only block sources whose TCP handshake completed (spoof-resistant)
     sid_first: int = 1_900_000
     sid_last: int = 1_909_999
+    # How a live Suricata learns about entries: "rules" (rules file + reload over the unix socket) or
+    # "dataset" (one static rule matching ip.src against `dataset_name`, a dataset of type ip defined in
+    # suricata.yaml; entries added and removed over the socket, effective on the next packet, no reload).
+    apply: str = "rules"
+    dataset_name: str = "dpack-block"
 
     def __post_init__(self) -> None:
         if self.mode not in ACTIONS or self.scope not in SCOPES:
@@ -179,6 +197,12 @@ class Policy:
             )
         if not (LOCAL_SID_RANGE[0] <= self.sid_first <= self.sid_last <= LOCAL_SID_RANGE[1]):
             raise RulesError("rules.sid_first..sid_last must lie inside 1000000-1999999 (local rules)")
+        if self.apply not in APPLY or not _DATASET_NAME.fullmatch(self.dataset_name):
+            raise RulesError(
+                "rules.apply must be rules|dataset and rules.dataset_name a short lowercase name"
+            )
+        if self.apply == "dataset" and self.scope != "source":
+            raise RulesError("rules.apply: dataset blocks sources; it needs rules.scope: source")
         if self.threshold_flows < 1 or self.window <= 0 or self.ttl <= 0 or self.max_entries < 1:
             raise RulesError("rules.threshold_flows, window, ttl and max_entries must be positive")
         try:
@@ -208,6 +232,7 @@ class State:
     entries: dict[str, Entry] = field(default_factory=dict)
     sids: dict[str, int] = field(default_factory=dict)  # key -> sid, kept after expiry (stable SIDs)
     revs: dict[str, int] = field(default_factory=dict)
+    applied: list[str] = field(default_factory=list)  # addresses in Suricata's dataset (apply: dataset)
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -221,6 +246,7 @@ class State:
                 {k: Entry(**e) for k, e in raw["entries"].items()},
                 {k: int(v) for k, v in raw["sids"].items()},
                 {k: int(v) for k, v in raw.get("revs", {}).items()},
+                [_addr(a) for a in raw.get("applied", [])],
             )
             for e in st.entries.values():
                 Rule.parse(e.rule)
@@ -236,6 +262,7 @@ class State:
             "entries": {k: asdict(e) for k, e in self.entries.items()},
             "sids": self.sids,
             "revs": self.revs,
+            "applied": self.applied,
         }
         atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
@@ -339,7 +366,7 @@ class RuleBook:
 
     def _new_sid(self) -> int:
         used = set(self.state.sids.values())
-        for sid in range(self.policy.sid_first, self.policy.sid_last + 1):
+        for sid in range(self.policy.sid_first, self.policy.sid_last):  # sid_last: the dataset rule
             if sid not in used:
                 return sid
         # range exhausted: reuse the SID of the longest-expired key
@@ -367,8 +394,37 @@ class RuleBook:
     def text(self) -> str:
         head = (f"# dpack {__version__} rules: written {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
                 f"{len(self.state.entries)} active entries. Managed by dpack; edits are overwritten.\n")  # fmt: skip
+        if self.policy.apply == "dataset":
+            return head + self.dataset_rule().format() + "\n"
         body = "".join(e.rule + "\n" for e in sorted(self.state.entries.values(), key=lambda e: e.sid))
         return head + body
+
+    def dataset_rule(self) -> Rule:
+        """The one static rule of ``apply: dataset`` (the last SID of the range is reserved for it)."""
+        p = self.policy
+        return Rule(p.mode, "ip", "any", "any", "any", "any", MESSAGES["dataset"], p.sid_last,
+                    metadata=(("dpack_version", __version__),), dataset=p.dataset_name)  # fmt: skip
+
+    def apply(self, sock: SuricataSocket) -> str:
+        """Make a running Suricata use the current entries; raises SuricataError (the file stays written,
+        the caller retries). ``rules``: reload and check the ruleset stats. ``dataset``: add and remove the
+        difference between the active sources and what Suricata holds, then save the state."""
+        if self.policy.apply == "rules":
+            stats = sock.reload_rules()
+            return f"reloaded: {stats.get('rules_loaded')} rules loaded, {stats.get('rules_failed')} failed"
+        want = {k.split(":", 1)[1] for k in self.state.entries if k.startswith("src:")}
+        have = set(self.state.applied)
+        try:
+            for a in sorted(want - have):
+                sock.dataset("add", self.policy.dataset_name, a)
+                have.add(a)
+            for a in sorted(have - want):
+                sock.dataset("remove", self.policy.dataset_name, a)
+                have.discard(a)
+        finally:
+            self.state.applied = sorted(have)
+            self.state.save(self.state_path)
+        return f"dataset {self.policy.dataset_name}: {len(have)} addresses"
 
     def validate(self, path: Path) -> None:
         """``suricata -T`` on a rules file; raises RulesError with Suricata's first error line."""
