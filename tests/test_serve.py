@@ -24,6 +24,7 @@ from zeekpeer import ZeekPeer, samples_frame, samples_from_pcap
 from dpack import contract as C
 from dpack.config import load_config
 from dpack.modelfile import load_model
+from dpack.rules import Rule
 from dpack.score import Scorer, score_capture
 from dpack.serve import Service
 
@@ -299,6 +300,29 @@ def test_model_replaced_while_serving(start, peer, model_copy, sample_recs):
     assert {v[8] for v in new} == {run.service.model.name} != {old_name}
     assert not any(v[7] for v in new)  # threshold 1e9: nothing anomalous
     assert run.m["reconnects"] == 1
+
+
+def test_rules_written_while_serving_and_apply_failure_reported(tmp_path, peer, model_copy, sample_recs):
+    cfg = make_cfg(tmp_path, peer, model_copy)
+    cfg.rules.update({"file": str(tmp_path / "dpack.rules"), "socket": str(tmp_path / "no-suricata.sock"),
+                      "mode": "drop", "tick": 0.2})  # fmt: skip
+    run = Running(cfg)
+    try:
+        assert peer.connected.wait(10)
+        send_batches(peer, sample_recs)
+
+        def sources():
+            if not (tmp_path / "dpack.rules").exists():
+                return set()
+            text = (tmp_path / "dpack.rules").read_text()
+            return {Rule.parse(ln).src for ln in text.splitlines() if not ln.startswith("#")}
+
+        wait_for(lambda: len(sources()) == 5, what="rules for the five attackers")
+        wait_for(lambda: run.service.rules_worker.counts["rules_apply_failures"] >= 1, what="apply attempt")
+        assert sources() == {"10.201.66.11", "10.201.66.12", "10.201.66.21", "10.201.66.31", "10.201.66.41"}
+        assert "dpack_rules_apply_failures_total" in metrics_text(cfg)
+    finally:
+        run.stop()
 
 
 def test_sigterm_scores_and_sends_what_is_queued(tmp_path, peer, sample_recs):

@@ -101,15 +101,16 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     path: str | None = None  # the YAML file this came from, if any
     # Suricata rules: ``rules.Policy`` fields (mode, scope, threshold_flows, window, ttl, max_entries,
-    # allowlist, require_handshake, sid_first, sid_last) plus ``file``, ``state``, ``suricata``,
-    # ``suricata_config``; checked by ``rules_policy()``.
+    # allowlist, require_handshake, sid_first, sid_last, apply, dataset_name) plus ``file``, ``state``,
+    # ``suricata`` (binary), ``suricata_config`` (for suricata -T), ``socket`` (Suricata's unix socket,
+    # dpack serve), ``tick`` (expiry/retry seconds); checked by ``rules_policy()``.
     rules: dict[str, Any] = field(default_factory=dict)
 
     def rules_policy(self) -> Any:
         from .rules import Policy, RulesError
 
         known = {f.name for f in dataclasses.fields(Policy)}
-        extra = {"file", "state", "suricata", "suricata_config"}
+        extra = {"file", "state", "suricata", "suricata_config", "socket", "tick"}
         unknown = set(self.rules) - known - extra
         if unknown:
             raise ConfigError(f"unknown setting(s) rules.{', rules.'.join(sorted(unknown))}")

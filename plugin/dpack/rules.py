@@ -449,3 +449,71 @@ class RuleBook:
         atomic_write_bytes(self.path, self.text().encode(), check=self.validate if validate else None)
         self.state.save(self.state_path)
         return self.path
+
+
+class RulesWorker:
+    """The live side of rule writing for ``dpack serve``: anomalous verdicts go through a bounded queue to
+    one thread that updates the rule book, writes and validates the file (``suricata -T`` takes about a
+    second, so never on the scorer's loop), applies it over the unix socket, expires entries every
+    ``tick`` seconds, and retries a failed apply at each tick."""
+
+    def __init__(
+        self, book: RuleBook, sock: SuricataSocket | None, tick: float = 30.0, queue_size: int = 100_000
+    ) -> None:
+        import queue
+        import threading
+
+        self.book, self.sock, self.tick = book, sock, tick
+        self.q: queue.Queue[list[Verdict] | None] = queue.Queue(maxsize=queue_size)
+        self.counts = {"rules_writes": 0, "rules_write_failures": 0, "rules_applies": 0, "rules_apply_failures": 0,
+                       "rules_dropped": 0}  # fmt: skip
+        self.pending_apply = False
+        self.thread = threading.Thread(target=self._run, name="dpack-rules", daemon=True)
+        self.thread.start()
+
+    def __call__(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
+        import queue
+
+        try:
+            self.q.put_nowait(list(verdicts))
+        except queue.Full:
+            self.counts["rules_dropped"] += len(verdicts)
+            log.error("rules queue full: %d anomalous verdict(s) not considered for rules", len(verdicts))
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.q.put(None)
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        import queue
+
+        next_tick = time.monotonic() + self.tick
+        while True:
+            try:
+                item = self.q.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                item = []
+            if item is None:
+                return
+            changed = bool(self.book.observe(item)) if item else False
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + self.tick
+                changed |= bool(self.book.expire(time.time()))
+            if changed:
+                try:
+                    self.book.write(validate=self.book.suricata is not None)
+                    self.counts["rules_writes"] += 1
+                    self.pending_apply = True
+                except (RulesError, OSError) as err:
+                    self.counts["rules_write_failures"] += 1
+                    log.error("rules not written (the previous file stays): %s", err)
+            if self.pending_apply and self.sock is not None:
+                try:
+                    log.info("Suricata: %s", self.book.apply(self.sock))
+                    self.counts["rules_applies"] += 1
+                    self.pending_apply = False
+                except (DpackError, OSError) as err:
+                    self.counts["rules_apply_failures"] += 1
+                    log.error("rules written but not applied (retry in %.0f s): %s", self.tick, err)
+            elif self.pending_apply:
+                self.pending_apply = False  # no socket configured: Suricata reads the file when it reloads

@@ -110,6 +110,7 @@ class Metrics:
         self.queue_depth = 0
         self.outbox_depth = 0
         self.connected = 0
+        self.extra: Callable[[], dict[str, int]] = dict  # more counters (the rules worker's)
 
     def inc(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -128,6 +129,8 @@ class Metrics:
         for name, help_ in self.COUNTERS.items():
             lines += [f"# HELP dpack_{name}_total {help_}", f"# TYPE dpack_{name}_total counter",
                       f"dpack_{name}_total {c[name]}"]  # fmt: skip
+        for name, value in self.extra().items():
+            lines += [f"# TYPE dpack_{name}_total counter", f"dpack_{name}_total {value}"]
         for name, value, help_ in (
             ("queue_depth", self.queue_depth, "flow samples waiting to be scored"),
             ("outbox_depth", self.outbox_depth, "verdicts waiting for a Zeek connection"),
@@ -183,6 +186,10 @@ class Service:
         self.model = self._load_model(cfg)
         self.scorer = Scorer(self.model, explain=cfg.scoring.explain, top_k=cfg.scoring.top_k)
         self.hooks = list(hooks)
+        self.rules_worker = self._rules_worker(cfg)
+        if self.rules_worker is not None:
+            self.hooks.append(self.rules_worker)
+            self.metrics.extra = lambda: dict(self.rules_worker.counts)
         self.feed = AlertFeed(cfg.serve.alerts, cfg.serve.alerts_all) if cfg.serve.alerts else None
         self.queue: deque[Item] = deque()
         self.outbox: deque[str] = deque()
@@ -200,6 +207,20 @@ class Service:
         self.wakeup = asyncio.Event()
         self.reload_requested: set[str] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    @staticmethod
+    def _rules_worker(cfg: Config) -> Any:
+        """Suricata rules for anomalous verdicts, when ``rules.file`` is configured."""
+        if not cfg.rules.get("file"):
+            return None
+        from .rules import RuleBook, RulesWorker
+        from .suricata import SuricataSocket
+
+        path = cfg.rules["file"]
+        book = RuleBook(cfg.rules_policy(), path, cfg.rules.get("state") or f"{path}.state.json",
+                        suricata=cfg.rules.get("suricata"), suricata_config=cfg.rules.get("suricata_config"))  # fmt: skip
+        sock = SuricataSocket(cfg.rules["socket"]) if cfg.rules.get("socket") else None
+        return RulesWorker(book, sock, tick=float(cfg.rules.get("tick", 30.0)))
 
     # --- model -------------------------------------------------------------------------------------------
 
@@ -531,6 +552,8 @@ class Service:
                 metrics_server.close()
             if observer is not None:
                 observer.stop()
+            if self.rules_worker is not None:
+                self.rules_worker.close()
             log.info("stopped: %s", self.metrics.summary())
 
 
