@@ -96,3 +96,25 @@ def test_community_id_matches_reference_implementation(proto, src, dst, sport, d
     tup = communityid.FlowTuple(proto, src, dst, sport, dport)
     raw = a6 if fam == socket.AF_INET6 else a4
     assert community_id(proto, raw(src), raw(dst), sport, dport) == ref.calc(tup)
+
+
+def test_handshake_is_recorded_only_when_the_initiator_acknowledges_the_syn_ack():
+    from dpack.packets import Frame, tcp_handshake_completed
+
+    pk = handshake()  # SYN seq 111; SYN-ACK seq 999; ACK ack 1000; data; server ACK
+    (s,) = feed(pk, PrefixSpec(3, 80, "payload"))
+    assert s.handshake is True
+    blind = pk[:2] + [ip4(CLIENT, SERVER, tcp(40000, 22, 0x10, seq=112, ack=5555)),
+                      ip4(CLIENT, SERVER, tcp(40000, 22, 0x18, b"SSH-2.0-x\r\n", seq=112, ack=5555))]  # fmt: skip
+    (s,) = feed(blind, PrefixSpec(3, 80, "payload"))
+    assert not s.handshake
+    assert not feed([pk[0]], PrefixSpec(3, 80, "payload"))[0].handshake  # a lone SYN (scan, flood)
+    # from the prefix frames alone (what Zeek sends): the initiator's ACK covers the responder's data
+    frames = [Frame(101, p, o) for p, o in [(pk[0], True), (pk[3], True), (pk[4], False)]]
+    assert tcp_handshake_completed(frames)  # the client acknowledged 1000: the server's ISN + 1
+    frames = [Frame(101, p, o) for p, o in [(pk[0], True), (blind[3], True), (pk[4], False)]]
+    assert not tcp_handshake_completed(frames)  # a blind guess at the server's sequence space
+    resp_data = ip4(SERVER, CLIENT, tcp(22, 40000, 0x18, b"SSH-2.0-x\r\n", seq=1000, ack=133))
+    client_ack = ip4(CLIENT, SERVER, tcp(40000, 22, 0x10, seq=133, ack=1011))
+    frames = [Frame(101, p, o) for p, o in [(pk[0], True), (resp_data, False), (client_ack, True)]]
+    assert tcp_handshake_completed(frames)

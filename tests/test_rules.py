@@ -256,3 +256,11 @@ def test_offline_truth_suricata_blocks_exactly_what_dpack_flagged(tmp_path, caps
         # a flagged flow with no alert never got past its handshake (a lone SYN: nothing to cut)
         alerted_srcs = {g[0] for g in got}
         assert {"10.201.66.31", "10.201.66.41"} <= alerted_srcs
+
+
+def test_require_handshake_uses_the_verdicts_own_evidence(tmp_path):
+    from dataclasses import replace
+
+    b = book(tmp_path, require_handshake=True)
+    b.observe([verdict(), replace(verdict(src="192.0.2.67"), handshake=True)], now=0)
+    assert list(b.state.entries) == ["src:192.0.2.67"]

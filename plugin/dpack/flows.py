@@ -41,6 +41,7 @@ from .packets import (
     counts_for_prefix,
     ip_offset,
     parse_ip,
+    tcp_seq_ack,
 )
 
 DEFAULT_IDLE_TIMEOUT = 60.0
@@ -59,6 +60,7 @@ class FlowSample:
     frames: list[Frame]
     uid: str = ""  # Zeek's connection uid, when the sample came from Zeek
     community_id: str = ""
+    handshake: bool | None = None  # TCP handshake demonstrably completed (None: not computed yet)
 
     @property
     def proto_name(self) -> str:
@@ -86,6 +88,8 @@ class _Flow:
     frames: list[Frame] | None = field(default_factory=list)  # None once handed out
     selected: int = 0
     closing: bool = False  # TCP FIN or RST seen
+    synack_seq: int = -1  # the responder's SYN-ACK sequence number, while the prefix is collected
+    handshake: bool = False  # the initiator acknowledged that SYN-ACK (its address is not spoofed)
 
 
 def _flow_key(p: Packet) -> tuple[object, ...]:
@@ -120,6 +124,17 @@ class FlowTable:
         self.stats = FlowStats()
         self._now = 0.0
 
+    @staticmethod
+    def _track_handshake(f: _Flow, p: Packet, frame: bytes, off: int) -> None:
+        sa = tcp_seq_ack(frame, off)
+        if sa is None:
+            return
+        from_orig = p.src == f.src and p.sport == f.sport
+        if not from_orig and p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
+            f.synack_seq = sa[0]
+        elif from_orig and p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK and f.synack_seq >= 0:
+            f.handshake = sa[1] == (f.synack_seq + 1) & 0xFFFFFFFF
+
     def _sample(self, f: _Flow) -> FlowSample:
         frames = f.frames or []
         f.frames = None
@@ -127,6 +142,7 @@ class FlowTable:
         return FlowSample(
             f.ts, f.proto, src, f.sport, dst, f.dport, frames,
             community_id=community_id(f.proto, f.src, f.dst, f.sport, f.dport),
+            handshake=f.handshake or None,
         )  # fmt: skip
 
     def add(self, ts: float, linktype: int, frame: bytes) -> list[FlowSample]:
@@ -167,8 +183,11 @@ class FlowTable:
             f.last = ts
             self.flows.move_to_end(key)
             first = False
-        if p.proto == PROTO_TCP and p.tcp_flags & (TCP_FIN | TCP_RST):
-            f.closing = True
+        if p.proto == PROTO_TCP:
+            if p.tcp_flags & (TCP_FIN | TCP_RST):
+                f.closing = True
+            if f.frames is not None and not f.handshake and not p.fragment:
+                self._track_handshake(f, p, frame, off)
         if f.frames is not None and counts_for_prefix(p, first, self.spec.policy):
             is_orig = p.src == f.src and (p.sport == f.sport or p.proto not in (PROTO_TCP, PROTO_UDP))
             f.frames.append(Frame(linktype, frame, is_orig))

@@ -316,7 +316,8 @@ class RuleBook:
             if self.policy.allowed(v.src):
                 self.stats["allowlisted"] += 1
                 continue
-            if self.policy.require_handshake and (handshake_ok is None or not handshake_ok[i]):
+            ok = v.handshake if handshake_ok is None else handshake_ok[i]
+            if self.policy.require_handshake and not ok:
                 self.stats["unverified"] += 1
                 continue
             t = v.ts

@@ -17,7 +17,7 @@ from .dataset import encode_samples
 from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable
 from .model import to_input
 from .modelfile import LoadedModel
-from .packets import FIELD_NAMES, PrefixSpec, field_layout
+from .packets import FIELD_NAMES, PrefixSpec, field_layout, tcp_handshake_completed
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Verdict:
     model: str
     explanation: list[str] = field(default_factory=list)
     uid: str = ""
+    handshake: bool = False  # TCP handshake completed (packets.tcp_handshake_completed); not in the JSON
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -149,6 +150,7 @@ class Scorer:
                 self.name,
                 explanations.get(i, []),
                 smp.uid,
+                bool(smp.handshake if smp.handshake is not None else tcp_handshake_completed(smp.frames)),
             )  # fmt: skip
             for i, smp in enumerate(samples)
         ]
@@ -191,7 +193,8 @@ def _encoded_chunks(
     for chunk in _chunks(samples(), size):
         data, direction = encode_samples(chunk, spec)
         for smp in chunk:
-            smp.frames = []  # encoded; no need to keep (or send) the bytes
+            smp.handshake = smp.handshake or tcp_handshake_completed(smp.frames)
+            smp.frames = []  # encoded; no need to keep the bytes
         yield chunk, data, direction
 
 
