@@ -104,8 +104,8 @@ def test_handshake_is_recorded_only_when_the_initiator_acknowledges_the_syn_ack(
     pk = handshake()  # SYN seq 111; SYN-ACK seq 999; ACK ack 1000; data; server ACK
     (s,) = feed(pk, PrefixSpec(3, 80, "payload"))
     assert s.handshake is True
-    blind = pk[:2] + [ip4(CLIENT, SERVER, tcp(40000, 22, 0x10, seq=112, ack=5555)),
-                      ip4(CLIENT, SERVER, tcp(40000, 22, 0x18, b"SSH-2.0-x\r\n", seq=112, ack=5555))]  # fmt: skip
+    blind = pk[:2] + [ip4(CLIENT, SERVER, tcp(40000, 22, 0x10, seq=112, ack=0x80000000)),
+                      ip4(CLIENT, SERVER, tcp(40000, 22, 0x18, b"SSH-2.0-x\r\n", seq=112, ack=0x80000000))]  # fmt: skip
     (s,) = feed(blind, PrefixSpec(3, 80, "payload"))
     assert not s.handshake
     assert not feed([pk[0]], PrefixSpec(3, 80, "payload"))[0].handshake  # a lone SYN (scan, flood)
