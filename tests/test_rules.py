@@ -157,12 +157,12 @@ def test_state_survives_restart_with_stable_sids_and_no_duplicates(tmp_path):
 
 
 def test_corrupt_state_is_reported_and_backed_up(tmp_path):
-    (tmp_path / "dpack.state.json").write_text('{"entries": {"x": ')
+    (tmp_path / "dpack.rules.state.json").write_text('{"entries": {"x": ')
     with pytest.raises(RulesError, match="damaged") as ei:
         book(tmp_path)
     assert "a copy is at" in str(ei.value)
-    assert len(list(tmp_path.glob("dpack.state.json.corrupt-*"))) == 1
-    assert (tmp_path / "dpack.state.json").read_text() == '{"entries": {"x": '  # not silently reset
+    assert len(list(tmp_path.glob("dpack.rules.state.json.corrupt-*"))) == 1
+    assert (tmp_path / "dpack.rules.state.json").read_text() == '{"entries": {"x": '  # not silently reset
 
 
 def test_crash_while_writing_leaves_the_old_file(tmp_path, monkeypatch):
@@ -264,3 +264,27 @@ def test_require_handshake_uses_the_verdicts_own_evidence(tmp_path):
     b = book(tmp_path, require_handshake=True)
     b.observe([verdict(), replace(verdict(src="192.0.2.67"), handshake=True)], now=0)
     assert list(b.state.entries) == ["src:192.0.2.67"]
+
+
+def test_rules_cli_list_show_remove_expire(tmp_path, capsys):
+    rules = tmp_path / "dpack.rules"
+    b = RuleBook(Policy(threshold_flows=1, ttl=50), rules, suricata=SURICATA or "")
+    b.observe([verdict(src="192.0.2.1"), verdict(src="192.0.2.2")])
+    b.write(validate=False)
+    assert main(["rules", "--file", str(rules), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "src:192.0.2.1" in out and "2 active entries" in out
+    assert main(["rules", "--file", str(rules), "show", "1900001"]) == 0
+    assert capsys.readouterr().out.startswith("alert ip 192.0.2.2 any")
+    assert main(["rules", "--file", str(rules), "remove", "192.0.2.1"]) == 0
+    assert "192.0.2.1" not in rules.read_text() and "192.0.2.2" in rules.read_text()
+    assert main(["rules", "--file", str(rules), "remove", "192.0.2.1"]) == 2
+    assert "no active entry" in capsys.readouterr().err
+    assert main(["rules", "--file", str(rules), "show", "1900000"]) == 2
+    b2 = RuleBook(Policy(), rules)
+    for e in b2.state.entries.values():
+        e.expires = 1.0
+    b2.state.save(b2.state_path)
+    assert main(["rules", "--file", str(rules), "expire"]) == 0
+    assert "1 entry removed; 0 active" in capsys.readouterr().out
+    assert "dpack anomalous" not in rules.read_text()

@@ -281,7 +281,7 @@ class RuleBook:
                  suricata: str | None = None, suricata_config: str | None = None) -> None:  # fmt: skip
         self.policy = policy
         self.path = Path(rules_path)
-        self.state_path = Path(state_path) if state_path else self.path.with_suffix(".state.json")
+        self.state_path = Path(state_path) if state_path else Path(f"{self.path}.state.json")
         self.state = State.load(self.state_path)
         self.suricata = suricata if suricata is not None else shutil.which("suricata")
         self.suricata_config = suricata_config
