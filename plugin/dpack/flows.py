@@ -142,7 +142,7 @@ class FlowTable:
         return FlowSample(
             f.ts, f.proto, src, f.sport, dst, f.dport, frames,
             community_id=community_id(f.proto, f.src, f.dst, f.sport, f.dport),
-            handshake=f.handshake or None,
+            handshake=f.handshake if f.proto == PROTO_TCP else False,
         )  # fmt: skip
 
     def add(self, ts: float, linktype: int, frame: bytes) -> list[FlowSample]:
@@ -186,7 +186,7 @@ class FlowTable:
         if p.proto == PROTO_TCP:
             if p.tcp_flags & (TCP_FIN | TCP_RST):
                 f.closing = True
-            if f.frames is not None and not f.handshake and not p.fragment:
+            if f.frames is not None and p.tcp_flags & TCP_ACK and not f.handshake and not p.fragment:
                 self._track_handshake(f, p, frame, off)
         if f.frames is not None and counts_for_prefix(p, first, self.spec.policy):
             is_orig = p.src == f.src and (p.sport == f.sport or p.proto not in (PROTO_TCP, PROTO_UDP))

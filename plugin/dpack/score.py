@@ -193,7 +193,8 @@ def _encoded_chunks(
     for chunk in _chunks(samples(), size):
         data, direction = encode_samples(chunk, spec)
         for smp in chunk:
-            smp.handshake = smp.handshake or tcp_handshake_completed(smp.frames)
+            if smp.handshake is None:  # the flow table records it for the flows it builds
+                smp.handshake = tcp_handshake_completed(smp.frames)
             smp.frames = []  # encoded; no need to keep the bytes
         yield chunk, data, direction
 
