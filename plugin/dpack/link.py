@@ -1,9 +1,10 @@
 """Transports between ``dpack serve`` and Zeek. Each one connects, subscribes to the sample topic, hands
 every received message to a callback, sends what it is given, and reconnects with bounded backoff.
 
-* ``WebSocketLink``: Zeek's WebSocket API, JSON v1 (the primary link; any Zeek >= 6.0 with a listener).
-* ``BrokerLink``: native Broker through the Python bindings that ship with the user's Zeek (found with
-  ``zeek-config --python_dir``); Broker's wire format only interoperates within one Zeek version.
+* ``WebSocketLink``: Zeek's WebSocket API, JSON v1 (any Zeek >= 6.0 with a listener).
+
+Not built yet: a native Broker link through the Python bindings that ship with the user's Zeek (found
+with ``zeek-config --python_dir``; Broker's wire format only interoperates within one Zeek version).
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ import asyncio
 import json
 import logging
 import random
-import shutil
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -128,38 +126,3 @@ class WebSocketLink:
                 await on_message(recv.result())
         finally:
             stopper.cancel()
-
-
-def broker_python_dir() -> str | None:
-    """Where the user's Zeek keeps its Python bindings (``zeek-config --python_dir``), if Zeek is installed."""
-    zc = shutil.which("zeek-config")
-    if not zc:
-        return None
-    try:
-        out = subprocess.run([zc, "--python_dir"], capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def import_broker() -> Any:
-    """The ``broker`` module of the user's Zeek (or one already importable)."""
-    try:
-        import broker  # type: ignore[import-not-found]
-
-        return broker
-    except ImportError:
-        pass
-    where = broker_python_dir()
-    if where and where not in sys.path:
-        sys.path.insert(0, where)
-        try:
-            import broker  # noqa: F811
-
-            return broker
-        except ImportError:
-            pass
-    raise TransportError(
-        "zeek.transport is 'broker' but Zeek's Python bindings were not found "
-        "(zeek-config --python_dir); use the WebSocket transport or install Zeek's Python bindings"
-    )
