@@ -235,12 +235,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _write_offline_rules(path: str, cfg: Any, verdicts: list[Any], info: Any) -> None:
-    from .rules import RuleBook
+    from .rules import book_from_config
 
-    policy = cfg.rules_policy()
-    state = cfg.rules.get("state") or f"{path}.state.json"
-    book = RuleBook(policy, path, state, suricata=cfg.rules.get("suricata"),
-                    suricata_config=cfg.rules.get("suricata_config"))  # fmt: skip
+    book = book_from_config(cfg, path)
+    policy = book.policy
     book.observe(verdicts)
     validate = book.suricata is not None
     book.write(validate=validate)
@@ -252,13 +250,11 @@ def _write_offline_rules(path: str, cfg: Any, verdicts: list[Any], info: Any) ->
 
 def cmd_rules(args: argparse.Namespace) -> int:
     from .config import load_config, repo_root
-    from .rules import RuleBook, RulesError
+    from .rules import RulesError, book_from_config
 
     cfg = load_config(args.config)
     path = args.file or cfg.rules.get("file") or str(repo_root() / "suricata_rules" / "dpack.rules")
-    state = cfg.rules.get("state") or f"{path}.state.json"
-    book = RuleBook(cfg.rules_policy(), path, state, suricata=cfg.rules.get("suricata"),
-                    suricata_config=cfg.rules.get("suricata_config"))  # fmt: skip
+    book = book_from_config(cfg, path)
     now = time.time()
     if args.rules_cmd == "list":
         print(f"{'sid':>8} {'rev':>4} {'expires in':>10}  key")

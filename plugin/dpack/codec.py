@@ -293,13 +293,16 @@ class SampleBatch:
     skipped: list[str]  # one reason per sample left out
 
 
+_FIELD_TYPES: dict[str, type] = {"count": int, "string": str, "real": float, "boolean": bool, "timestamp": float,
+                                  "port": Port, "vector": list}  # fmt: skip
+
+
 def _record(value: Any, fields: Sequence[tuple[str, str]], what: str) -> dict[str, Any]:
     if not isinstance(value, list) or len(value) != len(fields):
         n = len(value) if isinstance(value, list) else "no"
         raise CodecError(f"{what}: expected a record of {len(fields)} fields, got {n}")
     out = {}
-    checks = {"count": int, "string": str, "real": float, "boolean": bool, "timestamp": float,
-              "port": Port, "vector": list}  # fmt: skip
+    checks = _FIELD_TYPES
     for (name, t), v in zip(fields, value, strict=True):
         if t == "address":
             ok = isinstance(v, ipaddress.IPv4Address | ipaddress.IPv6Address)

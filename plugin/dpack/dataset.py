@@ -49,9 +49,7 @@ def iter_capture_samples(
 ) -> Iterable[FlowSample]:
     table = FlowTable(spec, idle_timeout)
     fstats_out.append(table.stats)
-    for ts, lt, fr in read_capture(path, cstats):
-        yield from table.add(ts, lt, fr)
-    yield from table.flush()
+    return table.samples(read_capture(path, cstats))
 
 
 def extract(

@@ -237,6 +237,12 @@ class FlowTable:
                 out.append(self._sample(f))
         return out
 
+    def samples(self, frames: Iterable[tuple[float, int, bytes]]) -> Iterator[FlowSample]:
+        """Every flow sample of a frame stream, in the order they become ready, then the rest at its end."""
+        for ts, lt, fr in frames:
+            yield from self.add(ts, lt, fr)
+        yield from self.flush()
+
     def flush(self) -> list[FlowSample]:
         """End of input: hand out every flow that has not been handed out yet."""
         out = [self._sample(f) for f in self.flows.values() if f.frames is not None]
@@ -249,10 +255,7 @@ def flows_from_frames(
     frames: Iterable[tuple[float, int, bytes]], spec: PrefixSpec, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 ) -> Iterator[FlowSample]:
     """All flow samples of a frame stream, in the order they become ready."""
-    table = FlowTable(spec, idle_timeout)
-    for ts, lt, fr in frames:
-        yield from table.add(ts, lt, fr)
-    yield from table.flush()
+    return FlowTable(spec, idle_timeout).samples(frames)
 
 
 # --- Community ID v1 (https://github.com/corelight/community-id-spec) -------------------------------

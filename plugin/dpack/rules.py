@@ -14,15 +14,18 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import DpackError
@@ -452,6 +455,15 @@ class RuleBook:
         return self.path
 
 
+def book_from_config(cfg: Any, path: str | None = None) -> RuleBook:
+    """The RuleBook the config describes (``rules:`` section); ``path`` overrides ``rules.file``."""
+    path = path or cfg.rules.get("file")
+    if not path:
+        raise RulesError("no rules file: set rules.file in the config")
+    return RuleBook(cfg.rules_policy(), path, cfg.rules.get("state") or None, suricata=cfg.rules.get("suricata"),
+                    suricata_config=cfg.rules.get("suricata_config"))  # fmt: skip
+
+
 class RulesWorker:
     """The live side of rule writing for ``dpack serve``: anomalous verdicts go through a bounded queue to
     one thread that updates the rule book, writes and validates the file (``suricata -T`` takes about a
@@ -461,9 +473,6 @@ class RulesWorker:
     def __init__(
         self, book: RuleBook, sock: SuricataSocket | None, tick: float = 30.0, queue_size: int = 100_000
     ) -> None:
-        import queue
-        import threading
-
         self.book, self.sock, self.tick = book, sock, tick
         self.q: queue.Queue[list[Verdict] | None] = queue.Queue(maxsize=queue_size)
         self.counts = {"rules_writes": 0, "rules_write_failures": 0, "rules_applies": 0, "rules_apply_failures": 0,
@@ -473,8 +482,6 @@ class RulesWorker:
         self.thread.start()
 
     def __call__(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
-        import queue
-
         try:
             self.q.put_nowait(list(verdicts))
         except queue.Full:
@@ -486,8 +493,6 @@ class RulesWorker:
         self.thread.join(timeout)
 
     def _run(self) -> None:
-        import queue
-
         next_tick = time.monotonic() + self.tick
         while True:
             try:

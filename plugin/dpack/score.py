@@ -184,13 +184,7 @@ def _encoded_chunks(
     """Read, group into flows and encode a capture: chunks of (samples without frames, data, direction)."""
     table = FlowTable(spec, idle_timeout)
     run.flow_stats = table.stats
-
-    def samples() -> Iterator[FlowSample]:
-        for ts, lt, fr in read_capture(path, run.capture):
-            yield from table.add(ts, lt, fr)
-        yield from table.flush()
-
-    for chunk in _chunks(samples(), size):
+    for chunk in _chunks(table.samples(read_capture(path, run.capture)), size):
         data, direction = encode_samples(chunk, spec)
         for smp in chunk:
             if smp.handshake is None:  # the flow table records it for the flows it builds

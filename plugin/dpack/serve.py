@@ -31,7 +31,6 @@ from .codec import (
     Ack,
     CodecError,
     ErrorReply,
-    Event,
     SampleBatch,
     decode_message,
     encode_refusal,
@@ -213,12 +212,10 @@ class Service:
         """Suricata rules for anomalous verdicts, when ``rules.file`` is configured."""
         if not cfg.rules.get("file"):
             return None
-        from .rules import RuleBook, RulesWorker
+        from .rules import RulesWorker, book_from_config
         from .suricata import SuricataSocket
 
-        path = cfg.rules["file"]
-        book = RuleBook(cfg.rules_policy(), path, cfg.rules.get("state") or f"{path}.state.json",
-                        suricata=cfg.rules.get("suricata"), suricata_config=cfg.rules.get("suricata_config"))  # fmt: skip
+        book = book_from_config(cfg)
         sock = SuricataSocket(cfg.rules["socket"]) if cfg.rules.get("socket") else None
         return RulesWorker(book, sock, tick=float(cfg.rules.get("tick", 30.0)))
 
@@ -280,27 +277,17 @@ class Service:
         self.metrics.inc("messages_received")
         try:
             msg = decode_message(raw)
+            if isinstance(msg, ErrorReply):
+                self.metrics.inc("zeek_errors")
+                self.ratelog(logging.ERROR, "zeek-error", "Zeek could not use a message of ours: %s (%s)",
+                             msg.code, msg.context)  # fmt: skip
+                return
+            if isinstance(msg, Ack):
+                return
+            batch = parse_samples(msg)  # refuses any other event with a reason
         except CodecError as err:
             self.metrics.inc("messages_malformed")
-            self.ratelog(logging.WARNING, "decode", "message from Zeek skipped: %s", err)
-            return
-        if isinstance(msg, ErrorReply):
-            self.metrics.inc("zeek_errors")
-            self.ratelog(logging.ERROR, "zeek-error", "Zeek could not use a message of ours: %s (%s)",
-                         msg.code, msg.context)  # fmt: skip
-            return
-        if isinstance(msg, Ack):
-            return
-        assert isinstance(msg, Event)
-        if msg.name != C.SAMPLES_EVENT:
-            self.metrics.inc("messages_malformed")
-            self.ratelog(logging.WARNING, "event", "unexpected event %r skipped", msg.name[:80])
-            return
-        try:
-            batch = parse_samples(msg)
-        except CodecError as err:
-            self.metrics.inc("messages_malformed")
-            self.ratelog(logging.WARNING, "batch", "sample batch skipped: %s", err)
+            self.ratelog(logging.WARNING, "malformed", "message from Zeek skipped: %s", err)
             return
         await self._accept(batch)
 
