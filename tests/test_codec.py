@@ -128,16 +128,21 @@ ZEEK_TYPES = {"count": "count", "string": "string", "addr": "address", "port": "
 def test_zeek_and_python_contracts_agree():
     recs, events, version = zeek_records()
     assert version == C.CONTRACT_VERSION
-    for zname, pyfields in (("BatchHeader", C.BATCH_HEADER), ("Sample", C.SAMPLE), ("Verdict", C.VERDICT)):
+    for zname, pyfields in (("BatchHeader", C.BATCH_HEADER), ("Sample", C.SAMPLE), ("Verdict", C.VERDICT),
+                            ("Connection", C.CONNECTION), ("ConnectionVerdict", C.CONNECTION_VERDICT)):  # fmt: skip
         assert [(n, ZEEK_TYPES[t]) for n, t in recs[zname]] == list(pyfields), zname
     assert events["samples"] == "hdr: BatchHeader, batch: vector of Sample"
+    assert events["connections"] == "hdr: BatchHeader, batch: vector of Connection"
     assert events["verdicts"] == "batch: vector of Verdict"
+    assert events["connection_verdicts"] == "batch: vector of ConnectionVerdict"
+    assert C.CONNECTIONS_EVENT == "DPack::connections"
+    assert C.CONNECTION_VERDICTS_EVENT == "DPack::connection_verdicts"
     assert events["scorer_refused"] == "reason: string"
     assert C.SAMPLES_EVENT == "DPack::samples" and C.VERDICTS_EVENT == "DPack::verdicts"
 
 
 def header(**over):
-    h = {"version": 1, "node": "zeek", "reply_topic": "dpack/verdicts", "policy": "payload", "packets": 3,
+    h = {"version": C.CONTRACT_VERSION, "node": "zeek", "reply_topic": "dpack/verdicts", "policy": "payload", "packets": 3,
          "bytes": 80, "sent": 1700000000.0}  # fmt: skip
     h.update(over)
     return encode_record(C.BATCH_HEADER, h)

@@ -186,9 +186,9 @@ def test_prefix_mismatch_is_refused_with_one_line_on_both_sides(start, peer, sam
     wait_for(lambda: len(peer.refusals()) == 1, what="refusal event")
     (reason,) = peer.refusals()
     assert "expects policy=payload packets=3 bytes=80" in reason and "sends policy=first packets=2" in reason
-    peer.send(samples_frame(sample_recs[:5], time.time(), version=2))
+    peer.send(samples_frame(sample_recs[:5], time.time(), version=C.CONTRACT_VERSION + 1))
     wait_for(lambda: len(peer.refusals()) == 2, what="version refusal")
-    assert "contract version 2" in peer.refusals()[1]
+    assert f"contract version {C.CONTRACT_VERSION + 1}" in peer.refusals()[1]
     assert peer.verdicts() == [] and run.m["flows_scored"] == 0
 
 

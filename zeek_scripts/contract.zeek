@@ -9,7 +9,7 @@ module DPack;
 export {
 	## Version of this contract. The scorer refuses batches of another version and answers with
 	## :zeek:see:`DPack::scorer_refused`.
-	const contract_version = 1;
+	const contract_version = 2;
 
 	## Sent with every batch of samples.
 	type BatchHeader: record {
@@ -84,11 +84,90 @@ export {
 		scorer_latency: double;
 	};
 
+	## The summary of one finished connection (the fields of ``conn.log`` the flow-record
+	## detectors read).
+	type Connection: record {
+		## Connection uid.
+		uid: string;
+		## Originator address.
+		orig_h: addr;
+		## Originator port (ICMP: type).
+		orig_p: port;
+		## Responder address.
+		resp_h: addr;
+		## Responder port (ICMP: code).
+		resp_p: port;
+		## Transport protocol: "tcp", "udp" or "icmp".
+		proto: string;
+		## Time of the connection's first packet.
+		ts: time;
+		## Duration in seconds.
+		duration: double;
+		## Packets sent by the originator.
+		orig_pkts: count;
+		## Packets sent by the responder.
+		resp_pkts: count;
+		## Payload bytes sent by the originator.
+		orig_bytes: count;
+		## Payload bytes sent by the responder.
+		resp_bytes: count;
+		## IP-level bytes sent by the originator.
+		orig_ip_bytes: count;
+		## IP-level bytes sent by the responder.
+		resp_ip_bytes: count;
+		## The connection's history string, as in ``conn.log``.
+		history: string;
+		## The connection state, as in ``conn.log``.
+		conn_state: string;
+		## The services Zeek's analyzers confirmed, comma separated.
+		service: string;
+	};
+
+	## The scorer's verdict on one connection summary.
+	type ConnectionVerdict: record {
+		## Connection uid.
+		uid: string;
+		## Originator address.
+		orig_h: addr;
+		## Originator port.
+		orig_p: port;
+		## Responder address.
+		resp_h: addr;
+		## Responder port.
+		resp_p: port;
+		## Which detector decided: "records" (autoencoder) or "classifier".
+		detector: string;
+		## Anomaly score (reconstruction error, or 1 - P(benign) for the classifier alone).
+		score: double;
+		## The detector's threshold; anomalous means score > threshold.
+		threshold: double;
+		## Whether the connection is anomalous.
+		anomalous: bool;
+		## The classifier's attack category, or "" when no classifier is configured.
+		category: string;
+		## The classifier's probability for that category.
+		confidence: double;
+		## Model name(s) and the first hex digits of the file hashes.
+		model: string;
+		## Community ID of the connection.
+		community_id: string;
+		## The batch header's ``sent`` time, echoed.
+		sent: time;
+		## Seconds the scorer took from receipt to verdict.
+		scorer_latency: double;
+	};
+
 	## Zeek to scorer: a batch of samples.
 	global samples: event(hdr: BatchHeader, batch: vector of Sample);
 
+	## Zeek to scorer: a batch of finished connections.
+	global connections: event(hdr: BatchHeader, batch: vector of Connection);
+
 	## Scorer to Zeek: verdicts for samples of earlier batches.
 	global verdicts: event(batch: vector of Verdict) &is_used;
+
+	## Scorer to Zeek: verdicts for connections of earlier batches.
+	global connection_verdicts: event(batch: vector of ConnectionVerdict) &is_used;
 
 	## Scorer to Zeek: the scorer refused this node's batches (for example because its model
 	## expects another prefix than the one configured here). Reported once per reason.

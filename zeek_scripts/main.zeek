@@ -1,5 +1,7 @@
 ##! Exports the first packets of every connection to the dpack scorer (``dpack serve``) and turns its
-##! verdicts into ``dpack.log`` entries and :zeek:see:`DPack::Anomalous_Flow` notices.
+##! verdicts into ``dpack.log`` entries and :zeek:see:`DPack::Anomalous_Flow` notices. With
+##! :zeek:see:`DPack::export_connections`, finished connections' summaries go to the scorer too; its
+##! record detectors answer with ``dpack.log`` entries and :zeek:see:`DPack::Anomalous_Connection`.
 ##!
 ##! Standalone, this node listens for the scorer on a WebSocket (:zeek:see:`DPack::listen_port`,
 ##! the port zeekctl uses). In a cluster, enable zeekctl's WebSocket listener instead; each node
@@ -8,6 +10,7 @@
 
 @load base/frameworks/cluster
 @load base/frameworks/notice
+@load base/protocols/conn
 @load base/utils/site
 
 @load ./contract
@@ -23,6 +26,9 @@ export {
 	redef enum Notice::Type += {
 		## The dpack model scored the first packets of a flow above its calibrated threshold.
 		Anomalous_Flow,
+		## dpack's flow-record detector found a finished connection anomalous (the notice's
+		## ``sub`` names the attack category when a classifier is configured).
+		Anomalous_Connection,
 	};
 
 	## Whether connections are exported at all.
@@ -51,6 +57,10 @@ export {
 
 	## How long to wait for a connection's Nth packet before exporting what it has.
 	option max_wait = 5sec;
+
+	## Whether finished connections' summaries are exported for dpack's flow-record detectors
+	## (``detectors.records_model`` / ``detectors.classifier_model`` in the scorer's config).
+	option export_connections = F;
 
 	## Connections from or to these subnets are not exported.
 	option ignore_subnets: set[subnet] = {};
@@ -106,6 +116,11 @@ export {
 		latency: interval &log &optional;
 		## Time the scorer spent on the sample.
 		scorer_latency: interval &log &optional;
+		## Which detector: "prefix" (first packets), "records" or "classifier" (connection
+		## summaries).
+		detector: string &log &default="prefix";
+		## The classifier's attack category of the connection, when one is configured.
+		category: string &log &optional;
 	};
 
 	## Raised for every ``dpack.log`` entry.
@@ -113,6 +128,11 @@ export {
 
 	## Called with every batch before it is published; a ``break`` drops the batch.
 	global publish_policy: hook(hdr: BatchHeader, batch: vector of Sample);
+
+	## Called with every batch of connection summaries before it is published; a ``break``
+	## drops the batch.
+	global publish_connections_policy: hook(hdr: BatchHeader, batch: vector of
+	    Connection);
 
 	## Per-connection export state (freed with the connection).
 	type State: record {
@@ -131,6 +151,7 @@ redef record connection += {
 };
 
 global pending: vector of Sample = vector();
+global pending_conns: vector of Connection = vector();
 global shard = 0;
 global link = 0;
 global refusals_reported: set[string] &create_expire=1hr;
@@ -156,27 +177,51 @@ function link_type(): count
 	return link;
 	}
 
-function flush()
+function header(): BatchHeader
 	{
-	if ( |pending| == 0 )
-		return;
-
-	local batch = pending;
-	pending = vector();
-	local hdr = BatchHeader($version=contract_version, $node=node_name(),
+	return BatchHeader($version=contract_version, $node=node_name(),
 	    $reply_topic=reply_topic(), $policy=policy, $packets=packets,
 	    $bytes=packet_bytes, $sent=current_time());
+	}
 
-	if ( ! hook publish_policy(hdr, batch) )
-		return;
-
+function next_topic(): string
+	{
 	local topic = fmt("%s/%d", sample_topic, shard);
 	shard = ( shard + 1 ) % scorer_shards;
+	return topic;
+	}
+
+function flush()
+	{
+	if ( |pending| > 0 )
+		{
+		local batch = pending;
+		pending = vector();
+		local hdr = header();
+		if ( hook publish_policy(hdr, batch) )
+			{
 @if ( Version::at_least("7.1") )
-	Cluster::publish(topic, samples, hdr, batch);
+			Cluster::publish(next_topic(), samples, hdr, batch);
 @else
-	Broker::publish(topic, samples, hdr, batch);
+			Broker::publish(next_topic(), samples, hdr, batch);
 @endif
+			}
+		}
+
+	if ( |pending_conns| > 0 )
+		{
+		local conns = pending_conns;
+		pending_conns = vector();
+		local chdr = header();
+		if ( hook publish_connections_policy(chdr, conns) )
+			{
+@if ( Version::at_least("7.1") )
+			Cluster::publish(next_topic(), connections, chdr, conns);
+@else
+			Broker::publish(next_topic(), connections, chdr, conns);
+@endif
+			}
+		}
 	}
 
 function emit(c: connection)
@@ -265,6 +310,26 @@ event connection_state_remove(c: connection) &priority=-5
 	{
 	if ( c?$dpack && ! c$dpack$sent && |c$dpack$pkts| > 0 )
 		emit(c);
+
+	if ( ! export_connections )
+		return;
+	if ( c$id$orig_h in ignore_subnets || c$id$resp_h in ignore_subnets )
+		return;
+
+	pending_conns += Connection($uid=c$uid, $orig_h=c$id$orig_h,
+	    $orig_p=c$id$orig_p, $resp_h=c$id$resp_h, $resp_p=c$id$resp_p,
+	    $proto=cat(get_port_transport_proto(c$id$orig_p)), $ts=c$start_time,
+	    $duration=interval_to_double(c$duration), $orig_pkts=c$orig
+	    ?$num_pkts ? c$orig$num_pkts : 0, $resp_pkts=c$resp
+	    ?$num_pkts ? c$resp$num_pkts : 0, $orig_bytes=c$orig$size,
+	    $resp_bytes=c$resp$size, $orig_ip_bytes=c$orig
+	    ?$num_bytes_ip ? c$orig$num_bytes_ip : 0, $resp_ip_bytes=c$resp
+	    ?$num_bytes_ip ? c$resp$num_bytes_ip : 0,
+	    $history=c?$history ? c$history : "", $conn_state=( c?$conn &&
+	    c$conn?$conn_state ) ? c$conn$conn_state : "",
+	    $service=join_string_set(c$service, ","));
+	if ( |pending_conns| >= batch_size )
+		flush();
 	}
 
 event DPack::verdicts(batch: vector of Verdict)
@@ -291,6 +356,37 @@ event DPack::verdicts(batch: vector of Verdict)
 			    $resp_p=v$resp_p), $msg=fmt("dpack: anomalous flow (score %.4g > threshold %.4g, model %s)",
 			    v$score, v$threshold, v$model), $sub=v$explanation,
 			    $identifier=cat(v$orig_h, v$resp_h, v$resp_p),
+			    $suppress_for=notice_suppression]);
+		}
+	}
+
+event DPack::connection_verdicts(batch: vector of ConnectionVerdict)
+	{
+	local now = current_time();
+	for ( i in batch )
+		{
+		local v = batch[i];
+		local info = Info($ts=network_time(), $uid=v$uid, $orig_h=v$orig_h,
+		    $orig_p=v$orig_p, $resp_h=v$resp_h, $resp_p=v$resp_p,
+		    $score=v$score, $threshold=v$threshold,
+		    $anomalous=v$anomalous, $model=v$model,
+		    $latency=now - v$sent, $scorer_latency=double_to_interval(
+		    v$scorer_latency), $detector=v$detector);
+		if ( v$category != "" )
+			info$category = v$category;
+		if ( v$community_id != "" )
+			info$community_id = v$community_id;
+		Log::write(DPack::LOG, info);
+
+		if ( v$anomalous )
+			NOTICE([$note=Anomalous_Connection, $uid=v$uid, $id=conn_id($orig_h=v$orig_h,
+			    $orig_p=v$orig_p, $resp_h=v$resp_h,
+			    $resp_p=v$resp_p), $msg=fmt("dpack: anomalous connection (%s score %.4g > threshold %.4g, model %s)",
+			    v$detector, v$score, v$threshold, v$model),
+			    $sub=v$category == "" ? "" : fmt(
+			    "category=%s confidence=%.2f", v$category,
+			    v$confidence), $identifier=cat(v$orig_h, v$resp_h,
+			    v$resp_p, v$category),
 			    $suppress_for=notice_suppression]);
 		}
 	}

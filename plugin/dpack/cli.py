@@ -32,6 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on benign captures")
     t.add_argument("captures", nargs="+", help="benign pcap/pcapng files (gzip allowed)")
     t.add_argument("--out", required=True, help="model file to write")
+    t.add_argument(
+        "--detector", choices=("prefix", "records", "classifier"), default="prefix",
+        help="prefix: D-PACK on first packets (default); records: flow-record autoencoder on benign "
+        "captures; classifier: CNN-BiLSTM on labelled captures (NAME.labels.csv beside each)",
+    )  # fmt: skip
+    t.add_argument("--no-segments", action="store_true", help="records/classifier: no segment features")
+    t.add_argument("--cmd-target", nargs="*", default=[],
+                   help="records: unlabeled deployment captures for the CMD penalty")  # fmt: skip
+    t.add_argument("--cmd-weight", type=float, default=0.0, help="records: CMD penalty weight (0 = off)")
+    t.add_argument("--epochs", type=int, help="records/classifier: maximum epochs (early stopping)")
     t.add_argument("--arch", choices=("paper", "fast"), default="fast")
     t.add_argument("--packets", type=int, default=3, help="N, packets per flow (default 3)")
     t.add_argument(
@@ -43,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--threshold",
         choices=("quantile", "sigma"),
-        default="quantile",
-        help="quantile: (1-target FPR) quantile; sigma: mean + k*std of calibration scores",
+        help="quantile: (1-target FPR) quantile; sigma: mean + k*std of calibration scores "
+        "(default: quantile for prefix, sigma for records)",
     )
     t.add_argument("--sigma-k", type=float, default=3.0)
     t.add_argument("--cnn-epochs", type=int, default=8)
@@ -90,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", help="labels CSV (lab-dev format) for --pcap")
     e.add_argument("--report", help="directory for ROC/PR/histogram plots and index.html")
     e.add_argument("--json", help="write the metrics as JSON here")
+    e.add_argument("--records-model", help="also a flow-record autoencoder: per family, side by side")
+
+    c = sub.add_parser("crossval", help="k-fold reproductions of the flow-record classifiers")
+    c.add_argument(
+        "--dataset", required=True, help="nsl-kdd or unsw-nb15 folder or table, or a lab-dev folder"
+    )
+    c.add_argument("--task", choices=("binary", "multiclass"), default="binary")
+    c.add_argument("--folds", type=int, default=5, help="K of stratified k-fold (default 5)")
+    c.add_argument("--models", default="cnn_bilstm,logreg,random_forest", help="comma-separated")
+    c.add_argument(
+        "--split", choices=("random", "group"), default="random",
+        help="random: stratified k-fold; group: source/target /24 pairs stay on one side",
+    )  # fmt: skip
+    c.add_argument("--epochs", type=int, default=8, help="CNN-BiLSTM epochs (early stopping, patience 2)")
+    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--json", help="write model name -> mean metrics as JSON here")
     return ap
 
 
@@ -129,17 +155,50 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     return cfg, load_model(cfg.model_path(), expect=expect)
 
 
+def cmd_train_records(args: argparse.Namespace) -> int:
+    from .classifier import FitOptions
+    from .detectors import train_classifier, train_records
+    from .recordae import RecordAEOptions
+
+    if not args.verbose:
+        logging.getLogger("dpack").setLevel(logging.INFO)
+    progress = lambda msg: log.info("%s", msg)  # noqa: E731
+    segments = not args.no_segments
+    try:
+        if args.detector == "records":
+            opts = RecordAEOptions(
+                threshold_method=args.threshold or "sigma", sigma_k=args.sigma_k, target_fpr=args.target_fpr,
+                cmd_weight=args.cmd_weight, seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}),
+            )  # fmt: skip
+            det = train_records(args.captures, args.out, opts, segments, args.cmd_target, args.name, progress)
+            m = det.meta
+            print(f"model      {args.out}  (flow-record autoencoder, {m['epochs']} epochs)")
+            print(f"records    {m['records']['train']} train, {m['records']['held_out']} held out")
+            print(f"threshold  {det.threshold:.6g} ({m['threshold_method']}); "
+                  f"sigma {m['thresholds']['sigma']:.6g}, quantile {m['thresholds']['quantile']:.6g}")  # fmt: skip
+        else:
+            fopts = FitOptions(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
+            counts = train_classifier(args.captures, args.out, fopts, segments, args.name, progress)
+            print(f"model      {args.out}  (CNN-BiLSTM classifier)")
+            print(f"classes    {', '.join(f'{k}={v}' for k, v in counts.items())}")
+    except (ValueError, FileNotFoundError) as err:
+        raise DpackError(str(err)) from None
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .packets import PrefixSpec
     from .train import TrainOptions, train
 
+    if args.detector != "prefix":
+        return cmd_train_records(args)
     try:
         spec = PrefixSpec(args.packets, args.bytes, args.policy)
         opts = TrainOptions(
             arch=args.arch, spec=spec, val_fraction=args.val_fraction, target_fpr=args.target_fpr,
-            threshold_method=args.threshold, sigma_k=args.sigma_k, cnn_epochs=args.cnn_epochs,
+            threshold_method=args.threshold or "quantile", sigma_k=args.sigma_k, cnn_epochs=args.cnn_epochs,
             ae_epochs=args.ae_epochs, seed=args.seed, name=args.name,
         )  # fmt: skip
     except ValueError as err:
@@ -301,6 +360,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if data.unlabelled:
         print(f"note: {data.unlabelled} flows had no label row and were left out")
     print(format_table(m, attack_fams))
+    if args.records_model:
+        from .detectors import format_side_by_side, side_by_side
+        from .evaluate import sample_key
+        from .recordae import load_record_model
+
+        det = load_record_model(args.records_model)
+        flags = {
+            sample_key(s): bool(sc > model.threshold)
+            for s, sc in zip(data.flows.samples, scores, strict=True)
+        }
+        caps = [args.pcap] if args.pcap else [*args.benign, *args.attack]
+        try:
+            rows = side_by_side(caps, det, flags, [args.labels] if args.pcap else [])
+        except FileNotFoundError as err:
+            raise DpackError(str(err)) from None
+        print(f"\nsame flows, flow-record autoencoder {det.name} (threshold {det.threshold:.6g}):")
+        print(format_side_by_side(rows, attack_fams))
+        m["side_by_side"] = rows
     if args.json:
         from .modelfile import atomic_write_bytes
 
@@ -308,6 +385,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
         files = write_report(args.report, m, data.is_attack, scores)
         print(f"report: {files[-1]}")
+    return 0
+
+
+def cmd_crossval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .classifier import FitOptions
+    from .crossval import crossval, format_table
+    from .tables import read_dataset
+
+    if not args.verbose:
+        logging.getLogger("dpack").setLevel(logging.INFO)
+    table = read_dataset(args.dataset)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    y = table.y_binary if args.task == "binary" else table.y_class
+    counts = ", ".join(
+        f"{n} {c}" for c, n in zip(
+            ["benign", "attack"] if args.task == "binary" else table.class_names,
+            np.bincount(y, minlength=2 if args.task == "binary" else len(table.class_names)),
+            strict=True,
+        )
+    )  # fmt: skip
+    print(f"{table.name}: {len(table)} rows ({counts}); {args.task}, {args.folds}-fold {args.split} split")
+    t0 = time.time()
+    try:
+        res = crossval(
+            table, args.task, args.folds, models, args.split,
+            FitOptions(epochs=args.epochs, seed=args.seed),
+            progress=lambda msg: log.info("%s", msg),
+        )  # fmt: skip
+    except ValueError as err:
+        raise DpackError(str(err)) from None
+    print(format_table(res))
+    print(f"({time.time() - t0:.0f} s)")
+    if args.json:
+        from .modelfile import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps(res.as_json(), indent=1) + "\n").encode())
     return 0
 
 
@@ -321,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format=fmt)
     try:
         cmds = {"train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate, "serve": cmd_serve,
-                "rules": cmd_rules}  # fmt: skip
+                "rules": cmd_rules, "crossval": cmd_crossval}  # fmt: skip
         return cmds[args.cmd](args)
     except DpackError as err:
         print(f"dpack: error: {err}", file=sys.stderr)

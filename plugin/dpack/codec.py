@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import contract as C
+from .conn import ConnRecord
 from .errors import DpackError
 from .flows import FlowSample, community_id
 from .packets import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, Frame
@@ -344,19 +345,24 @@ def _sample(rec: dict[str, Any], max_packets: int) -> FlowSample:
     )  # fmt: skip
 
 
-def parse_samples(ev: Event, max_batch: int = C.MAX_BATCH) -> SampleBatch:
-    """A ``DPack::samples`` event -> header and flow samples; malformed samples are skipped with a reason,
-    a malformed header or batch raises ``CodecError``."""
-    if ev.name != C.SAMPLES_EVENT:
+def _batch(ev: Event, name: str, max_batch: int) -> tuple[BatchHeader, list[Any]]:
+    if ev.name != name:
         raise CodecError(f"unexpected event {ev.name[:60]!r}")
     if len(ev.args) != 2:
-        raise CodecError(f"{C.SAMPLES_EVENT} has {len(ev.args)} arguments, expected 2")
+        raise CodecError(f"{name} has {len(ev.args)} arguments, expected 2")
     hdr = BatchHeader(**_record(ev.args[0], C.BATCH_HEADER, "batch header"))
     batch = ev.args[1]
     if not isinstance(batch, list):
         raise CodecError("batch is not a vector")
     if len(batch) > max_batch:
-        raise CodecError(f"batch of {len(batch)} samples is larger than {max_batch}")
+        raise CodecError(f"batch of {len(batch)} entries is larger than {max_batch}")
+    return hdr, batch
+
+
+def parse_samples(ev: Event, max_batch: int = C.MAX_BATCH) -> SampleBatch:
+    """A ``DPack::samples`` event -> header and flow samples; malformed samples are skipped with a reason,
+    a malformed header or batch raises ``CodecError``."""
+    hdr, batch = _batch(ev, C.SAMPLES_EVENT, max_batch)
     samples, skipped = [], []
     for i, value in enumerate(batch):
         try:
@@ -366,23 +372,76 @@ def parse_samples(ev: Event, max_batch: int = C.MAX_BATCH) -> SampleBatch:
     return SampleBatch(hdr, samples, skipped)
 
 
+@dataclass
+class ConnectionBatch:
+    header: BatchHeader
+    records: list[ConnRecord]
+    skipped: list[str]
+
+
+def _connection(rec: dict[str, Any]) -> ConnRecord:
+    proto = rec["proto"]
+    if proto not in _PORT_PROTOS:
+        raise CodecError(f"unknown proto {proto[:10]!r}")
+    src, dst = rec["orig_h"], rec["resp_h"]
+    if proto == "icmp" and src.version == 6:
+        proto = "icmp6"
+    duration = rec["duration"]
+    if not (0.0 <= duration < 1e9):  # also refuses NaN
+        raise CodecError("duration out of range")
+    for k in ("history", "conn_state", "service"):
+        if len(rec[k]) > C.MAX_TEXT or not rec[k].isprintable():
+            raise CodecError(f"{k} is not a short printable string")
+    sport, dport = rec["orig_p"].number, rec["resp_p"].number
+    pnum = _PORT_PROTOS[rec["proto"]] if proto != "icmp6" else PROTO_ICMP6
+    return ConnRecord(
+        rec["ts"], proto, str(src), sport, str(dst), dport, duration, rec["orig_pkts"], rec["resp_pkts"],
+        rec["orig_bytes"], rec["resp_bytes"], rec["orig_ip_bytes"], rec["resp_ip_bytes"], rec["history"],
+        rec["conn_state"], rec["service"], rec["uid"],
+        community_id(pnum, src.packed, dst.packed, sport, dport),
+    )  # fmt: skip
+
+
+def parse_connections(ev: Event, max_batch: int = C.MAX_BATCH) -> ConnectionBatch:
+    """A ``DPack::connections`` event -> header and connection records (malformed ones skipped)."""
+    hdr, batch = _batch(ev, C.CONNECTIONS_EVENT, max_batch)
+    recs, skipped = [], []
+    for i, value in enumerate(batch):
+        try:
+            recs.append(_connection(_record(value, C.CONNECTION, f"connection {i}")))
+        except CodecError as err:
+            skipped.append(str(err))
+    return ConnectionBatch(hdr, recs, skipped)
+
+
+def _wire_proto(proto: str) -> str:
+    return proto if proto in ("tcp", "udp") else ("icmp" if proto in ("icmp", "icmp6") else "unknown")
+
+
 def encode_verdicts(
     topic: str, verdicts: Sequence[Any], sent: Sequence[float], latencies: Sequence[float]
 ) -> str:
     """A ``DPack::verdicts`` event for ``verdicts`` (``score.Verdict`` objects) on ``topic``; ``sent`` is
-    each sample's batch header time (echoed), ``latencies`` the seconds each spent in the scorer."""
+    each sample's batch header time (echoed), ``latencies`` the seconds each spent in the scorer.
+    Verdicts on connection summaries (``v.detector != "prefix"``) go as ``DPack::connection_verdicts``;
+    a call takes one kind only."""
+    connection = bool(verdicts) and verdicts[0].detector != "prefix"
     recs = []
     for v, t_sent, lat in zip(verdicts, sent, latencies, strict=True):
-        proto = (
-            v.proto if v.proto in ("tcp", "udp") else ("icmp" if v.proto in ("icmp", "icmp6") else "unknown")
-        )
-        recs.append(encode_record(C.VERDICT, {
+        proto = _wire_proto(v.proto)
+        common = {
             "uid": v.uid, "orig_h": v.src, "orig_p": Port(v.sport, proto), "resp_h": v.dst,
             "resp_p": Port(v.dport, proto), "score": v.score, "threshold": v.threshold,
-            "anomalous": v.anomalous, "model": v.model, "explanation": ",".join(v.explanation),
-            "community_id": v.community_id, "sent": t_sent, "scorer_latency": lat,
-        }))  # fmt: skip
-    return encode_event(topic, C.VERDICTS_EVENT, [{"@data-type": "vector", "data": recs}])
+            "anomalous": v.anomalous, "model": v.model, "community_id": v.community_id, "sent": t_sent,
+            "scorer_latency": lat,
+        }  # fmt: skip
+        if connection:
+            common |= {"detector": v.detector, "category": v.category, "confidence": v.confidence}
+            recs.append(encode_record(C.CONNECTION_VERDICT, common))
+        else:
+            recs.append(encode_record(C.VERDICT, common | {"explanation": ",".join(v.explanation)}))
+    name = C.CONNECTION_VERDICTS_EVENT if connection else C.VERDICTS_EVENT
+    return encode_event(topic, name, [{"@data-type": "vector", "data": recs}])
 
 
 def encode_refusal(topic: str, reason: str) -> str:

@@ -17,6 +17,10 @@ YAML layout (every key optional)::
       url: ws://127.0.0.1:27759/v1/messages/json
       transport: websocket           # websocket | broker
       topic: dpack/samples
+    detectors:                       # dpack serve: which detectors run (see DetectorsConfig)
+      prefix: true                   # D-PACK on the first packets
+      records_model: ""              # flow-record autoencoder (dpack train --detector records)
+      classifier_model: ""           # CNN-BiLSTM category (dpack train --detector classifier)
     serve:                           # dpack serve: queues, outputs, endpoints (see ServeConfig)
       batch_size: 256
       max_delay_ms: 1.0
@@ -93,12 +97,23 @@ class ServeConfig:
 
 
 @dataclass
+class DetectorsConfig:
+    """Which detectors ``dpack serve`` runs (see ``detectors.py``). Model paths are relative to the
+    config file; "" turns a record detector off."""
+
+    prefix: bool = True  # D-PACK on the first packets (model: the top-level ``model``)
+    records_model: str = ""  # flow-record autoencoder on connection summaries (``DPack::connections``)
+    classifier_model: str = ""  # CNN-BiLSTM: names the category of connections
+
+
+@dataclass
 class Config:
     model: str | None = None
     export: ExportConfig | None = None  # None: take the model's own prefix (offline use)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     zeek: ZeekConfig = field(default_factory=ZeekConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
     path: str | None = None  # the YAML file this came from, if any
     # Suricata rules: ``rules.Policy`` fields (mode, scope, threshold_flows, window, ttl, max_entries,
     # allowlist, require_handshake, sid_first, sid_last, apply, dataset_name) plus ``file``, ``state``,
@@ -153,7 +168,7 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("serve", "metrics_port"): lambda v: 0 <= v <= 65535,
     ("serve", "log_interval"): lambda v: 0.1 <= v <= 86400,
 }
-_SECTIONS = ("export", "scoring", "zeek", "serve")
+_SECTIONS = ("export", "scoring", "zeek", "serve", "detectors")
 
 
 def _coerce(where: str, value: Any, typ: type) -> Any:
@@ -250,6 +265,12 @@ def _merge(cfg: Config, raw: Mapping[str, Any], origin: str, base: Path) -> None
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{origin}: {key} must be a mapping")
             _apply_section(getattr(cfg, key), key, value, origin)
+            if key == "detectors":
+                d = cfg.detectors
+                for k in ("records_model", "classifier_model"):
+                    v = getattr(d, k)
+                    if v and not os.path.isabs(v):
+                        setattr(d, k, str(base / v))
         else:
             raise ConfigError(
                 f"{origin}: unknown setting {key!r} (known: model, rules, {', '.join(_SECTIONS)})"

@@ -10,18 +10,29 @@ both sides (``DPack::scorer_refused`` back to Zeek).
 
 from __future__ import annotations
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2  # 2: connection summaries and their verdicts (flow-record detectors)
 
 # Zeek -> scorer
 SAMPLES_EVENT = "DPack::samples"  # (hdr: BatchHeader, batch: vector of Sample)
+CONNECTIONS_EVENT = "DPack::connections"  # (hdr: BatchHeader, batch: vector of Connection)
 # scorer -> Zeek
 VERDICTS_EVENT = "DPack::verdicts"  # (batch: vector of Verdict)
+CONNECTION_VERDICTS_EVENT = "DPack::connection_verdicts"  # (batch: vector of ConnectionVerdict)
 REFUSED_EVENT = "DPack::scorer_refused"  # (reason: string)
 
 DEFAULT_SAMPLE_TOPIC = "dpack/samples"
 DEFAULT_VERDICT_TOPIC = "dpack/verdicts"
 
 Field = tuple[str, str]
+
+# The flow keys that open every per-connection record (ICMP: type in orig_p, code in resp_p).
+FLOW_KEYS: tuple[Field, ...] = (
+    ("uid", "string"),  # string: connection uid
+    ("orig_h", "address"),  # addr
+    ("orig_p", "port"),  # port
+    ("resp_h", "address"),  # addr
+    ("resp_p", "port"),  # port
+)
 
 BATCH_HEADER: tuple[Field, ...] = (
     ("version", "count"),  # count: CONTRACT_VERSION of the sending script
@@ -34,11 +45,7 @@ BATCH_HEADER: tuple[Field, ...] = (
 )
 
 SAMPLE: tuple[Field, ...] = (
-    ("uid", "string"),  # string: connection uid
-    ("orig_h", "address"),  # addr
-    ("orig_p", "port"),  # port (ICMP: type)
-    ("resp_h", "address"),  # addr
-    ("resp_p", "port"),  # port (ICMP: code)
+    *FLOW_KEYS,
     ("proto", "string"),  # string: "tcp", "udp", "icmp"
     ("ts", "timestamp"),  # time: the connection's first packet
     ("link", "count"),  # count: pcap link type of the frames (packet_source()$link_type)
@@ -47,11 +54,7 @@ SAMPLE: tuple[Field, ...] = (
 )
 
 VERDICT: tuple[Field, ...] = (
-    ("uid", "string"),  # string
-    ("orig_h", "address"),  # addr
-    ("orig_p", "port"),  # port
-    ("resp_h", "address"),  # addr
-    ("resp_p", "port"),  # port
+    *FLOW_KEYS,
     ("score", "real"),  # double
     ("threshold", "real"),  # double
     ("anomalous", "boolean"),  # bool
@@ -62,7 +65,38 @@ VERDICT: tuple[Field, ...] = (
     ("scorer_latency", "real"),  # double: seconds from receipt to verdict inside the scorer
 )
 
+CONNECTION: tuple[Field, ...] = (
+    *FLOW_KEYS,
+    ("proto", "string"),  # string: "tcp", "udp", "icmp"
+    ("ts", "timestamp"),  # time: c$start_time
+    ("duration", "real"),  # double: interval_to_double(c$duration)
+    ("orig_pkts", "count"),  # count: c$orig$num_pkts
+    ("resp_pkts", "count"),  # count: c$resp$num_pkts
+    ("orig_bytes", "count"),  # count: c$orig$size (payload bytes)
+    ("resp_bytes", "count"),  # count: c$resp$size
+    ("orig_ip_bytes", "count"),  # count: c$orig$num_bytes_ip
+    ("resp_ip_bytes", "count"),  # count: c$resp$num_bytes_ip
+    ("history", "string"),  # string: c$history
+    ("conn_state", "string"),  # string: c$conn$conn_state
+    ("service", "string"),  # string: the DPD services, comma separated (logged, not a model feature)
+)
+
+CONNECTION_VERDICT: tuple[Field, ...] = (
+    *FLOW_KEYS,
+    ("detector", "string"),  # string: "records" (autoencoder) or "classifier" when only it is configured
+    ("score", "real"),  # double: reconstruction error, or 1 - P(benign) for the classifier alone
+    ("threshold", "real"),  # double
+    ("anomalous", "boolean"),  # bool
+    ("category", "string"),  # string: the classifier's category ("" when none is configured)
+    ("confidence", "real"),  # double: the classifier's probability of that category (0 when none)
+    ("model", "string"),  # string: name@sha256-prefix of the model(s)
+    ("community_id", "string"),  # string
+    ("sent", "timestamp"),  # time: the batch header's ``sent``, echoed
+    ("scorer_latency", "real"),  # double
+)
+
 # Limits a batch must respect; larger ones are refused and counted (Zeek's defaults are far below).
 MAX_BATCH = 4096
 MAX_PACKETS = 64
+MAX_TEXT = 256  # history, conn_state and service strings of a connection summary
 MAX_FRAME_BYTES = 1600  # base64-decoded; Zeek cuts frames at DPack::capture_bytes (default 128)

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .conn import ConnRecord, conn_state, tcp_history_letter
 from .packets import (
     ICMP6_QUERY_PAIRS,
     ICMP_QUERY_PAIRS,
@@ -90,6 +91,14 @@ class _Flow:
     closing: bool = False  # TCP FIN or RST seen
     synack_seq: int = -1  # the responder's SYN-ACK sequence number, while the prefix is collected
     handshake: bool = False  # the initiator acknowledged that SYN-ACK (its address is not spoofed)
+    # connection-summary counters, kept only when the table was made with records=True
+    opk: int = 0
+    rpk: int = 0
+    ob: int = 0
+    rb: int = 0
+    oib: int = 0
+    rib: int = 0
+    hist: str = ""
 
 
 def _flow_key(p: Packet) -> tuple[object, ...]:
@@ -114,15 +123,62 @@ def addr_text(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
 
 
-class FlowTable:
-    """Feed frames in capture order with ``add``; collect finished samples from its return values."""
+def _ip_len(frame: bytes, off: int, version: int) -> int:
+    """The IP packet's length from its header (not the captured length)."""
+    if version == 4:
+        return (frame[off + 2] << 8) | frame[off + 3]
+    return 40 + ((frame[off + 4] << 8) | frame[off + 5])
 
-    def __init__(self, spec: PrefixSpec, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+
+class FlowTable:
+    """Feed frames in capture order with ``add``; collect finished samples from its return values.
+
+    With ``records=True`` the table also counts every packet of every flow and appends a ``ConnRecord``
+    (a Zeek ``conn.log``-like summary) to ``self.records`` when the flow ends; that turns the fast path
+    for continuation packets off, so it is for offline record extraction, not for the prefix scorer.
+    """
+
+    def __init__(
+        self, spec: PrefixSpec, idle_timeout: float = DEFAULT_IDLE_TIMEOUT, records: bool = False
+    ) -> None:
         self.spec = spec
         self.idle_timeout = idle_timeout
         self.flows: OrderedDict[tuple[object, ...], _Flow] = OrderedDict()  # oldest activity first
         self.stats = FlowStats()
         self._now = 0.0
+        self.records: list[ConnRecord] | None = [] if records else None
+
+    def _ended(self, f: _Flow) -> None:
+        if self.records is None:
+            return
+        proto = PROTO_NAMES.get(f.proto, str(f.proto))
+        self.records.append(
+            ConnRecord(
+                f.ts, proto, addr_text(f.src), f.sport, addr_text(f.dst), f.dport, f.last - f.ts,
+                f.opk, f.rpk, f.ob, f.rb, f.oib, f.rib, f.hist, conn_state(proto, f.hist, f.rpk),
+                community_id=community_id(f.proto, f.src, f.dst, f.sport, f.dport),
+            )
+        )  # fmt: skip
+
+    def _count(self, f: _Flow, p: Packet, frame: bytes, off: int) -> None:
+        is_orig = p.src == f.src and (p.sport == f.sport or p.proto not in (PROTO_TCP, PROTO_UDP))
+        size = _ip_len(frame, off, p.version)
+        letter = ""
+        if p.proto == PROTO_TCP and not p.fragment:
+            letter = tcp_history_letter(p.tcp_flags, p.payload_len)
+        elif p.proto == PROTO_UDP and p.payload_len > 0:
+            letter = "D"
+        if is_orig:
+            f.opk += 1
+            f.ob += p.payload_len
+            f.oib += size
+        else:
+            f.rpk += 1
+            f.rb += p.payload_len
+            f.rib += size
+            letter = letter.lower()
+        if letter and letter not in f.hist:
+            f.hist += letter
 
     @staticmethod
     def _track_handshake(f: _Flow, p: Packet, frame: bytes, off: int) -> None:
@@ -152,7 +208,7 @@ class FlowTable:
         if ts - self._now >= 1.0 or ts < self._now:
             self._now = ts
             out.extend(self.expire(ts))
-        if linktype == LINKTYPE_ETHERNET and self._known_continuation(ts, frame):
+        if self.records is None and linktype == LINKTYPE_ETHERNET and self._known_continuation(ts, frame):
             return out
         off = ip_offset(frame, linktype)
         if off < 0:
@@ -173,6 +229,7 @@ class FlowTable:
             del self.flows[key]
             if f.frames is not None:
                 out.append(self._sample(f))
+            self._ended(f)
             f = None
         if f is None:
             self.stats.flows += 1
@@ -183,6 +240,8 @@ class FlowTable:
             f.last = ts
             self.flows.move_to_end(key)
             first = False
+        if self.records is not None:
+            self._count(f, p, frame, off)
         if p.proto == PROTO_TCP:
             if p.tcp_flags & (TCP_FIN | TCP_RST):
                 f.closing = True
@@ -235,6 +294,7 @@ class FlowTable:
             del self.flows[key]
             if f.frames is not None:
                 out.append(self._sample(f))
+            self._ended(f)
         return out
 
     def samples(self, frames: Iterable[tuple[float, int, bytes]]) -> Iterator[FlowSample]:
@@ -246,6 +306,8 @@ class FlowTable:
     def flush(self) -> list[FlowSample]:
         """End of input: hand out every flow that has not been handed out yet."""
         out = [self._sample(f) for f in self.flows.values() if f.frames is not None]
+        for f in self.flows.values():
+            self._ended(f)
         self.flows.clear()
         out.sort(key=lambda s: s.ts)
         return out

@@ -10,6 +10,7 @@ half a model.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -75,8 +76,6 @@ def atomic_write_bytes(
 
 
 def save_model(path: str | os.PathLike[str], net: DPackNet, spec: PrefixSpec, **meta: Any) -> None:
-    import io
-
     blob = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -85,13 +84,18 @@ def save_model(path: str | os.PathLike[str], net: DPackNet, spec: PrefixSpec, **
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         **meta,
     }
+    save_blob(path, blob)
+
+
+def save_blob(path: str | os.PathLike[str], blob: dict[str, Any]) -> None:
+    """``torch.save`` a dict of plain values and tensors, atomically."""
     buf = io.BytesIO()
     torch.save(blob, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_model(path: str | os.PathLike[str], expect: PrefixSpec | None = None) -> LoadedModel:
-    """Load and check a model file; ``expect`` is the configured export, refused if it differs."""
+def load_blob(path: str | os.PathLike[str], fmt: str, version: int, what: str) -> dict[str, Any]:
+    """Read a model file's dict (``weights_only=True``) and check its format name and version."""
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"{path}: no such model file")
@@ -102,13 +106,20 @@ def load_model(path: str | os.PathLike[str], expect: PrefixSpec | None = None) -
         # traceback, and weights_only=True means nothing was executed.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"{path}: not a readable dpack model ({first[:160]})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a dpack model file")
-    if blob.get("format_version") != FORMAT_VERSION:
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise ModelError(f"{path}: not a {what} file")
+    if blob.get("format_version") != version:
         raise ModelError(
-            f"{path}: model format version {blob.get('format_version')} is not supported "
-            f"(this dpack reads {FORMAT_VERSION})"
+            f"{path}: {what} format version {blob.get('format_version')} is not supported "
+            f"(this dpack reads {version})"
         )
+    return blob
+
+
+def load_model(path: str | os.PathLike[str], expect: PrefixSpec | None = None) -> LoadedModel:
+    """Load and check a model file; ``expect`` is the configured export, refused if it differs."""
+    p = Path(path)
+    blob = load_blob(p, FORMAT, FORMAT_VERSION, "dpack model")
     try:
         cfg = ModelConfig(**blob["config"])
         spec = PrefixSpec(**blob["prefix"])

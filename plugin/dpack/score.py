@@ -40,6 +40,9 @@ class Verdict:
     explanation: list[str] = field(default_factory=list)
     uid: str = ""
     handshake: bool = False  # TCP handshake completed (packets.tcp_handshake_completed); not in the JSON
+    detector: str = "prefix"  # prefix (D-PACK, first packets) | records | classifier (connection summaries)
+    category: str = ""  # the classifier's category of a connection, when one is configured
+    confidence: float = 0.0  # the classifier's probability for that category
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -58,6 +61,12 @@ class Verdict:
         }
         if self.uid:
             d["uid"] = self.uid
+        if self.detector != "prefix":
+            d |= {
+                "detector": self.detector,
+                "category": self.category,
+                "confidence": round(self.confidence, 4),
+            }
         return d
 
 

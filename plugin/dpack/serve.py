@@ -30,14 +30,17 @@ from . import contract as C
 from .codec import (
     Ack,
     CodecError,
+    ConnectionBatch,
     ErrorReply,
     SampleBatch,
     decode_message,
     encode_refusal,
     encode_verdicts,
+    parse_connections,
     parse_samples,
 )
 from .config import Config, load_config
+from .detectors import RecordScorer
 from .errors import DpackError, ModelError
 from .flows import FlowSample
 from .modelfile import LoadedModel, load_model
@@ -85,12 +88,18 @@ class Metrics:
         "messages_received": "WebSocket messages received from Zeek",
         "messages_malformed": "messages that did not decode or did not fit the contract",
         "zeek_errors": "error replies from Zeek (a message of ours it could not use)",
-        "batches_refused": "sample batches refused (contract version or prefix mismatch)",
+        "batches_refused": "batches refused (contract version or prefix mismatch)",
         "flows_received": "flow samples accepted into the queue",
         "samples_skipped": "samples left out of a batch because they were malformed",
         "flows_dropped": "flow samples dropped because the queue was full",
         "flows_scored": "flows scored",
         "flows_flagged": "flows scored as anomalous",
+        "flows_ignored": "flow samples ignored because detectors.prefix is off",
+        "connections_received": "connection summaries accepted for the record detectors",
+        "connections_skipped": "connection summaries left out of a batch because they were malformed",
+        "connections_ignored": "connection summaries ignored (no record detector configured, or stopping)",
+        "connections_scored": "connection summaries scored",
+        "connections_flagged": "connection summaries scored as anomalous",
         "verdicts_sent": "verdicts sent back to Zeek",
         "verdicts_dropped": "verdicts dropped because the outbox was full while Zeek was away",
         "alerts_written": "records written to the SIEM feed",
@@ -184,6 +193,7 @@ class Service:
         self.ratelog = RateLimitedLog()
         self.model = self._load_model(cfg)
         self.scorer = Scorer(self.model, explain=cfg.scoring.explain, top_k=cfg.scoring.top_k)
+        self.record_scorer = RecordScorer.load(cfg.detectors.records_model, cfg.detectors.classifier_model)
         self.hooks = list(hooks)
         self.rules_worker = self._rules_worker(cfg)
         if self.rules_worker is not None:
@@ -284,18 +294,63 @@ class Service:
                 return
             if isinstance(msg, Ack):
                 return
+            if msg.name == C.CONNECTIONS_EVENT:
+                conns = parse_connections(msg)
+                await self._accept_connections(conns)
+                return
             batch = parse_samples(msg)  # refuses any other event with a reason
         except CodecError as err:
             self.metrics.inc("messages_malformed")
             self.ratelog(logging.WARNING, "malformed", "message from Zeek skipped: %s", err)
             return
+        if not self.cfg.detectors.prefix:
+            self.metrics.inc("flows_ignored", len(batch.samples))
+            return
         await self._accept(batch)
+
+    async def _refuse(self, topic: str, reason: str) -> None:
+        self.metrics.inc("batches_refused")
+        self.ratelog(logging.ERROR, "refuse:" + reason, "batch refused: %s", reason)
+        key = (topic, reason)
+        if key not in self.refusals_sent and _valid_topic(topic):
+            self.refusals_sent.add(key)
+            await self.link.send(encode_refusal(topic, reason))
+
+    async def _accept_connections(self, batch: ConnectionBatch) -> None:
+        """Connection summaries: scored at once by the record detectors (they are cheap, and Zeek batches
+        them), then delivered like flow verdicts."""
+        h = batch.header
+        if batch.skipped:
+            self.metrics.inc("connections_skipped", len(batch.skipped))
+            self.ratelog(logging.WARNING, "conn", "%d malformed connection summar(ies) skipped, e.g.: %s",
+                         len(batch.skipped), batch.skipped[0])  # fmt: skip
+        if h.version != C.CONTRACT_VERSION:
+            await self._refuse(h.reply_topic, self._version_reason(h))
+            return
+        scorer = self.record_scorer
+        if scorer is None or self.stop.is_set() or not _valid_topic(h.reply_topic):
+            self.metrics.inc("connections_ignored", len(batch.records))
+            if scorer is None:
+                self.ratelog(logging.WARNING, "no-records", "connection summaries arrive but no record "
+                             "detector is configured (detectors.records_model / classifier_model)")  # fmt: skip
+            return
+        now = time.monotonic()
+        self.metrics.inc("connections_received", len(batch.records))
+        verdicts = await asyncio.to_thread(scorer.verdicts, batch.records)
+        self.metrics.inc("connections_scored", len(verdicts))
+        self.metrics.inc("connections_flagged", sum(v.anomalous for v in verdicts))
+        n = len(verdicts)
+        await self._deliver(verdicts, [h.reply_topic] * n, [h.node] * n, [h.sent] * n, [now] * n)
+
+    @staticmethod
+    def _version_reason(h: Any) -> str:
+        return (f"contract version {h.version} from node {h.node}, dpack speaks {C.CONTRACT_VERSION}; "
+                "update the dpack Zeek package or dpack")  # fmt: skip
 
     def _refusal(self, batch: SampleBatch) -> str | None:
         h, spec = batch.header, self.model.spec
         if h.version != C.CONTRACT_VERSION:
-            return (f"contract version {h.version} from node {h.node}, dpack speaks {C.CONTRACT_VERSION}; "
-                    "update the dpack Zeek package or dpack")  # fmt: skip
+            return self._version_reason(h)
         if (h.policy, h.packets, h.bytes) != (spec.policy, spec.n_packets, spec.n_bytes):
             return (f"model {self.model.name} expects policy={spec.policy} packets={spec.n_packets} "
                     f"bytes={spec.n_bytes}, node {h.node} sends policy={h.policy} packets={h.packets} "
@@ -315,12 +370,7 @@ class Service:
                          len(batch.skipped), batch.skipped[0])  # fmt: skip
         reason = self._refusal(batch)
         if reason is not None:
-            self.metrics.inc("batches_refused")
-            self.ratelog(logging.ERROR, "refuse:" + reason, "batch refused: %s", reason)
-            key = (batch.header.reply_topic, reason)
-            if key not in self.refusals_sent and _valid_topic(batch.header.reply_topic):
-                self.refusals_sent.add(key)
-                await self.link.send(encode_refusal(batch.header.reply_topic, reason))
+            await self._refuse(batch.header.reply_topic, reason)
             return
         topic = batch.header.reply_topic
         if not _valid_topic(topic):
@@ -376,27 +426,32 @@ class Service:
         # bounded queue, where drops are counted, instead of the socket buffers).
         verdicts = await asyncio.to_thread(scorer.verdicts, [it.sample for it in items])
         self.metrics.inc("flows_scored", len(verdicts))
-        flagged = [i for i, v in enumerate(verdicts) if v.anomalous]
-        self.metrics.inc("flows_flagged", len(flagged))
+        self.metrics.inc("flows_flagged", sum(v.anomalous for v in verdicts))
+        await self._deliver(verdicts, [it.reply_topic for it in items], [it.node for it in items],
+                            [it.sent for it in items], [it.received for it in items])  # fmt: skip
+
+    async def _deliver(self, verdicts: Sequence[Verdict], topics: Sequence[str], nodes: Sequence[str],
+                       sent: Sequence[float], received: Sequence[float]) -> None:  # fmt: skip
+        """Verdicts to Zeek (grouped by reply topic), the SIEM feed and the anomaly hooks (rules)."""
         now_m = time.monotonic()
         by_topic: dict[str, list[int]] = {}
-        for i, it in enumerate(items):
-            by_topic.setdefault(it.reply_topic, []).append(i)
+        for i, topic in enumerate(topics):
+            by_topic.setdefault(topic, []).append(i)
         for topic, idx in by_topic.items():
-            text = encode_verdicts(topic, [verdicts[i] for i in idx], [items[i].sent for i in idx],
-                                   [now_m - items[i].received for i in idx])  # fmt: skip
+            text = encode_verdicts(topic, [verdicts[i] for i in idx], [sent[i] for i in idx],
+                                   [now_m - received[i] for i in idx])  # fmt: skip
             self._post(text, len(idx))
         await self._flush_outbox()
         done = time.monotonic()
         with self.metrics.lock:
-            self.metrics.latency.extend(done - it.received for it in items)
-        nodes = [it.node for it in items]
+            self.metrics.latency.extend(done - r for r in received)
         if self.feed is not None:
             try:
                 self.metrics.inc("alerts_written", self.feed.write(verdicts, nodes, time.time()))
             except OSError as err:
                 self.metrics.inc("alert_write_errors")
                 self.ratelog(logging.ERROR, "feed", "SIEM feed %s not written: %s", self.feed.path, err)
+        flagged = [i for i, v in enumerate(verdicts) if v.anomalous]
         if flagged:
             fv, fn = [verdicts[i] for i in flagged], [nodes[i] for i in flagged]
             for hook in self.hooks:

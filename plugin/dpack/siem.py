@@ -21,6 +21,12 @@ from .score import Verdict
 log = logging.getLogger(__name__)
 
 RULE_NAME = "DPack::Anomalous_Flow"
+CONNECTION_RULE_NAME = "DPack::Anomalous_Connection"
+DESCRIPTIONS = {
+    "prefix": "first packets of the flow are unlike the benign traffic the model learned",
+    "records": "the connection's summary is unlike the benign connections the model learned",
+    "classifier": "the connection classifier assigns an attack category",
+}
 
 
 def risk_score(score: float, threshold: float) -> float:
@@ -48,12 +54,21 @@ def ecs_record(v: Verdict, node: str = "", now: float | None = None) -> dict[str
         "network": {"transport": v.proto, "community_id": v.community_id},
         "observer": {"product": "dpack", "version": __version__, "type": "ids"},
         "dpack": {"score": v.score, "threshold": v.threshold, "anomalous": v.anomalous, "model": v.model,
-                  "explanation": v.explanation},
+                  "explanation": v.explanation, "detector": v.detector},
     }  # fmt: skip
+    if v.category:
+        rec["dpack"]["category"] = v.category
+        rec["dpack"]["confidence"] = round(v.confidence, 4)
     if v.anomalous:
-        rec["rule"] = {"name": RULE_NAME, "ruleset": "dpack", "version": v.model,
-                       "description": "first packets of the flow are unlike the benign traffic the model learned"}  # fmt: skip
-        rec["message"] = f"dpack: anomalous flow {v.src}:{v.sport} -> {v.dst}:{v.dport}/{v.proto}"
+        conn = v.detector != "prefix"
+        rec["rule"] = {"name": CONNECTION_RULE_NAME if conn else RULE_NAME, "ruleset": "dpack",
+                       "version": v.model, "description": DESCRIPTIONS.get(v.detector, "")}  # fmt: skip
+        what = "connection" if conn else "flow"
+        rec["message"] = f"dpack: anomalous {what} {v.src}:{v.sport} -> {v.dst}:{v.dport}/{v.proto}"
+        if v.category:
+            # ECS rule.category: the detection's category; here the classifier's attack category
+            rec["rule"]["category"] = v.category
+            rec["message"] += f" ({v.category}, p={v.confidence:.2f})"
     if v.uid:
         rec["zeek"] = {"uid": v.uid}
     if node:

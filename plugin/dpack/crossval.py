@@ -1,0 +1,145 @@
+"""``dpack crossval``: stratified k-fold reproductions on flow-record tables (NSL-KDD, UNSW-NB15, or
+dpack's own connection records), per model, with one metric definition for all of them.
+
+Metrics, each the mean over folds (fractions in [0, 1]):
+  * ``accuracy``: predicted class == true class (for ``multiclass`` the category must be right);
+  * ``detection_rate``: attack rows predicted as any attack class (recall of "attack");
+  * ``fpr``: benign rows predicted as any attack class;
+  * ``f1``: binary -> F1 of the attack class; multiclass -> support-weighted F1 over the classes
+    (``f1_macro`` is printed too: rare classes such as U2R weigh little in the weighted mean).
+The encoder (min-max scaling, one-hot) is fit on each fold's training rows only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .classifier import MODELS, FitOptions, fit_predict
+from .tables import Table, TableEncoder
+
+log = logging.getLogger(__name__)
+
+TASKS = ("binary", "multiclass")
+SPLITS = ("random", "group")
+METRICS = ("accuracy", "detection_rate", "f1", "fpr")
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    """The four published metrics (+ ``f1_macro``) for class indices where 0 is benign."""
+    from sklearn.metrics import f1_score
+
+    attack_t, attack_p = y_true != 0, y_pred != 0
+    out = {
+        "accuracy": float((y_true == y_pred).mean()),
+        "detection_rate": float(attack_p[attack_t].mean()) if attack_t.any() else float("nan"),
+        "fpr": float(attack_p[~attack_t].mean()) if (~attack_t).any() else float("nan"),
+    }
+    labels = list(range(n_classes))
+    if n_classes == 2:
+        out["f1"] = float(f1_score(y_true, y_pred, pos_label=1, zero_division=0))
+        out["f1_macro"] = float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0))
+    else:
+        out["f1"] = float(f1_score(y_true, y_pred, average="weighted", labels=labels, zero_division=0))
+        out["f1_macro"] = float(f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0))
+    return out
+
+
+def folds(
+    y: np.ndarray, k: int, split: str, groups: np.ndarray | None, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) index pairs. ``random``: stratified k-fold over rows. ``group``: stratified group
+    k-fold (every row of a group on one side, class balance kept as far as groups allow)."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if k < 2:
+        raise ValueError(f"--folds must be at least 2, got {k}")
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < k and split == "random":
+        log.warning(
+            "a class has fewer rows (%d) than folds (%d); it is missing from some folds", counts.min(), k
+        )
+    dummy = np.zeros(len(y))
+    if split == "random":
+        return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(dummy, y))
+    if groups is None:
+        raise ValueError("group split needs group keys (this table has none)")
+    if len(set(groups.tolist())) < k:
+        raise ValueError(f"group split needs at least {k} groups, the table has {len(set(groups.tolist()))}")
+    return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(dummy, y, groups))
+
+
+@dataclass
+class CrossvalResult:
+    per_model: dict[str, dict[str, float]]  # model -> mean metrics
+    per_fold: dict[str, list[dict[str, float]]]
+    seconds: dict[str, float]
+    rows: int
+    classes: list[str]
+
+    def as_json(self) -> dict[str, dict[str, float]]:
+        """model name -> {accuracy, detection_rate, f1, fpr} (means over folds)."""
+        return {m: {k: v[k] for k in METRICS} for m, v in self.per_model.items()}
+
+
+def crossval(
+    table: Table,
+    task: str,
+    k: int,
+    models: Sequence[str] = MODELS,
+    split: str = "random",
+    opts: FitOptions | None = None,
+    progress: Callable[[str], Any] | None = None,
+    log1p: bool = True,
+) -> CrossvalResult:
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {SPLITS}, got {split!r}")
+    for m in models:
+        if m not in MODELS:
+            raise ValueError(f"unknown model {m!r} (choose from {', '.join(MODELS)})")
+    opts = opts or FitOptions()
+    y = table.y_binary if task == "binary" else table.y_class
+    classes = ["benign", "attack"] if task == "binary" else list(table.class_names)
+    n_classes = len(classes)
+    per_fold: dict[str, list[dict[str, float]]] = {m: [] for m in models}
+    seconds = dict.fromkeys(models, 0.0)
+    for i, (tr, te) in enumerate(folds(y, k, split, table.groups, opts.seed)):
+        enc = TableEncoder("minmax", log1p=log1p).fit(table.take(tr))
+        xtr, xte = enc.transform(table.take(tr)), enc.transform(table.take(te))
+        for m in models:
+            t0 = time.perf_counter()
+            pred = fit_predict(m, xtr, y[tr], xte, n_classes, opts, progress)
+            seconds[m] += time.perf_counter() - t0
+            r = metrics(y[te], pred, n_classes)
+            per_fold[m].append(r)
+            if progress:
+                progress(
+                    f"fold {i + 1}/{k} {m}: accuracy {r['accuracy']:.4f} detection {r['detection_rate']:.4f} "
+                    f"f1 {r['f1']:.4f} fpr {r['fpr']:.4f}"
+                )
+    per_model = {
+        m: {key: float(np.nanmean([f[key] for f in per_fold[m]])) for key in per_fold[m][0]}
+        | {f"{key}_std": float(np.nanstd([f[key] for f in per_fold[m]])) for key in METRICS}
+        for m in models
+    }
+    return CrossvalResult(per_model, per_fold, seconds, len(table), classes)
+
+
+def format_table(res: CrossvalResult) -> str:
+    head = f"{'model':<14} {'accuracy':>16} {'detection':>16} {'f1':>14} {'f1_macro':>9} {'fpr':>16} {'s':>7}"
+    lines = [head]
+    for m, r in res.per_model.items():
+        lines.append(
+            f"{m:<14} {100 * r['accuracy']:>8.2f}% ±{100 * r['accuracy_std']:5.2f} "
+            f"{100 * r['detection_rate']:>8.2f}% ±{100 * r['detection_rate_std']:5.2f} "
+            f"{r['f1']:>7.4f} ±{r['f1_std']:.3f} {r['f1_macro']:>9.4f} "
+            f"{100 * r['fpr']:>8.3f}% ±{100 * r['fpr_std']:5.3f} {res.seconds[m]:>7.0f}"
+        )
+    return "\n".join(lines)

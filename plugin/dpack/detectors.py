@@ -1,0 +1,202 @@
+"""The flow-record detectors as commands: training from captures and the side-by-side evaluation with
+D-PACK. ``dpack train --detector records|classifier`` and ``dpack evaluate --records-model`` call these.
+
+Detectors (``detectors:`` in the config):
+  * ``prefix``: D-PACK on the first packets (``model``), early; the default.
+  * ``records``: the flow-record autoencoder (``recordae.py``), late (at connection end), unsupervised.
+  * ``classifier``: the CNN-BiLSTM (``classifier.py``), supervised; names the category of a connection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .classifier import (
+    FitOptions,
+    RecordClassifier,
+    fit_record_classifier,
+    load_record_classifier,
+    save_record_classifier,
+)
+from .conn import ConnRecord
+from .modelfile import sha256_file
+from .recordae import RecordAEOptions, RecordDetector, fit_record_ae, load_record_model, save_record_model
+from .records import (
+    SEGMENT_NUMERIC,
+    SegmentState,
+    labelled_records,
+    record_key,
+    record_table,
+    records_from_capture,
+)
+from .score import Verdict
+from .tables import Table
+
+
+def _provenance(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+    return {"files": [{"name": Path(p).name, "sha256": sha256_file(p)} for p in paths],
+            "dpack_version": __version__}  # fmt: skip
+
+
+def train_records(
+    captures: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    opts: RecordAEOptions,
+    segments: bool = True,
+    cmd_target: Sequence[str | os.PathLike[str]] = (),
+    name: str = "",
+    progress: Callable[[str], Any] | None = None,
+) -> RecordDetector:
+    """Flow-record autoencoder from benign captures; ``cmd_target`` captures (unlabeled deployment
+    traffic) are only used for the CMD penalty when ``opts.cmd_weight > 0``."""
+    recs = [r for c in captures for r in records_from_capture(c)]
+    benign = record_table(recs, segments=segments)
+    target = None
+    if cmd_target:
+        target = record_table([r for c in cmd_target for r in records_from_capture(c)], segments=segments)
+    det = fit_record_ae(benign, opts, target, progress)
+    det.meta["name"] = name or f"records-ae{'-seg' if segments else ''}"
+    prov = _provenance(captures)
+    prov["cmd_target"] = _provenance(cmd_target)["files"] if cmd_target else []
+    save_record_model(out, det, provenance=prov)
+    return det
+
+
+def train_classifier(
+    captures: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    opts: FitOptions,
+    segments: bool = True,
+    name: str = "",
+    progress: Callable[[str], Any] | None = None,
+) -> dict[str, int]:
+    """CNN-BiLSTM from labelled captures (a lab-dev style ``NAME.labels.csv`` beside each); the classes
+    are ``benign`` and the attack families found in the labels."""
+    lr = labelled_records(captures)
+    fams = sorted({f for f, a in zip(lr.family, lr.is_attack, strict=True) if a})
+    names = ["benign", *fams]
+    y = np.asarray([names.index(f) if a else 0 for f, a in zip(lr.family, lr.is_attack, strict=True)])
+    t = record_table(lr.records, y, names, segments=segments)
+    clf = fit_record_classifier(t, opts, progress)
+    clf.meta["name"] = name or "classifier-cnn-bilstm"
+    save_record_classifier(out, clf, provenance=_provenance(captures), segments=segments)
+    return clf.meta["class_counts"]
+
+
+def side_by_side(
+    captures: Sequence[str | os.PathLike[str]],
+    det: RecordDetector,
+    prefix_flags: dict[tuple[Any, ...], bool],
+    labels_csv: Sequence[str | os.PathLike[str]] = (),
+) -> dict[str, dict[str, float]]:
+    """Per family: share flagged by the record autoencoder and by D-PACK (``prefix_flags``: label key ->
+    flagged) on the same flows (those both detectors saw and the labels name)."""
+    lr = labelled_records(captures, labels_csv)
+    t = record_table(lr.records, segments=bool(det.meta.get("segments", True)))
+    flags = det.scores(t) > det.threshold
+    fam_of = {record_key(r): f for r, f in zip(lr.records, lr.family, strict=True)}
+    out: dict[str, dict[str, float]] = {}
+    for r, flag in zip(t.extra["records"], flags, strict=True):
+        key = record_key(r)
+        if key not in prefix_flags:
+            continue
+        e = out.setdefault(fam_of[key], {"flows": 0, "records_ae": 0, "dpack": 0, "either": 0})
+        e["flows"] += 1
+        e["records_ae"] += int(flag)
+        e["dpack"] += int(prefix_flags[key])
+        e["either"] += int(flag or prefix_flags[key])
+    return dict(sorted(out.items()))
+
+
+def format_side_by_side(rows: dict[str, dict[str, float]], attack: set[str]) -> str:
+    lines = [f"{'family':<24} {'kind':<7} {'flows':>7} {'dpack':>8} {'records-ae':>11} {'either':>8}"]
+    for fam, e in rows.items():
+        n = max(1, e["flows"])
+        lines.append(
+            f"{fam:<24} {'attack' if fam in attack else 'benign':<7} {e['flows']:>7} "
+            f"{e['dpack'] / n:>8.2%} {e['records_ae'] / n:>11.2%} {e['either'] / n:>8.2%}"
+        )
+    for kind, what in (("benign", "false positive rate"), ("attack", "detection rate")):
+        sel = [e for f, e in rows.items() if (f in attack) == (kind == "attack")]
+        n = max(1, sum(e["flows"] for e in sel))
+        lines.append(
+            f"{'all ' + kind:<24} {what[:7]:<7} {n:>7} {sum(e['dpack'] for e in sel) / n:>8.2%} "
+            f"{sum(e['records_ae'] for e in sel) / n:>11.2%} {sum(e['either'] for e in sel) / n:>8.2%}"
+        )
+    return "\n".join(lines)
+
+
+def _handshake(history: str) -> bool:
+    """The originator answered the responder's SYN-ACK (so its address is not spoofed)."""
+    return "S" in history and "h" in history and ("A" in history or "D" in history)
+
+
+class RecordScorer:
+    """Live verdicts on connection summaries: the record autoencoder decides ``anomalous`` when it is
+    configured (else the classifier: any category but benign), the classifier names the category.
+    Segment features come from one tracker that persists across batches (they are causal)."""
+
+    def __init__(self, ae: RecordDetector | None, clf: RecordClassifier | None) -> None:
+        assert ae is not None or clf is not None, "a record scorer needs a detector"
+        self.ae, self.clf = ae, clf
+        self.seg = SegmentState()
+        self.name = "+".join(m.name for m in (ae, clf) if m is not None)
+
+    @classmethod
+    def load(cls, records_model: str, classifier_model: str) -> RecordScorer | None:
+        """Both paths optional (""); raises ``ModelError`` for a file that is there but unusable."""
+        if not records_model and not classifier_model:
+            return None
+        ae = load_record_model(records_model) if records_model else None
+        clf = load_record_classifier(classifier_model) if classifier_model else None
+        return cls(ae, clf)
+
+    @staticmethod
+    def _view(t: Table, segments: bool) -> Table:
+        return t if segments else t.without(SEGMENT_NUMERIC)
+
+    def verdicts(self, records: list[ConnRecord]) -> list[Verdict]:
+        if not records:
+            return []
+        t = record_table(records, seg=self.seg)
+        cats: list[str] = [""] * len(records)
+        conf = np.zeros(len(records))
+        if self.clf is not None:
+            cats, conf = self.clf.categories(self._view(t, bool(self.clf.meta.get("segments", True))))
+        if self.ae is not None:
+            scores = self.ae.scores(self._view(t, bool(self.ae.meta.get("segments", True))))
+            thr, detector = self.ae.threshold, "records"
+            flags = scores > thr
+        else:
+            assert self.clf is not None
+            benign = self.clf.class_names[0]
+            scores = np.asarray([1.0 - c if k == benign else c for k, c in zip(cats, conf, strict=True)])
+            thr, detector = 0.5, "classifier"
+            flags = np.asarray([k != benign for k in cats])
+        return [
+            Verdict(
+                r.ts,
+                r.proto,
+                r.src,
+                r.sport,
+                r.dst,
+                r.dport,
+                r.community_id,
+                float(s),
+                float(thr),
+                bool(f),
+                self.name,
+                uid=r.uid,
+                handshake=_handshake(r.history),
+                detector=detector,
+                category=c,
+                confidence=float(p),
+            )  # fmt: skip
+            for r, s, f, c, p in zip(records, scores, flags, cats, conf, strict=True)
+        ]
