@@ -33,3 +33,27 @@ def tiny_model_path(tmp_path_factory):
     )
     train([SAMPLE], out, opts)
     return out
+
+
+@pytest.fixture(scope="session")
+def records_model_path(tmp_path_factory):
+    """A flow-record autoencoder trained for real on the sample capture's benign records (seconds)."""
+    from dpack.recordae import RecordAEOptions, fit_record_ae, save_record_model
+    from dpack.records import labelled_records, record_table
+
+    out = tmp_path_factory.mktemp("records") / "records-ae.pt"
+    lr = labelled_records([SAMPLE])
+    benign = record_table([r for r, a in zip(lr.records, lr.is_attack, strict=True) if not a])
+    save_record_model(out, fit_record_ae(benign, RecordAEOptions(epochs=30)), name="records-test")
+    return out
+
+
+@pytest.fixture(scope="session")
+def classifier_model_path(tmp_path_factory):
+    """A CNN-BiLSTM trained for real on the labelled sample capture (its labels CSV is beside it)."""
+    from dpack.classifier import FitOptions
+    from dpack.detectors import train_classifier
+
+    out = tmp_path_factory.mktemp("classifier") / "classifier.pt"
+    train_classifier([SAMPLE], out, FitOptions(epochs=12, patience=4, batch_size=64))
+    return out

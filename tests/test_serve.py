@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DEFAULT_MODEL, SAMPLE
-from zeekpeer import ZeekPeer, samples_frame, samples_from_pcap
+from zeekpeer import ZeekPeer, connections_from_pcap, samples_frame, samples_from_pcap
 
 from dpack import contract as C
+from dpack.codec import decode_message, parse_connections
 from dpack.config import load_config
+from dpack.detectors import RecordScorer
 from dpack.modelfile import load_model
 from dpack.rules import Rule
 from dpack.score import Scorer, score_capture
@@ -362,3 +364,66 @@ def test_serve_refuses_bad_config_with_one_line(tmp_path):
     exe = shutil.which("dpack") or str(Path(sys.executable).with_name("dpack"))
     r = subprocess.run([exe, "serve", "--config", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "zeek.url" in r.stderr and r.stderr.count("\n") == 1
+
+
+# --- connection summaries and the flow-record detectors ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conn_recs():
+    return connections_from_pcap(str(SAMPLE))
+
+
+def send_connections(peer, recs, size=64, **kw):
+    for i in range(0, len(recs), size):
+        peer.send(samples_frame(recs[i : i + size], time.time(), event=C.CONNECTIONS_EVENT, **kw))
+
+
+def test_connection_summaries_get_verdicts_categories_and_alerts(
+    tmp_path, peer, model_copy, conn_recs, records_model_path, classifier_model_path
+):
+    cfg = make_cfg(tmp_path, peer, model_copy)
+    cfg.detectors.records_model = str(records_model_path)
+    cfg.detectors.classifier_model = str(classifier_model_path)
+    run = Running(cfg)
+    try:
+        assert peer.connected.wait(10)
+        send_connections(peer, conn_recs)
+        wait_for(lambda: len(peer.connection_verdicts()) == len(conn_recs), what="connection verdicts")
+        assert peer.errors_sent == 0  # every message of ours is one Zeek accepts
+        got = {v[0]: v for v in peer.connection_verdicts()}
+        names = [n for n, _ in C.CONNECTION_VERDICT]
+        # the same records scored offline (fresh segment tracker, time order) give the same verdicts
+        offline = RecordScorer.load(str(records_model_path), str(classifier_model_path))
+        records = parse_connections(
+            decode_message(samples_frame(conn_recs, 0.0, event=C.CONNECTIONS_EVENT))
+        ).records
+        for r, v in zip(conn_recs, offline.verdicts(records), strict=True):
+            live = dict(zip(names, got[r["uid"]], strict=True))
+            assert live["detector"] == "records" and live["category"] == v.category
+            assert live["score"] == pytest.approx(v.score, rel=1e-4) and live["anomalous"] == v.anomalous
+        flagged = [dict(zip(names, v, strict=True)) for v in got.values() if v[names.index("anomalous")]]
+        assert flagged and run.m["connections_flagged"] == len(flagged)
+        assert {f["category"] for f in flagged} & {"hping_syn_flood", "nmap_syn", "nmap_connect"}
+        alerts = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+        conn_alerts = [a for a in alerts if a["rule"]["name"] == "DPack::Anomalous_Connection"]
+        assert len(conn_alerts) == len(flagged)
+        assert all(a["rule"]["category"] == a["dpack"]["category"] != "" for a in conn_alerts)
+        assert all(a["dpack"]["detector"] == "records" for a in conn_alerts)
+        # malformed summaries are skipped and counted; the rest of their batch is scored
+        bad = [dict(conn_recs[0], uid="Cbad1", duration=-5.0),
+               dict(conn_recs[1], uid="Cbad2", history="S" * 300), dict(conn_recs[2], uid="Cgood")]  # fmt: skip
+        send_connections(peer, bad)
+        wait_for(lambda: any(v[0] == "Cgood" for v in peer.connection_verdicts()), what="good record")
+        assert run.m["connections_skipped"] == 2
+    finally:
+        run.stop()
+
+
+def test_connection_summaries_without_a_record_detector_are_counted(start, peer, conn_recs):
+    run = start()
+    send_connections(peer, conn_recs[:10])
+    wait_for(lambda: run.m["connections_ignored"] == 10, what="ignored")
+    send_connections(peer, conn_recs[:3], version=C.CONTRACT_VERSION + 1)
+    wait_for(lambda: len(peer.refusals()) == 1, what="version refusal")
+    assert not peer.connection_verdicts()

@@ -80,15 +80,37 @@ def sample_node(rec: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def connections_from_pcap(path: str) -> list[dict[str, Any]]:
+    """Connection records as main.zeek's connection_state_remove handler builds them (the counts from the
+    engine's flow table stand in for Zeek's own; the wire format is the point here)."""
+    from dpack.records import records_from_capture
+
+    out = []
+    for r in records_from_capture(path):
+        proto = r.proto if r.proto in ("tcp", "udp") else "icmp"
+        out.append({
+            "uid": uid(), "orig_h": r.src, "orig_p": Port(r.sport, proto), "resp_h": r.dst,
+            "resp_p": Port(r.dport, proto), "proto": proto, "ts": r.ts, "duration": r.duration,
+            "orig_pkts": r.orig_pkts, "resp_pkts": r.resp_pkts, "orig_bytes": r.orig_bytes,
+            "resp_bytes": r.resp_bytes, "orig_ip_bytes": r.orig_ip_bytes, "resp_ip_bytes": r.resp_ip_bytes,
+            "history": r.history, "conn_state": r.conn_state, "service": "",
+        })  # fmt: skip
+    return out
+
+
 def samples_frame(recs: list[dict[str, Any]], sent: float, topic: str = "dpack/samples/0", packets: int = 3,
                   policy: str = "payload", nbytes: int = 80, version: int = C.CONTRACT_VERSION,
-                  reply_topic: str = "dpack/verdicts", node: str = "zeek") -> str:  # fmt: skip
-    """One ``DPack::samples`` data message exactly as Zeek 8.0 sends it (with the metadata element)."""
+                  reply_topic: str = "dpack/verdicts", node: str = "zeek",
+                  event: str = C.SAMPLES_EVENT) -> str:  # fmt: skip
+    """One ``DPack::samples`` (or, with ``event=C.CONNECTIONS_EVENT``, ``DPack::connections``) data message
+    exactly as Zeek 8.0 sends it (with the metadata element)."""
     hdr = encode_record(C.BATCH_HEADER, {"version": version, "node": node, "reply_topic": reply_topic,
                                          "policy": policy, "packets": packets, "bytes": nbytes, "sent": sent})  # fmt: skip
+    nodes = [sample_node(r) for r in recs] if event == C.SAMPLES_EVENT else [
+        encode_record(C.CONNECTION, r) for r in recs]  # fmt: skip
     body = [
-        {"@data-type": "string", "data": C.SAMPLES_EVENT},
-        {"@data-type": "vector", "data": [hdr, {"@data-type": "vector", "data": [sample_node(r) for r in recs]}]},
+        {"@data-type": "string", "data": event},
+        {"@data-type": "vector", "data": [hdr, {"@data-type": "vector", "data": nodes}]},
         {"@data-type": "vector", "data": [{"@data-type": "vector", "data": [
             {"@data-type": "count", "data": 1}, {"@data-type": "timestamp", "data": _ts_to_iso(sent)}]}]},
     ]  # fmt: skip
@@ -97,7 +119,8 @@ def samples_frame(recs: list[dict[str, Any]], sent: float, topic: str = "dpack/s
                                {"@data-type": "vector", "data": body}]})  # fmt: skip
 
 
-EXPECTED_ARGS = {C.VERDICTS_EVENT: ("vector", C.VERDICT), C.REFUSED_EVENT: ("string", None)}
+EXPECTED_ARGS = {C.VERDICTS_EVENT: ("vector", C.VERDICT), C.REFUSED_EVENT: ("string", None),
+                 C.CONNECTION_VERDICTS_EVENT: ("vector", C.CONNECTION_VERDICT)}  # fmt: skip
 
 
 def zeek_accepts(text: str) -> tuple[str, list[Any]] | dict[str, str]:
@@ -226,6 +249,12 @@ class ZeekPeer:
         asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+    def connection_verdicts(self) -> list[list[Any]]:
+        with self.lock:
+            return [
+                rec for name, args in self.received if name == C.CONNECTION_VERDICTS_EVENT for rec in args[0]
+            ]
 
     def verdicts(self) -> list[list[Any]]:
         with self.lock:
