@@ -306,6 +306,17 @@ event new_packet(c: connection, p: pkt_hdr)
 		emit(c);
 	}
 
+# Packet and IP byte counts come from Zeek's connection size analyzer (on by default).
+function num_pkts(e: endpoint): count
+	{
+	return e?$num_pkts ? e$num_pkts : 0;
+	}
+
+function ip_bytes(e: endpoint): count
+	{
+	return e?$num_bytes_ip ? e$num_bytes_ip : 0;
+	}
+
 event connection_state_remove(c: connection) &priority=-5
 	{
 	if ( c?$dpack && ! c$dpack$sent && |c$dpack$pkts| > 0 )
@@ -316,17 +327,15 @@ event connection_state_remove(c: connection) &priority=-5
 	if ( c$id$orig_h in ignore_subnets || c$id$resp_h in ignore_subnets )
 		return;
 
+	local state = ( c?$conn && c$conn?$conn_state ) ? c$conn$conn_state : "";
 	pending_conns += Connection($uid=c$uid, $orig_h=c$id$orig_h,
 	    $orig_p=c$id$orig_p, $resp_h=c$id$resp_h, $resp_p=c$id$resp_p,
 	    $proto=cat(get_port_transport_proto(c$id$orig_p)), $ts=c$start_time,
-	    $duration=interval_to_double(c$duration), $orig_pkts=c$orig
-	    ?$num_pkts ? c$orig$num_pkts : 0, $resp_pkts=c$resp
-	    ?$num_pkts ? c$resp$num_pkts : 0, $orig_bytes=c$orig$size,
-	    $resp_bytes=c$resp$size, $orig_ip_bytes=c$orig
-	    ?$num_bytes_ip ? c$orig$num_bytes_ip : 0, $resp_ip_bytes=c$resp
-	    ?$num_bytes_ip ? c$resp$num_bytes_ip : 0,
-	    $history=c?$history ? c$history : "", $conn_state=( c?$conn &&
-	    c$conn?$conn_state ) ? c$conn$conn_state : "",
+	    $duration=interval_to_double(c$duration), $orig_pkts=num_pkts(
+	    c$orig), $resp_pkts=num_pkts(c$resp), $orig_bytes=c$orig$size,
+	    $resp_bytes=c$resp$size, $orig_ip_bytes=ip_bytes(c$orig),
+	    $resp_ip_bytes=ip_bytes(c$resp),
+	    $history=c?$history ? c$history : "", $conn_state=state,
 	    $service=join_string_set(c$service, ","));
 	if ( |pending_conns| >= batch_size )
 		flush();
