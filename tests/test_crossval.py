@@ -112,3 +112,14 @@ def test_crossval_command_errors(tmp_path, capsys, argv, message):
     (tmp_path / "t.txt").write_text("".join(row.format(lab) for lab in ["normal", "neptune"] * 20))
     rc = main(["crossval", *[a.replace("{tmp}", str(tmp_path)) for a in argv]])
     assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_holdout_scores_a_second_table():
+    from dpack.crossval import holdout
+
+    res = holdout(synthetic(seed=0), synthetic(seed=1), "multiclass", ["random_forest"])
+    assert res.rows == 1200 and res.per_model["random_forest"]["accuracy"] > 0.9
+    other = synthetic(seed=1)
+    other.class_names = ["benign", "x", "y"]
+    with pytest.raises(ValueError, match="different classes"):
+        holdout(synthetic(), other, "binary", ["logreg"])

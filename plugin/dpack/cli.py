@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, default=8, help="CNN-BiLSTM epochs (early stopping, patience 2)")
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--json", help="write model name -> mean metrics as JSON here")
+    c.add_argument("--test", help="instead of k-fold: train on --dataset, score this table (e.g. KDDTest+)")
     return ap
 
 
@@ -392,7 +393,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .classifier import FitOptions
-    from .crossval import crossval, format_table
+    from .crossval import crossval, format_table, holdout
     from .tables import read_dataset
 
     if not args.verbose:
@@ -407,14 +408,18 @@ def cmd_crossval(args: argparse.Namespace) -> int:
             strict=True,
         )
     )  # fmt: skip
-    print(f"{table.name}: {len(table)} rows ({counts}); {args.task}, {args.folds}-fold {args.split} split")
+    how = "hold-out table" if args.test else f"{args.folds}-fold {args.split} split"
+    print(f"{table.name}: {len(table)} rows ({counts}); {args.task}, {how}")
     t0 = time.time()
+    opts = FitOptions(epochs=args.epochs, seed=args.seed)
+    progress = lambda msg: log.info("%s", msg)  # noqa: E731
     try:
-        res = crossval(
-            table, args.task, args.folds, models, args.split,
-            FitOptions(epochs=args.epochs, seed=args.seed),
-            progress=lambda msg: log.info("%s", msg),
-        )  # fmt: skip
+        if args.test:
+            test = read_dataset(args.test)
+            print(f"trained on all of it, scored on {test.name}: {len(test)} rows")
+            res = holdout(table, test, args.task, models, opts, progress)
+        else:
+            res = crossval(table, args.task, args.folds, models, args.split, opts, progress)
     except ValueError as err:
         raise DpackError(str(err)) from None
     print(format_table(res))
