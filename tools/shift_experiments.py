@@ -23,8 +23,12 @@ from dpack.records import SEGMENT_NUMERIC, lab_table, labelled_records, record_t
 
 def split_gap(folder: Path) -> None:
     t = lab_table(folder)
-    print(f"lab-dev records (benign-train + attack-dev): {len(t)} rows, {len(set(t.groups))} host-pair groups")
-    print(f"{'features':<18} {'split':<7} {'model':<14} {'accuracy':>9} {'detection':>10} {'f1':>7} {'fpr':>8}")
+    print(
+        f"lab-dev records (benign-train + attack-dev): {len(t)} rows, {len(set(t.groups))} host-pair groups"
+    )
+    print(
+        f"{'features':<18} {'split':<7} {'model':<14} {'accuracy':>9} {'detection':>10} {'f1':>7} {'fpr':>8}"
+    )
     for feats, table in (("with segments", t), ("without segments", t.without(SEGMENT_NUMERIC))):
         for split in ("random", "group"):
             res = crossval(table, "binary", 5, ["logreg", "random_forest"], split)
