@@ -7,7 +7,10 @@ Metrics, each the mean over folds (fractions in [0, 1]):
   * ``fpr``: benign rows predicted as any attack class;
   * ``f1``: binary -> F1 of the attack class; multiclass -> support-weighted F1 over the classes
     (``f1_macro`` is printed too: rare classes such as U2R weigh little in the weighted mean).
-The encoder (min-max scaling, one-hot) is fit on each fold's training rows only.
+The encoder (min-max scaling, one-hot) is fit on each fold's training rows only. Numeric columns are
+log1p-compressed before the min-max step (``log1p=False`` for the plain recipe): byte counts span 9
+orders of magnitude, and plain min-max squeezes almost every row to 0 (measured on the 20% NSL-KDD table,
+3 folds: CNN-BiLSTM accuracy 99.06% -> 99.21%, logistic regression 97.65% -> 98.82%).
 """
 
 from __future__ import annotations
