@@ -14,7 +14,6 @@ Baselines: scikit-learn ``LogisticRegression`` and ``RandomForestClassifier`` on
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,8 +25,6 @@ from torch import nn
 
 from .fitting import EarlyStopping
 from .tables import Table, TableEncoder
-
-log = logging.getLogger(__name__)
 
 MODELS = ("cnn_bilstm", "logreg", "random_forest")
 

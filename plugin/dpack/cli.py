@@ -400,14 +400,8 @@ def cmd_crossval(args: argparse.Namespace) -> int:
         logging.getLogger("dpack").setLevel(logging.INFO)
     table = read_dataset(args.dataset)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    y = table.y_binary if args.task == "binary" else table.y_class
-    counts = ", ".join(
-        f"{n} {c}" for c, n in zip(
-            ["benign", "attack"] if args.task == "binary" else table.class_names,
-            np.bincount(y, minlength=2 if args.task == "binary" else len(table.class_names)),
-            strict=True,
-        )
-    )  # fmt: skip
+    y, names = table.target(args.task)
+    counts = ", ".join(f"{n} {c}" for c, n in zip(names, np.bincount(y, minlength=len(names)), strict=True))
     how = "hold-out table" if args.test else f"{args.folds}-fold {args.split} split"
     print(f"{table.name}: {len(table)} rows ({counts}); {args.task}, {how}")
     t0 = time.time()

@@ -30,7 +30,7 @@ from . import contract as C
 from .conn import ConnRecord
 from .errors import DpackError
 from .flows import FlowSample, community_id
-from .packets import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, Frame
+from .packets import PROTO_ICMP, PROTO_ICMP6, PROTO_NAMES, PROTO_TCP, PROTO_UDP, Frame
 
 _PORT_PROTOS = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP}
 _MAX_FRAME_TEXT = 4 * 1024 * 1024  # a text frame larger than this is refused before parsing
@@ -315,13 +315,17 @@ def _record(value: Any, fields: Sequence[tuple[str, str]], what: str) -> dict[st
     return out
 
 
-def _sample(rec: dict[str, Any], max_packets: int) -> FlowSample:
+def _proto_number(rec: dict[str, Any]) -> int:
+    """IP protocol number of a record's ``proto`` name (Zeek says "icmp" for ICMPv6 too)."""
     proto = _PORT_PROTOS.get(rec["proto"])
-    src, dst = rec["orig_h"], rec["resp_h"]
-    if proto == PROTO_ICMP and src.version == 6:
-        proto = PROTO_ICMP6
     if proto is None:
         raise CodecError(f"unknown proto {rec['proto'][:10]!r}")
+    return PROTO_ICMP6 if proto == PROTO_ICMP and rec["orig_h"].version == 6 else proto
+
+
+def _sample(rec: dict[str, Any], max_packets: int) -> FlowSample:
+    proto = _proto_number(rec)
+    src, dst = rec["orig_h"], rec["resp_h"]
     pkts, dirs = rec["pkts"], rec["is_orig"]
     if len(pkts) != len(dirs):
         raise CodecError("pkts and is_orig differ in length")
@@ -380,12 +384,9 @@ class ConnectionBatch:
 
 
 def _connection(rec: dict[str, Any]) -> ConnRecord:
-    proto = rec["proto"]
-    if proto not in _PORT_PROTOS:
-        raise CodecError(f"unknown proto {proto[:10]!r}")
+    pnum = _proto_number(rec)
+    proto = PROTO_NAMES[pnum]
     src, dst = rec["orig_h"], rec["resp_h"]
-    if proto == "icmp" and src.version == 6:
-        proto = "icmp6"
     duration = rec["duration"]
     if not (0.0 <= duration < 1e9):  # also refuses NaN
         raise CodecError("duration out of range")
@@ -393,7 +394,6 @@ def _connection(rec: dict[str, Any]) -> ConnRecord:
         if len(rec[k]) > C.MAX_TEXT or not rec[k].isprintable():
             raise CodecError(f"{k} is not a short printable string")
     sport, dport = rec["orig_p"].number, rec["resp_p"].number
-    pnum = _PORT_PROTOS[rec["proto"]] if proto != "icmp6" else PROTO_ICMP6
     return ConnRecord(
         rec["ts"], proto, str(src), sport, str(dst), dport, duration, rec["orig_pkts"], rec["resp_pkts"],
         rec["orig_bytes"], rec["resp_bytes"], rec["orig_ip_bytes"], rec["resp_ip_bytes"], rec["history"],

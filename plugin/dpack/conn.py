@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CONN_STATES = (
-    "S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH",
-)  # fmt: skip
 HISTORY_LETTERS = "SHADFRshadfr"  # the multi-hot history features, one per letter and direction
 
 

@@ -108,14 +108,14 @@ def crossval(
         if m not in MODELS:
             raise ValueError(f"unknown model {m!r} (choose from {', '.join(MODELS)})")
     opts = opts or FitOptions()
-    y = table.y_binary if task == "binary" else table.y_class
-    classes = ["benign", "attack"] if task == "binary" else list(table.class_names)
+    y, classes = table.target(task)
     n_classes = len(classes)
     per_fold: dict[str, list[dict[str, float]]] = {m: [] for m in models}
     seconds = dict.fromkeys(models, 0.0)
     for i, (tr, te) in enumerate(folds(y, k, split, table.groups, opts.seed)):
-        enc = TableEncoder("minmax", log1p=log1p).fit(table.take(tr))
-        xtr, xte = enc.transform(table.take(tr)), enc.transform(table.take(te))
+        train = table.take(tr)
+        enc = TableEncoder("minmax", log1p=log1p).fit(train)
+        xtr, xte = enc.transform(train), enc.transform(table.take(te))
         for m in models:
             t0 = time.perf_counter()
             pred = fit_predict(m, xtr, y[tr], xte, n_classes, opts, progress)
@@ -149,9 +149,9 @@ def holdout(
     opts = opts or FitOptions()
     if train.class_names != test.class_names:
         raise ValueError("the two tables have different classes")
-    ytr = train.y_binary if task == "binary" else train.y_class
-    yte = test.y_binary if task == "binary" else test.y_class
-    n_classes = 2 if task == "binary" else len(train.class_names)
+    ytr, classes = train.target(task)
+    yte, _ = test.target(task)
+    n_classes = len(classes)
     enc = TableEncoder("minmax", log1p=log1p).fit(train)
     xtr, xte = enc.transform(train), enc.transform(test)
     per_fold: dict[str, list[dict[str, float]]] = {}
@@ -161,7 +161,6 @@ def holdout(
         per_fold[m] = [metrics(yte, fit_predict(m, xtr, ytr, xte, n_classes, opts, progress), n_classes)]
         seconds[m] = time.perf_counter() - t0
     per_model = {m: f[0] | {f"{k}_std": 0.0 for k in METRICS} for m, f in per_fold.items()}
-    classes = ["benign", "attack"] if task == "binary" else list(train.class_names)
     return CrossvalResult(per_model, per_fold, seconds, len(test), classes)
 
 

@@ -36,7 +36,7 @@ from .records import (
     records_from_capture,
 )
 from .score import Verdict
-from .tables import Table
+from .tables import Table, TableEncoder
 
 
 def _provenance(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
@@ -79,13 +79,11 @@ def train_classifier(
     """CNN-BiLSTM from labelled captures (a lab-dev style ``NAME.labels.csv`` beside each); the classes
     are ``benign`` and the attack families found in the labels."""
     lr = labelled_records(captures)
-    fams = sorted({f for f, a in zip(lr.family, lr.is_attack, strict=True) if a})
-    names = ["benign", *fams]
-    y = np.asarray([names.index(f) if a else 0 for f, a in zip(lr.family, lr.is_attack, strict=True)])
+    y, names = lr.classes()
     t = record_table(lr.records, y, names, segments=segments)
     clf = fit_record_classifier(t, opts, progress)
     clf.meta["name"] = name or "classifier-cnn-bilstm"
-    save_record_classifier(out, clf, provenance=_provenance(captures), segments=segments)
+    save_record_classifier(out, clf, provenance=_provenance(captures))
     return clf.meta["class_counts"]
 
 
@@ -98,7 +96,7 @@ def side_by_side(
     """Per family: share flagged by the record autoencoder and by D-PACK (``prefix_flags``: label key ->
     flagged) on the same flows (those both detectors saw and the labels name)."""
     lr = labelled_records(captures, labels_csv)
-    t = record_table(lr.records, segments=bool(det.meta.get("segments", True)))
+    t = record_table(lr.records, segments=uses_segments(det.encoder))
     flags = det.scores(t) > det.threshold
     fam_of = {record_key(r): f for r, f in zip(lr.records, lr.family, strict=True)}
     out: dict[str, dict[str, float]] = {}
@@ -132,6 +130,11 @@ def format_side_by_side(rows: dict[str, dict[str, float]], attack: set[str]) -> 
     return "\n".join(lines)
 
 
+def uses_segments(encoder: TableEncoder) -> bool:
+    """Whether a record model was trained with the segment features (its encoder knows their columns)."""
+    return SEGMENT_NUMERIC[0] in encoder.numeric_names
+
+
 def _handshake(history: str) -> bool:
     """The originator answered the responder's SYN-ACK (so its address is not spoofed)."""
     return "S" in history and "h" in history and ("A" in history or "D" in history)
@@ -158,8 +161,8 @@ class RecordScorer:
         return cls(ae, clf)
 
     @staticmethod
-    def _view(t: Table, segments: bool) -> Table:
-        return t if segments else t.without(SEGMENT_NUMERIC)
+    def _view(t: Table, encoder: TableEncoder) -> Table:
+        return t if uses_segments(encoder) else t.without(SEGMENT_NUMERIC)
 
     def verdicts(self, records: list[ConnRecord]) -> list[Verdict]:
         if not records:
@@ -168,9 +171,9 @@ class RecordScorer:
         cats: list[str] = [""] * len(records)
         conf = np.zeros(len(records))
         if self.clf is not None:
-            cats, conf = self.clf.categories(self._view(t, bool(self.clf.meta.get("segments", True))))
+            cats, conf = self.clf.categories(self._view(t, self.clf.encoder))
         if self.ae is not None:
-            scores = self.ae.scores(self._view(t, bool(self.ae.meta.get("segments", True))))
+            scores = self.ae.scores(self._view(t, self.ae.encoder))
             thr, detector = self.ae.threshold, "records"
             flags = scores > thr
         else:

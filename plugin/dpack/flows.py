@@ -87,7 +87,6 @@ class _Flow:
     dst: bytes
     dport: int
     frames: list[Frame] | None = field(default_factory=list)  # None once handed out
-    selected: int = 0
     closing: bool = False  # TCP FIN or RST seen
     synack_seq: int = -1  # the responder's SYN-ACK sequence number, while the prefix is collected
     handshake: bool = False  # the initiator acknowledged that SYN-ACK (its address is not spoofed)
@@ -117,6 +116,11 @@ def _flow_key(p: Packet) -> tuple[object, ...]:
         return (p.proto, a2, b2, p.sport, p.dport)
     a3, b3 = (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
     return (p.proto, a3, b3)
+
+
+def _from_initiator(f: _Flow, p: Packet) -> bool:
+    """Sent by the flow's initiator (ports decide when both ends share an address)."""
+    return p.src == f.src and (p.sport == f.sport or p.proto not in (PROTO_TCP, PROTO_UDP))
 
 
 def addr_text(raw: bytes) -> str:
@@ -161,7 +165,7 @@ class FlowTable:
         )  # fmt: skip
 
     def _count(self, f: _Flow, p: Packet, frame: bytes, off: int) -> None:
-        is_orig = p.src == f.src and (p.sport == f.sport or p.proto not in (PROTO_TCP, PROTO_UDP))
+        is_orig = _from_initiator(f, p)
         size = _ip_len(frame, off, p.version)
         letter = ""
         if p.proto == PROTO_TCP and not p.fragment:
@@ -248,8 +252,7 @@ class FlowTable:
             if f.frames is not None and p.tcp_flags & TCP_ACK and not f.handshake and not p.fragment:
                 self._track_handshake(f, p, frame, off)
         if f.frames is not None and counts_for_prefix(p, first, self.spec.policy):
-            is_orig = p.src == f.src and (p.sport == f.sport or p.proto not in (PROTO_TCP, PROTO_UDP))
-            f.frames.append(Frame(linktype, frame, is_orig))
+            f.frames.append(Frame(linktype, frame, _from_initiator(f, p)))
             if len(f.frames) >= self.spec.n_packets:
                 out.append(self._sample(f))
         return out

@@ -17,7 +17,6 @@ up to k = 5), pulling the latent distribution of the training days toward the de
 from __future__ import annotations
 
 import datetime as _dt
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,8 +32,6 @@ from .errors import ModelError
 from .fitting import EarlyStopping
 from .modelfile import load_blob, save_blob, sha256_file
 from .tables import Table, TableEncoder
-
-log = logging.getLogger(__name__)
 
 FORMAT = "dpack-record-model"
 FORMAT_VERSION = 1
@@ -196,7 +193,6 @@ def fit_record_ae(
             "moments": opts.cmd_moments,
             "target_records": 0 if xt is None else len(xt),
         },
-        "segments": "seg_flows" in benign.numeric_names,
     }
     return RecordDetector(net, enc, thresholds[opts.threshold_method], meta)
 

@@ -147,6 +147,12 @@ class LabelledRecords:
     family: list[str]
     unlabelled: int
 
+    def classes(self) -> tuple[np.ndarray, list[str]]:
+        """Class per record and the class names: ``benign`` (0), then the attack families, sorted."""
+        pairs = list(zip(self.family, self.is_attack, strict=True))
+        names = ["benign", *sorted({f for f, a in pairs if a})]
+        return np.asarray([names.index(f) if a else 0 for f, a in pairs], dtype=np.int64), names
+
 
 def labelled_records(
     captures: Sequence[str | os.PathLike[str]], labels_csv: Sequence[str | os.PathLike[str]] = ()
@@ -187,8 +193,5 @@ def lab_table(
     one benign and one attack group."""
     caps = [str(Path(folder) / f"{f}.pcap.gz") for f in files]
     lr = labelled_records(caps)
-    fams = sorted({f for f, a in zip(lr.family, lr.is_attack, strict=True) if a})
-    names = ["benign", *fams]
-    y = np.asarray([names.index(f) if a else 0 for f, a in zip(lr.family, lr.is_attack, strict=True)])
-    t = record_table(lr.records, y, names, name=f"lab-dev/{'+'.join(files)}", group_prefix=group_prefix)
-    return t
+    y, names = lr.classes()
+    return record_table(lr.records, y, names, name=f"lab-dev/{'+'.join(files)}", group_prefix=group_prefix)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,12 @@ class Table:
     @property
     def y_binary(self) -> np.ndarray:
         return (self.y_class != 0).astype(np.int64)
+
+    def target(self, task: str) -> tuple[np.ndarray, list[str]]:
+        """Targets and class names for ``task``: "binary" (benign/attack) or "multiclass"."""
+        if task == "binary":
+            return self.y_binary, ["benign", "attack"]
+        return self.y_class, list(self.class_names)
 
     def without(self, names: Sequence[str]) -> Table:
         """The same rows without the numeric columns ``names``."""
@@ -127,7 +133,6 @@ def read_nsl_kdd(path: Path) -> Table:
     nums: list[list[float]] = []
     cats: list[list[str]] = [[] for _ in NSL_CATEGORICAL]
     labels: list[int] = []
-    attack: list[str] = []
     with _open_text(path) as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             if not row:
@@ -143,7 +148,6 @@ def read_nsl_kdd(path: Path) -> Table:
             if fam is None:
                 raise TableError(f"{where}: unknown attack type {name[:40]!r}")
             labels.append(NSL_CLASSES.index(fam))
-            attack.append(name)
     if not labels:
         raise TableError(f"{path}: no rows")
     return Table(
@@ -153,7 +157,6 @@ def read_nsl_kdd(path: Path) -> Table:
         {c: np.asarray(v) for c, v in zip(NSL_CATEGORICAL, cats, strict=True)},
         np.asarray(labels, dtype=np.int64),
         list(NSL_CLASSES),
-        extra={"attack": np.asarray(attack)},
     )
 
 
@@ -165,11 +168,10 @@ def read_unsw_nb15(path: Path) -> Table:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise TableError(f"{path}: empty file") from None
-        need = {"id", "attack_cat", "label", *UNSW_CATEGORICAL}
+        need = {"id", "attack_cat", "label", *UNSW_CATEGORICAL}  # every non-numeric column
         if not need <= set(header):
             raise TableError(f"{path}: not a UNSW-NB15 partition (missing {sorted(need - set(header))})")
-        skip = {"id", "attack_cat", "label", *UNSW_CATEGORICAL}
-        numeric_names = [h for h in header if h not in skip]
+        numeric_names = [h for h in header if h not in need]
         num_idx = [header.index(h) for h in numeric_names]
         cat_idx = [header.index(h) for h in UNSW_CATEGORICAL]
         i_cat, i_label = header.index("attack_cat"), header.index("label")
@@ -312,19 +314,3 @@ def one_hot(values: np.ndarray, vocab: Sequence[str]) -> np.ndarray:
     hit = cols >= 0
     out[np.flatnonzero(hit), cols[hit]] = 1.0
     return out
-
-
-def concat_tables(tables: Iterable[Table]) -> Table:
-    ts = list(tables)
-    assert ts, "nothing to concatenate"
-    first = ts[0]
-    groups = None if any(t.groups is None for t in ts) else np.concatenate([t.groups for t in ts])
-    return Table(
-        first.name,
-        np.concatenate([t.numeric for t in ts]),
-        list(first.numeric_names),
-        {k: np.concatenate([t.categorical[k] for t in ts]) for k in first.categorical},
-        np.concatenate([t.y_class for t in ts]),
-        list(first.class_names),
-        groups,
-    )
