@@ -2,7 +2,8 @@
 
     python benchmarks/bench_score.py [CAPTURE ...]
 
-Runs the real command (``python -m dpack.cli score CAPTURE --verdicts FILE``) on each capture,
+Runs the real command (``python -m dpack.cli score CAPTURE --verdicts FILE``) on each capture, with one
+process and with the default (one per core),
 decompressed first, and reads the flows/s it reports (timed from the first frame read to the last verdict
 written, so interpreter and torch start-up are excluded; the wall time of the whole process is shown too).
 Default captures: lab-dev benign-val, attack-dev, and the two merged (the evaluation mix).
@@ -11,6 +12,7 @@ Default captures: lab-dev benign-val, attack-dev, and the two merged (the evalua
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import subprocess
 import sys
@@ -50,15 +52,26 @@ def main() -> None:
                 out.write_bytes(gzip.decompress(p.read_bytes()))
                 caps.append(out)
             caps.append(merged([bv, ad], tmp / "benign-val+attack-dev.pcap"))
-        print(f"{'capture':<28} {'flows':>7} {'flagged':>8} {'flows/s':>9} {'process s':>10}")
+        print(f"{'capture':<28} {'workers':>7} {'frames':>7} {'flows':>7} {'flagged':>8} {'flows/s':>9} "
+              f"{'frames/s':>9} {'process s':>10}")  # fmt: skip
         for cap in caps:
-            t = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "dpack.cli", "score", str(cap), "--verdicts",
-                                str(tmp / "v.jsonl")], capture_output=True, text=True, check=True)  # fmt: skip
-            wall = time.perf_counter() - t
-            m = re.search(r"flows\s+(\d+) scored, (\d+) flagged .* \(([\d,]+) flows/s\)", r.stdout)
-            assert m, r.stdout
-            print(f"{cap.name:<28} {m[1]:>7} {m[2]:>8} {m[3]:>9} {wall:>10.2f}")
+            for workers in ("1", "0"):  # one process; one per core (the default)
+                t = time.perf_counter()
+                r = subprocess.run([sys.executable, "-m", "dpack.cli", "score", str(cap), "--workers", workers,
+                                    "--verdicts", str(tmp / "v.jsonl")], capture_output=True, text=True,
+                                   check=True)  # fmt: skip
+                wall = time.perf_counter() - t
+                m = re.search(
+                    r"flows\s+(\d+) scored, (\d+) flagged .* in ([\d.]+) s \(([\d,]+) flows/s\)", r.stdout
+                )
+                f = re.search(r": (\d+) frames", r.stdout)
+                assert m and f, r.stdout
+                fps = int(f[1]) / float(m[3])
+                label = workers if workers != "0" else f"{os.cpu_count()}*"
+                print(
+                    f"{cap.name:<28} {label:>7} {f[1]:>7} {m[1]:>7} {m[2]:>8} {m[4]:>9} {fps:>9,.0f} {wall:>10.2f}"
+                )
+        print("* the default: one worker process per core (scoring.workers: 0)")
 
 
 if __name__ == "__main__":

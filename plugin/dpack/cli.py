@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--verdicts", help="write one JSON line per flow here ('-' for stdout)")
     s.add_argument("--explain", choices=("anomalous", "all", "none"), help="which verdicts get explanations")
     s.add_argument("--top", type=int, default=10, help="flagged flows shown in the summary")
+    s.add_argument("--workers", type=int, help="processes (default: config scoring.workers, 0 = per core)")
     s.add_argument(
         "--rules", help="write Suricata rules for the flagged flows here (policy: config 'rules:')"
     )
@@ -254,7 +255,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     collected: list[Any] = []
     try:
         run = score_capture(args.capture, scorer, out, cfg.scoring.batch_size, cfg.scoring.idle_timeout,
-                            keep_top=args.top,
+                            keep_top=args.top, workers=args.workers or cfg.scoring.processes(),
                             on_verdicts=collected.extend if args.rules else None)  # fmt: skip
     finally:
         if out is not None and out is not sys.stdout:

@@ -12,6 +12,7 @@ YAML layout (every key optional)::
       explain: anomalous             # anomalous | all | none
       top_k: 3
       idle_timeout: 60.0
+      workers: 0                     # processes for dpack score: 0 = one per CPU core (at most 8)
 
     zeek:                            # dpack serve: how to reach Zeek
       url: ws://127.0.0.1:27759/v1/messages/json
@@ -65,6 +66,11 @@ class ScoringConfig:
     explain: str = "anomalous"
     top_k: int = 3
     idle_timeout: float = 60.0
+    workers: int = 0  # dpack score: processes, each scoring a shard of the flows; 0 = one per core (<= 8)
+
+    def processes(self) -> int:
+        return self.workers or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                   else os.cpu_count() or 1)  # fmt: skip
 
 
 @dataclass
@@ -157,6 +163,7 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("scoring", "explain"): lambda v: v in EXPLAIN_MODES,
     ("scoring", "top_k"): lambda v: 1 <= v <= 32,
     ("scoring", "idle_timeout"): lambda v: 0 < v <= 86400,
+    ("scoring", "workers"): lambda v: 0 <= v <= 64,
     ("zeek", "url"): lambda v: v.startswith(("ws://", "wss://", "tcp://")),
     ("zeek", "transport"): lambda v: v in ("websocket", "broker"),
     ("zeek", "topic"): lambda v: 0 < len(v) <= 200 and v.isprintable(),

@@ -10,7 +10,7 @@ import numpy as np
 
 from .capture import CaptureStats, read_capture
 from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable
-from .packets import PrefixSpec, encode_flow
+from .packets import PrefixSpec, encode_flow_into
 
 
 @dataclass
@@ -31,13 +31,15 @@ class FlowSet:
 
 
 def encode_samples(samples: Sequence[FlowSample], spec: PrefixSpec) -> tuple[np.ndarray, np.ndarray]:
-    data = np.zeros((len(samples), spec.n_packets, spec.n_bytes), dtype=np.uint8)
-    direction = np.zeros((len(samples), spec.n_packets), dtype=np.int8)
+    """``packets.encode_flow`` of every sample, as (F, N, L) uint8 and (F, N) int8 arrays."""
+    n, length = spec.n_packets, spec.n_bytes
+    data, direction = bytearray(len(samples) * n * length), bytearray(len(samples) * n)
     for i, s in enumerate(samples):
-        enc = encode_flow(s.frames, spec)
-        data[i] = enc.data
-        direction[i] = enc.direction
-    return data, direction
+        encode_flow_into(s.frames, spec, data, i * n * length, direction, i * n)
+    return (
+        np.frombuffer(data, dtype=np.uint8).reshape(len(samples), n, length),
+        np.frombuffer(direction, dtype=np.int8).reshape(len(samples), n),
+    )
 
 
 def iter_capture_samples(

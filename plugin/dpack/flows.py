@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import socket
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -62,6 +63,9 @@ class FlowSample:
     uid: str = ""  # Zeek's connection uid, when the sample came from Zeek
     community_id: str = ""
     handshake: bool | None = None  # TCP handshake demonstrably completed (None: not computed yet)
+    # (frame number at which the sample became ready, frame number of the flow's first packet): the
+    # order ``FlowTable`` hands samples out in, so that shards of one capture merge back into it
+    order: tuple[int, int] = (0, 0)
 
     @property
     def proto_name(self) -> str:
@@ -81,6 +85,7 @@ class FlowStats:
 class _Flow:
     ts: float
     last: float
+    first: int  # frame number of the first packet
     proto: int
     src: bytes
     sport: int
@@ -124,7 +129,8 @@ def _from_initiator(f: _Flow, p: Packet) -> bool:
 
 
 def addr_text(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
+    """An address as Zeek and ``ipaddress`` write it (inet_ntop for IPv4: 5x faster, same text)."""
+    return socket.inet_ntop(socket.AF_INET, raw) if len(raw) == 4 else str(ipaddress.ip_address(raw))
 
 
 def _ip_len(frame: bytes, off: int, version: int) -> int:
@@ -150,6 +156,7 @@ class FlowTable:
         self.flows: OrderedDict[tuple[object, ...], _Flow] = OrderedDict()  # oldest activity first
         self.stats = FlowStats()
         self._now = 0.0
+        self.index = 0  # frames seen, ``add``ed or ``tick``ed
         self.records: list[ConnRecord] | None = [] if records else None
 
     def _ended(self, f: _Flow) -> None:
@@ -203,11 +210,13 @@ class FlowTable:
             f.ts, f.proto, src, f.sport, dst, f.dport, frames,
             community_id=community_id(f.proto, f.src, f.dst, f.sport, f.dport),
             handshake=f.handshake if f.proto == PROTO_TCP else False,
+            order=(self.index, f.first),
         )  # fmt: skip
 
     def add(self, ts: float, linktype: int, frame: bytes) -> list[FlowSample]:
-        """Account one frame; return the samples that became ready (usually none or one)."""
+        """Account one frame; return the samples that became ready (usually none or one), in ``order``."""
         self.stats.frames += 1
+        self.index += 1
         out: list[FlowSample] = []
         if ts - self._now >= 1.0 or ts < self._now:
             self._now = ts
@@ -237,7 +246,7 @@ class FlowTable:
             f = None
         if f is None:
             self.stats.flows += 1
-            f = _Flow(ts, ts, p.proto, p.src, p.sport, p.dst, p.dport)
+            f = _Flow(ts, ts, self.index, p.proto, p.src, p.sport, p.dst, p.dport)
             self.flows[key] = f
             first = True
         else:
@@ -255,7 +264,21 @@ class FlowTable:
             f.frames.append(Frame(linktype, frame, _from_initiator(f, p)))
             if len(f.frames) >= self.spec.n_packets:
                 out.append(self._sample(f))
+        if len(out) > 1:
+            out.sort(key=_order)
         return out
+
+    def tick(self, ts: float) -> list[FlowSample]:
+        """A frame that belongs to another shard's table went by: count it and expire as ``add`` would,
+        so that every shard hands its samples out at the same frame numbers as one whole table."""
+        self.index += 1
+        if ts - self._now >= 1.0 or ts < self._now:
+            self._now = ts
+            out = self.expire(ts)
+            if len(out) > 1:
+                out.sort(key=_order)
+            return out
+        return []
 
     def _known_continuation(self, ts: float, frame: bytes) -> bool:
         """Fast path for the bulk of a capture: a later packet of a flow whose prefix is already handed out.
@@ -302,18 +325,53 @@ class FlowTable:
 
     def samples(self, frames: Iterable[tuple[float, int, bytes]]) -> Iterator[FlowSample]:
         """Every flow sample of a frame stream, in the order they become ready, then the rest at its end."""
+        add = self.add
         for ts, lt, fr in frames:
-            yield from self.add(ts, lt, fr)
+            out = add(ts, lt, fr)
+            if out:  # mostly empty; ``yield from`` on every frame costs more than the check
+                yield from out
         yield from self.flush()
 
     def flush(self) -> list[FlowSample]:
-        """End of input: hand out every flow that has not been handed out yet."""
+        """End of input: hand out every flow that has not been handed out yet, in order of first packet."""
+        self.index += 1
         out = [self._sample(f) for f in self.flows.values() if f.frames is not None]
         for f in self.flows.values():
             self._ended(f)
         self.flows.clear()
-        out.sort(key=lambda s: s.ts)
+        out.sort(key=_order)
         return out
+
+
+def _order(s: FlowSample) -> tuple[int, int]:
+    return s.order
+
+
+def shard_of(linktype: int, frame: bytes, shards: int) -> int:
+    """Which of ``shards`` flow tables a frame belongs to: the same for every packet of a flow (both
+    directions), so shards can build their flows independently. Frames that belong to no flow (not IP,
+    malformed) go to shard 0, which counts them."""
+    if (
+        linktype == LINKTYPE_ETHERNET
+        and len(frame) >= 38
+        and frame[12] == 8
+        and frame[13] == 0
+        and frame[14] == 0x45
+        and (frame[23] == PROTO_TCP or frame[23] == PROTO_UDP)
+        and not frame[20] & 0x3F
+        and not frame[21]
+    ):  # the common case, as in FlowTable._known_continuation: last address bytes and low port bytes
+        return (frame[29] ^ frame[33] ^ frame[35] ^ frame[37]) % shards
+    off = ip_offset(frame, linktype)
+    p = parse_ip(frame, off) if off >= 0 else None
+    if p is None:
+        return 0
+    key = _flow_key(p)
+    a, b = key[1], key[2]
+    assert isinstance(a, bytes) and isinstance(b, bytes)
+    if len(key) == 3 and p.proto in (PROTO_TCP, PROTO_UDP) and not p.fragment:  # address + port
+        return (a[-3] ^ a[-1] ^ b[-3] ^ b[-1]) % shards
+    return (a[-1] ^ b[-1]) % shards
 
 
 def flows_from_frames(

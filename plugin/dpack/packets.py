@@ -429,8 +429,20 @@ def encode_flow(frames: Sequence[Frame], spec: PrefixSpec) -> FlowInput:
     Pure: the same frames and spec always give the same array.
     """
     n, length = spec.n_packets, spec.n_bytes
-    data = np.zeros((n, length), dtype=np.uint8)
-    direction = np.zeros(n, dtype=np.int8)
+    data, direction = bytearray(n * length), bytearray(n)
+    encode_flow_into(frames, spec, data, 0, direction, 0)
+    return FlowInput(
+        np.frombuffer(data, dtype=np.uint8).reshape(n, length), np.frombuffer(direction, dtype=np.int8)
+    )
+
+
+def encode_flow_into(
+    frames: Sequence[Frame], spec: PrefixSpec, data: bytearray, at: int, direction: bytearray, dat: int
+) -> None:
+    """``encode_flow`` writing into zeroed buffers: the N*L bytes at ``data[at:]`` and the N directions at
+    ``direction[dat:]`` (int8 as bytes: 1, or 255 for -1). Batches of flows fill one buffer each, which
+    saves the per-flow arrays (``dataset.encode_samples``)."""
+    n, length = spec.n_packets, spec.n_bytes
     slot = 0
     first = True
     for fr in frames:
@@ -447,10 +459,10 @@ def encode_flow(frames: Sequence[Frame], spec: PrefixSpec) -> FlowInput:
             continue
         first = False
         masked = mask_packet(fr.data[off : off + length], fr.is_orig)
-        data[slot, : len(masked)] = np.frombuffer(bytes(masked), dtype=np.uint8)
-        direction[slot] = 1 if fr.is_orig else -1
+        start = at + slot * length
+        data[start : start + len(masked)] = masked
+        direction[dat + slot] = 1 if fr.is_orig else 255
         slot += 1
-    return FlowInput(data, direction)
 
 
 # --- field names, for explanations ------------------------------------------------------------------

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
+import multiprocessing as mp
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import IO, Any
 
 import numpy as np
@@ -14,7 +17,8 @@ import torch
 
 from .capture import CaptureStats, read_capture
 from .dataset import encode_samples
-from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable
+from .errors import DpackError
+from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable, shard_of
 from .model import to_input
 from .modelfile import LoadedModel
 from .packets import FIELD_NAMES, PrefixSpec, field_layout, tcp_handshake_completed
@@ -106,6 +110,15 @@ def explain_rows(
             for row, keep in zip(top, vals.tolist(), strict=True)]  # fmt: skip
 
 
+def _distinct_rows(data: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the distinct encoded flows (data + direction) and, per flow, which of them it equals."""
+    b = len(data)
+    key = np.ascontiguousarray(np.concatenate([data.reshape(b, -1), direction.view(np.uint8)], axis=1))
+    rows = key.view(np.dtype((np.void, key.shape[1]))).ravel()
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
 class Scorer:
     """Scores batches of flow samples with one loaded model."""
 
@@ -133,17 +146,24 @@ class Scorer:
         """Verdicts for samples already encoded with ``encode_samples`` under this model's spec."""
         if not samples:
             return []
-        x = to_input(data, direction)
+        # Identical inputs get identical verdicts: score each distinct one once. Floods and scans repeat
+        # one packet shape thousands of times (lab-dev attack-dev: 8,441 flows, 2,147 distinct inputs).
+        first, inverse = _distinct_rows(data, direction)
+        ud, ur = data[first], direction[first]
+        x = to_input(ud, ur)
         with torch.no_grad():
-            s = self.model.net.score(x).numpy()
+            us = self.model.net.score(x).numpy()
         thr = self.model.threshold
+        s = us[inverse]
         flagged = s > thr
-        explanations: dict[int, list[str]] = {}
+        explained: list[list[str]] = [[]] * len(first)
         if self.explain != "none":
-            idx = np.arange(len(s)) if self.explain == "all" else np.flatnonzero(flagged)
+            idx = np.arange(len(us)) if self.explain == "all" else np.flatnonzero(us > thr)
             if len(idx):
-                rows = explain_rows(self.model, x[idx], data[idx], direction[idx], self.top_k)
-                explanations = dict(zip(idx.tolist(), rows, strict=True))
+                rows = explain_rows(self.model, x[idx], ud[idx], ur[idx], self.top_k)
+                for j, row in zip(idx.tolist(), rows, strict=True):
+                    explained[j] = row
+        inv = inverse.tolist()
         return [
             Verdict(
                 smp.ts,
@@ -157,7 +177,7 @@ class Scorer:
                 thr,
                 bool(flagged[i]),
                 self.name,
-                explanations.get(i, []),
+                list(explained[inv[i]]),
                 smp.uid,
                 bool(smp.handshake if smp.handshake is not None else tcp_handshake_completed(smp.frames)),
             )  # fmt: skip
@@ -188,18 +208,42 @@ def _chunks(it: Iterable[FlowSample], size: int) -> Iterator[list[FlowSample]]:
 
 
 def _encoded_chunks(
-    path: str | os.PathLike[str], spec: PrefixSpec, idle_timeout: float, size: int, run: ScoreRun
+    path: str | os.PathLike[str],
+    spec: PrefixSpec,
+    idle_timeout: float,
+    size: int,
+    run: ScoreRun,
+    shard: int = 0,
+    shards: int = 1,
 ) -> Iterator[tuple[list[FlowSample], np.ndarray, np.ndarray]]:
-    """Read, group into flows and encode a capture: chunks of (samples without frames, data, direction)."""
+    """Read, group into flows and encode a capture: chunks of (samples without frames, data, direction).
+    With ``shards`` > 1, only the flows of ``shard`` (``flows.shard_of``)."""  # fmt: skip
     table = FlowTable(spec, idle_timeout)
     run.flow_stats = table.stats
-    for chunk in _chunks(table.samples(read_capture(path, run.capture)), size):
+
+    def ready() -> Iterator[FlowSample]:
+        frames = read_capture(path, run.capture)
+        if shards == 1:
+            yield from table.samples(frames)
+            return
+        add, tick = table.add, table.tick
+        for ts, lt, fr in frames:
+            out = add(ts, lt, fr) if shard_of(lt, fr, shards) == shard else tick(ts)
+            if out:
+                yield from out
+        yield from table.flush()
+
+    for chunk in _chunks(ready(), size):
         data, direction = encode_samples(chunk, spec)
         for smp in chunk:
             if smp.handshake is None:  # the flow table records it for the flows it builds
                 smp.handshake = tcp_handshake_completed(smp.frames)
             smp.frames = []  # encoded; no need to keep the bytes
         yield chunk, data, direction
+
+
+def _verdict_line(v: Verdict) -> str:
+    return json.dumps(v.to_dict(), separators=(",", ":")) + "\n"
 
 
 def score_capture(
@@ -210,18 +254,121 @@ def score_capture(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     keep_top: int = 10,
     on_verdicts: Any = None,
+    workers: int = 1,
 ) -> ScoreRun:
-    """Score every flow of a capture, streaming: verdict JSON lines go to ``out`` as batches finish."""
+    """Score every flow of a capture, streaming: verdict JSON lines go to ``out`` as batches finish.
+
+    ``workers`` > 1 splits the flows into that many shards, each read, grouped, encoded and scored by its
+    own process (``_shard_worker``); their verdicts merge back in the order one process writes them.
+    """
     run = ScoreRun()
-    for samples, data, direction in _encoded_chunks(path, scorer.model.spec, idle_timeout, batch_size, run):
-        vs = scorer.verdicts_encoded(samples, data, direction)
-        run.flows += len(vs)
+
+    def emit(vs: Sequence[Verdict], lines: Sequence[str] | None = None) -> None:
+        """Account verdicts; from shards, ``lines`` holds every verdict's line and ``vs`` all verdicts
+        only if ``on_verdicts`` wants them (else the flagged ones)."""
+        run.flows += len(vs) if lines is None else len(lines)
         flagged = [v for v in vs if v.anomalous]
         run.flagged += len(flagged)
         if flagged:
             run.top = sorted(run.top + flagged, key=lambda v: -v.score)[:keep_top]
         if out is not None:
-            out.write("".join(json.dumps(v.to_dict(), separators=(",", ":")) + "\n" for v in vs))
+            out.write("".join(lines if lines is not None else map(_verdict_line, vs)))
         if on_verdicts is not None:
             on_verdicts(vs)
+
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        for samples, data, direction in _encoded_chunks(
+            path, scorer.model.spec, idle_timeout, batch_size, run
+        ):
+            emit(scorer.verdicts_encoded(samples, data, direction))
+        return run
+    _score_sharded(path, scorer, emit, batch_size, idle_timeout, workers, on_verdicts is not None, run)
     return run
+
+
+# --- sharded scoring (dpack score on several cores) ------------------------------------------------------
+
+_Chunk = tuple[list[tuple[int, int]], list[str], list[tuple[int, Verdict]]]
+
+
+def _shard_worker(
+    conn: Connection, path: str | os.PathLike[str], scorer: Scorer, size: int, idle_timeout: float,
+    shard: int, shards: int, send_all: bool,
+) -> None:  # fmt: skip
+    """One shard of ``score_capture``: sends ("chunk", orders, JSON lines, [(i, verdict)]) per batch (the
+    verdicts: all of them, or only the flagged ones, which are what the parent counts and ranks), then
+    ("end", capture stats, flow stats), or ("error", text)."""
+    torch.set_num_threads(1)  # one process per core
+    run = ScoreRun()
+    try:
+        spec = scorer.model.spec
+        for samples, data, direction in _encoded_chunks(path, spec, idle_timeout, size, run, shard, shards):
+            vs = scorer.verdicts_encoded(samples, data, direction)
+            keep = [(i, v) for i, v in enumerate(vs) if send_all or v.anomalous]
+            conn.send(("chunk", [s.order for s in samples], [_verdict_line(v) for v in vs], keep))
+        conn.send(("end", run.capture, run.flow_stats))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+    finally:
+        conn.close()
+
+
+def _score_sharded(
+    path: str | os.PathLike[str], scorer: Scorer, emit: Any, size: int, idle_timeout: float, shards: int,
+    send_all: bool, run: ScoreRun,
+) -> None:  # fmt: skip
+    next(iter(read_capture(path)), None)  # a file that cannot be read fails here, with its one-line error
+    ctx = mp.get_context("fork")  # the children share the loaded model; nothing to import or pickle
+    conns, procs = [], []
+    for shard in range(shards):
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_shard_worker, daemon=True, name=f"dpack-score-{shard}",
+                           args=(child, path, scorer, size, idle_timeout, shard, shards, send_all))  # fmt: skip
+        proc.start()
+        child.close()
+        conns.append(parent)
+        procs.append(proc)
+    stats: list[tuple[CaptureStats, FlowStats]] = []
+
+    def stream(conn: Connection, proc: Any) -> Iterator[tuple[tuple[int, int], str, Verdict | None]]:
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:
+                raise DpackError(f"scoring worker {proc.name} ended without a result") from None
+            if msg[0] == "error":
+                raise DpackError(f"scoring worker {proc.name} failed: {msg[1]}")
+            if msg[0] == "end":
+                stats.append((msg[1], msg[2]))
+                return
+            orders, lines, keep = msg[1], msg[2], dict(msg[3])
+            for i, (order, line) in enumerate(zip(orders, lines, strict=True)):
+                yield order, line, keep.get(i)
+
+    try:
+        batch: list[tuple[tuple[int, int], str, Verdict | None]] = []
+        for item in heapq.merge(*(stream(c, p) for c, p in zip(conns, procs, strict=True)), key=_first):
+            batch.append(item)
+            if len(batch) >= size:
+                _emit_merged(emit, batch)
+                batch = []
+        _emit_merged(emit, batch)
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+    run.capture = stats[0][0]  # every shard read the whole capture
+    fs = run.flow_stats
+    for _, f in stats:
+        for name in ("frames", "non_ip", "malformed", "fragments", "flows"):
+            setattr(fs, name, getattr(fs, name) + getattr(f, name))
+
+
+def _first(item: tuple[Any, ...]) -> Any:
+    return item[0]
+
+
+def _emit_merged(emit: Any, batch: list[tuple[tuple[int, int], str, Verdict | None]]) -> None:
+    if batch:
+        emit([v for _, _, v in batch if v is not None], [line for _, line, _ in batch])

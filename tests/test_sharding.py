@@ -1,0 +1,168 @@
+"""dpack score on several processes: every packet of a flow lands in the same shard, the shards' verdicts
+merge back into exactly what one process writes, a failing worker is one clear error; identical inputs in
+a batch are scored once and get the same verdict as alone; the block-wise pcap reader."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import dpkt
+import pytest
+from conftest import SAMPLE
+from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, eth, handshake, ip4, ip6, sll, tcp, udp, write_pcap
+
+from dpack.capture import CaptureStats, read_capture
+from dpack.errors import DpackError
+from dpack.flows import FlowTable, shard_of
+from dpack.packets import PrefixSpec
+from dpack.score import Scorer, score_capture
+
+
+def _fragments(src: str, dst: str, ident: int) -> list[bytes]:
+    """A UDP datagram as two IPv4 fragments (the first carries the ports, the later one only data)."""
+    first = bytearray(ip4(src, dst, udp(5353, 53, b"x" * 40), ident=ident))
+    struct.pack_into("!H", first, 6, 0x2000)  # MF, offset 0
+    later = bytearray(first)
+    struct.pack_into("!H", later, 6, 0x0003)  # offset 24 bytes: no transport header
+    return [bytes(first), bytes(later)]
+
+
+def mixed_frames() -> list[tuple[float, bytes]]:
+    """Many flows of every kind the flow table tells apart, interleaved in time, with idle gaps."""
+    frames: list[bytes] = []
+    for i in range(40):  # TCP connections from many hosts and ports, some VLAN-tagged
+        hs = handshake(client=f"192.0.2.{i + 1}", sport=40000 + 7 * i, dport=(22, 80, 443, 8080)[i % 4])
+        frames += [eth(p, vlans=(100,) if i % 5 == 0 else ()) for p in hs]
+    for i in range(30):  # UDP queries and answers, v4 and v6
+        frames.append(eth(ip4(CLIENT, SERVER, udp(50000 + i, 53, b"q%d" % i))))
+        frames.append(eth(ip4(SERVER, CLIENT, udp(53, 50000 + i, b"a%d" % i))))
+        frames.append(eth(ip6(CLIENT6, SERVER6, udp(51000 + i, 53, b"q"), nxt=17)))
+        frames.append(eth(ip6(SERVER6, CLIENT6, udp(53, 51000 + i, b"a"), nxt=17)))
+    for i in range(20):  # ICMP echo pairs and a SYN scan
+        req = dpkt.icmp.ICMP(type=8, code=0, data=dpkt.icmp.ICMP.Echo(id=i, seq=1, data=b"ping"))
+        rep = dpkt.icmp.ICMP(type=0, code=0, data=dpkt.icmp.ICMP.Echo(id=i, seq=1, data=b"ping"))
+        frames += [eth(ip4(CLIENT, SERVER, req)), eth(ip4(SERVER, CLIENT, rep))]
+        frames.append(eth(ip4(CLIENT, SERVER, tcp(60000, 1 + i, dpkt.tcp.TH_SYN))))
+    for i in range(10):
+        frames += [eth(p) for p in _fragments(CLIENT, SERVER, 1000 + i)]
+    fin = eth(ip4(CLIENT, SERVER, tcp(40000, 22, dpkt.tcp.TH_FIN | dpkt.tcp.TH_ACK)))
+    frames += [fin, eth(handshake()[0])]  # a new SYN after FIN: a new flow on the same 5-tuple
+    frames += [b"\xff" * 12 + b"\x08\x06" + b"\0" * 28, eth(b"\x45" + b"\0" * 10)]  # ARP, cut IPv4
+    # interleave deterministically, then leave an idle gap in the middle so that some flows expire
+    order = sorted(range(len(frames)), key=lambda k: (k * 7919) % len(frames))
+    out = []
+    for n, k in enumerate(order):
+        ts = 1_700_000_000.0 + n * 0.01 + (120.0 if n > len(order) // 2 else 0.0)
+        out.append((ts, frames[k]))
+    out.sort(key=lambda f: f[0])
+    # a few frames of the first half again after the gap: their flows idled out, so new flows
+    out += [(out[-1][0] + 0.01 * (j + 1), out[j][1]) for j in range(0, 60, 3)]
+    return out
+
+
+@pytest.mark.parametrize("shards", [2, 3, 5])
+def test_every_packet_of_a_flow_lands_in_one_shard(shards):
+    table = FlowTable(PrefixSpec(64, 80, "first"))  # N=64: a flow's sample holds all its packets
+    samples = list(table.samples((ts, 1, fr) for ts, fr in mixed_frames()))
+    assert len(samples) > 150
+    lens = {len(s.frames) for s in samples}
+    assert 1 in lens and max(lens) >= 5  # lone packets and whole connections
+    for s in samples:
+        assert len({shard_of(f.linktype, f.data, shards) for f in s.frames}) == 1, s
+    used = {shard_of(f.linktype, f.data, shards) for s in samples for f in s.frames}
+    assert used == set(range(shards))  # the flows do spread
+
+
+def test_shard_of_agrees_across_link_layers():
+    """The fast path (plain Ethernet/IPv4) and the parsing path give one flow the same shard."""
+    p = handshake()[0]
+    assert shard_of(1, eth(p), 7) == shard_of(1, eth(p, vlans=(5,)), 7) == shard_of(113, sll(p), 7)
+    assert shard_of(101, p, 7) == shard_of(1, eth(p), 7)
+
+
+@pytest.mark.parametrize("capture", ["mixed", "sample"])
+def test_sharded_scoring_writes_what_one_process_writes(tmp_path, default_model, capture):
+    path = write_pcap(tmp_path / "mixed.pcap", mixed_frames()) if capture == "mixed" else SAMPLE
+    scorer = Scorer(default_model, explain="all")
+    outputs = {}
+    for workers in (1, 2, 3):
+        out, seen = io.StringIO(), []
+        run = score_capture(path, scorer, out, batch_size=64, workers=workers, on_verdicts=seen.extend)
+        outputs[workers] = (out.getvalue(), run.flows, run.flagged, [f"{v.score:.6g}" for v in run.top],
+                            run.flow_stats, run.capture.frames, [v.community_id for v in seen])  # fmt: skip
+    assert outputs[1][1] > 100 and outputs[1][0].count("\n") == outputs[1][1]
+    assert outputs[2] == outputs[1]
+    assert outputs[3] == outputs[1]
+    if capture == "mixed":
+        stats = outputs[1][4]
+        assert stats.non_ip == 1 and stats.malformed == 1 and stats.fragments == 10
+
+
+def test_sharded_scoring_without_verdict_callback_counts_every_flow(default_model):
+    one = score_capture(SAMPLE, Scorer(default_model), workers=1)
+    two = score_capture(SAMPLE, Scorer(default_model), workers=2)  # shards then send flagged verdicts only
+    assert (two.flows, two.flagged, [v.uid or v.community_id for v in two.top]) == (
+        one.flows,
+        one.flagged,
+        [v.uid or v.community_id for v in one.top],
+    )
+
+
+class _FailingScorer(Scorer):
+    """Fault injection: the model call fails inside a worker."""
+
+    def verdicts_encoded(self, samples, data, direction):
+        raise RuntimeError("injected fault")
+
+
+def test_a_failing_worker_is_one_clear_error(default_model):
+    with pytest.raises(
+        DpackError, match="scoring worker dpack-score-.* failed: RuntimeError: injected fault"
+    ):
+        score_capture(SAMPLE, _FailingScorer(default_model), workers=2)
+
+
+def test_unreadable_capture_fails_before_any_worker_starts(tmp_path, default_model):
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"NOPE" * 10)
+    with pytest.raises(DpackError, match="not a pcap or pcapng file"):
+        score_capture(bad, Scorer(default_model), workers=2)
+
+
+def test_identical_inputs_in_a_batch_get_the_verdict_they_get_alone(default_model):
+    scan = [ip4(CLIENT, SERVER, tcp(60000 + i, 1 + i % 3, dpkt.tcp.TH_SYN)) for i in range(12)]
+    table = FlowTable(default_model.spec)
+    samples = list(table.samples((1.0 + i * 0.001, 1, eth(p)) for i, p in enumerate(scan)))
+    samples += list(
+        FlowTable(default_model.spec).samples((5.0 + i, 1, eth(p)) for i, p in enumerate(handshake()))
+    )
+    scorer = Scorer(default_model, explain="all")
+    together = scorer.verdicts(samples)
+    alone = [scorer.verdicts([s])[0] for s in samples]
+    assert len({v.score for v in together}) < len(together)  # the scan's SYNs encode alike
+    for a, b in zip(together, alone, strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-9)
+        assert (a.anomalous, a.explanation, a.sport, a.dport) == (
+            b.anomalous,
+            b.explanation,
+            b.sport,
+            b.dport,
+        )
+    together[0].explanation.append("mine")  # verdicts do not share explanation lists
+    assert "mine" not in together[1].explanation
+
+
+def test_reader_handles_records_larger_than_its_block(tmp_path):
+    big = [eth(b"\x45" + bytes(20)) + bytes([k]) * 200_000 for k in range(8)]  # 1.6 MB: crosses blocks
+    frames = [(1.0 + k, fr) for k, fr in enumerate([b"\x01" * 60, *big, b"\x02" * 60])]
+    path = write_pcap(tmp_path / "big.pcap", frames)
+    got = [fr for _, _, fr in read_capture(path)]
+    assert got == [fr for _, fr in frames]
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(raw[: 24 + 16 + 60 + 3 * (16 + len(big[0])) + 1000])  # inside the 4th big record
+    st = CaptureStats()
+    got = [fr for _, _, fr in read_capture(cut, st)]
+    assert got == [frames[0][1], *big[:3]] and st.truncated == 1 and "inside record 5" in st.notes[0]
+    assert struct.unpack("<I", raw[:4])[0] == 0xA1B2C3D4
