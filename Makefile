@@ -22,6 +22,7 @@ demo: install
 
 test: install
 	bash tools/install-suricata.sh
+	bash tools/link-broker.sh $(VENV)
 	$(BIN)/ruff check plugin tests benchmarks tools
 	$(BIN)/ruff format --check plugin tests benchmarks tools
 	$(BIN)/python -m pytest -q

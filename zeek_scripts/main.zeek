@@ -86,6 +86,13 @@ export {
 	## Port of the WebSocket listener (27759 is the port zeekctl uses).
 	const listen_port = 27759/tcp &redef;
 
+	## Whether a standalone node also listens for a native Broker peering (``dpack serve`` with
+	## ``zeek.transport: broker``; needs Broker bindings from this same Zeek build on the scorer side).
+	const listen_broker = F &redef;
+
+	## Port of the native Broker listener (Zeek's ``Broker::default_port``).
+	const broker_port = 9999/tcp &redef;
+
 	## One ``dpack.log`` entry: the verdict on one connection.
 	type Info: record {
 		## When the verdict arrived.
@@ -435,6 +442,8 @@ event zeek_init() &priority=5
 			Broker::listen_websocket(cat(listen_address), listen_port);
 @endif
 			}
+		if ( listen_broker )
+			Broker::listen(cat(listen_address), broker_port);
 		}
 
 	schedule batch_interval { DPack::flush_timer() };

@@ -34,6 +34,7 @@ from .codec import (
     CodecError,
     ConnectionBatch,
     ErrorReply,
+    Event,
     SampleBatch,
     decode_message,
     encode_refusal,
@@ -207,11 +208,10 @@ class Service:
         self.outbox_verdicts: deque[int] = deque()  # verdicts per outbox message
         self.refusals_sent: set[tuple[str, str]] = set()
         if link is None:
-            from .link import WebSocketLink
+            from .link import BrokerLink, WebSocketLink
 
-            if cfg.zeek.transport != "websocket":
-                raise DpackError("zeek.transport 'broker' is not available in this version; use 'websocket'")
-            link = WebSocketLink(cfg.zeek.url, cfg.zeek.topic, cfg.zeek.reconnect_max, self._on_link)
+            kind = BrokerLink if cfg.zeek.transport == "broker" else WebSocketLink
+            link = kind(cfg.zeek.url, cfg.zeek.topic, cfg.zeek.reconnect_max, self._on_link)
         self.link = link
         self.stop = asyncio.Event()  # set by SIGTERM: stop taking samples, drain, then close the link
         self.link_stop = asyncio.Event()
@@ -285,10 +285,14 @@ class Service:
             self.refusals_sent.clear()
             self.wakeup.set()  # flush the outbox
 
-    async def on_message(self, raw: str | bytes) -> None:
+    async def on_message(self, raw: str | bytes | Event | CodecError) -> None:
+        """One message from the link: WebSocket text, or (native Broker) an already converted ``Event``
+        or the ``CodecError`` that converting it raised."""
         self.metrics.inc("messages_received")
         try:
-            msg = decode_message(raw)
+            if isinstance(raw, CodecError):
+                raise raw
+            msg = raw if isinstance(raw, Event) else decode_message(raw)
             if isinstance(msg, ErrorReply):
                 self.metrics.inc("zeek_errors")
                 self.ratelog(logging.ERROR, "zeek-error", "Zeek could not use a message of ours: %s (%s)",
