@@ -216,11 +216,7 @@ class FlowTable:
     def add(self, ts: float, linktype: int, frame: bytes) -> list[FlowSample]:
         """Account one frame; return the samples that became ready (usually none or one), in ``order``."""
         self.stats.frames += 1
-        self.index += 1
-        out: list[FlowSample] = []
-        if ts - self._now >= 1.0 or ts < self._now:
-            self._now = ts
-            out.extend(self.expire(ts))
+        out = self.tick(ts)
         if self.records is None and linktype == LINKTYPE_ETHERNET and self._known_continuation(ts, frame):
             return out
         off = ip_offset(frame, linktype)
@@ -269,8 +265,9 @@ class FlowTable:
         return out
 
     def tick(self, ts: float) -> list[FlowSample]:
-        """A frame that belongs to another shard's table went by: count it and expire as ``add`` would,
-        so that every shard hands its samples out at the same frame numbers as one whole table."""
+        """Count a frame and expire idle flows (at most once a second of capture time). ``add`` starts
+        with it; a shard calls it alone for frames of other shards, so that every shard hands its samples
+        out at the same frame numbers as one whole table."""
         self.index += 1
         if ts - self._now >= 1.0 or ts < self._now:
             self._now = ts
@@ -287,11 +284,9 @@ class FlowTable:
         ``_flow_key`` straight from the bytes and only refreshes the flow's activity. Anything else, or
         anything that could start a new flow (idle too long, a SYN after FIN/RST), takes the full path.
         """
-        if len(frame) < 38 or frame[12] != 8 or frame[13] != 0 or frame[14] != 0x45:
+        if not _plain_ipv4_tcp_udp(frame):
             return False
         proto = frame[23]
-        if (proto != PROTO_TCP and proto != PROTO_UDP) or (frame[20] & 0x3F) or frame[21]:
-            return False
         a = frame[26:30] + frame[34:36]
         b = frame[30:34] + frame[36:38]
         key = (proto, a, b) if a <= b else (proto, b, a)
@@ -323,11 +318,14 @@ class FlowTable:
             self._ended(f)
         return out
 
-    def samples(self, frames: Iterable[tuple[float, int, bytes]]) -> Iterator[FlowSample]:
-        """Every flow sample of a frame stream, in the order they become ready, then the rest at its end."""
-        add = self.add
+    def samples(
+        self, frames: Iterable[tuple[float, int, bytes]], shard: int = 0, shards: int = 1
+    ) -> Iterator[FlowSample]:
+        """Every flow sample of a frame stream, in the order they become ready, then the rest at its end.
+        With ``shards`` > 1, only the flows of ``shard`` (``shard_of``); other frames are only ticked."""
+        add, tick = self.add, self.tick
         for ts, lt, fr in frames:
-            out = add(ts, lt, fr)
+            out = add(ts, lt, fr) if shards == 1 or shard_of(lt, fr, shards) == shard else tick(ts)
             if out:  # mostly empty; ``yield from`` on every frame costs more than the check
                 yield from out
         yield from self.flush()
@@ -343,6 +341,20 @@ class FlowTable:
         return out
 
 
+def _plain_ipv4_tcp_udp(frame: bytes) -> bool:
+    """An Ethernet frame (no VLAN tag) with IPv4 without options, not a fragment, carrying TCP or UDP with
+    its ports captured: the layout the fast paths read straight from the bytes."""
+    return (
+        len(frame) >= 38
+        and frame[12] == 8
+        and frame[13] == 0
+        and frame[14] == 0x45
+        and (frame[23] == PROTO_TCP or frame[23] == PROTO_UDP)
+        and not frame[20] & 0x3F
+        and not frame[21]
+    )
+
+
 def _order(s: FlowSample) -> tuple[int, int]:
     return s.order
 
@@ -351,16 +363,7 @@ def shard_of(linktype: int, frame: bytes, shards: int) -> int:
     """Which of ``shards`` flow tables a frame belongs to: the same for every packet of a flow (both
     directions), so shards can build their flows independently. Frames that belong to no flow (not IP,
     malformed) go to shard 0, which counts them."""
-    if (
-        linktype == LINKTYPE_ETHERNET
-        and len(frame) >= 38
-        and frame[12] == 8
-        and frame[13] == 0
-        and frame[14] == 0x45
-        and (frame[23] == PROTO_TCP or frame[23] == PROTO_UDP)
-        and not frame[20] & 0x3F
-        and not frame[21]
-    ):  # the common case, as in FlowTable._known_continuation: last address bytes and low port bytes
+    if linktype == LINKTYPE_ETHERNET and _plain_ipv4_tcp_udp(frame):  # last address and low port bytes
         return (frame[29] ^ frame[33] ^ frame[35] ^ frame[37]) % shards
     off = ip_offset(frame, linktype)
     p = parse_ip(frame, off) if off >= 0 else None

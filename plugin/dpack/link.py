@@ -171,9 +171,7 @@ _BROKER_PORT_PROTOS = {"tcp": "TCP", "udp": "UDP", "icmp": "ICMP"}
 def from_broker(b: Any, v: Any) -> Any:
     """A Broker value (as the bindings' ``Data.to_py`` gives it) -> the codec's decoded form: counts to
     int, ports to ``codec.Port``, times to epoch seconds, vectors to lists; raw bytes are refused."""
-    if isinstance(v, bool | str | float) or v is None:
-        return v
-    if isinstance(v, int):
+    if isinstance(v, bool | int | str | float) or v is None:
         return v
     if isinstance(v, b.Count):
         return int(v.value)
@@ -226,6 +224,14 @@ def to_broker(b: Any, node: Any) -> Any:
     if t == "none":
         return None
     return v  # string, real, boolean, integer
+
+
+async def _ready_or_stop(ready: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
+    """Wait until a subscriber's file descriptor fired (``ready``), ``stop`` is set, or ``timeout``."""
+    waiter, stopper = asyncio.ensure_future(ready.wait()), asyncio.ensure_future(stop.wait())
+    await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    stopper.cancel()
 
 
 class BrokerLink:
@@ -316,12 +322,7 @@ class BrokerLink:
                 left = end - loop.time()
                 if left <= 0:
                     raise OSError(f"no answer from Zeek at {self.host}:{self.port} within {timeout:.0f} s")
-                waiter, stopper = asyncio.ensure_future(ready.wait()), asyncio.ensure_future(stop.wait())
-                await asyncio.wait(
-                    {waiter, stopper}, timeout=min(left, 1.0), return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
-                stopper.cancel()
+                await _ready_or_stop(ready, stop, min(left, 1.0))
         finally:
             loop.remove_reader(status.fd())
 
@@ -349,11 +350,7 @@ class BrokerLink:
                         await on_message(err)
                         continue
                     await on_message(ev)
-                waiter = asyncio.ensure_future(ready.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+                await _ready_or_stop(ready, stop, 1.0)
         finally:
             for fd in (sub.fd(), status.fd()):
                 loop.remove_reader(fd)

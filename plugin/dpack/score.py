@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import logging
@@ -18,7 +19,7 @@ import torch
 from .capture import CaptureStats, read_capture
 from .dataset import encode_samples
 from .errors import DpackError
-from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable, shard_of
+from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable
 from .model import to_input
 from .modelfile import LoadedModel
 from .packets import FIELD_NAMES, PrefixSpec, field_layout, tcp_handshake_completed
@@ -221,19 +222,7 @@ def _encoded_chunks(
     table = FlowTable(spec, idle_timeout)
     run.flow_stats = table.stats
 
-    def ready() -> Iterator[FlowSample]:
-        frames = read_capture(path, run.capture)
-        if shards == 1:
-            yield from table.samples(frames)
-            return
-        add, tick = table.add, table.tick
-        for ts, lt, fr in frames:
-            out = add(ts, lt, fr) if shard_of(lt, fr, shards) == shard else tick(ts)
-            if out:
-                yield from out
-        yield from table.flush()
-
-    for chunk in _chunks(ready(), size):
+    for chunk in _chunks(table.samples(read_capture(path, run.capture), shard, shards), size):
         data, direction = encode_samples(chunk, spec)
         for smp in chunk:
             if smp.handshake is None:  # the flow table records it for the flows it builds
@@ -359,10 +348,9 @@ def _score_sharded(
             if proc.is_alive():
                 proc.kill()
     run.capture = stats[0][0]  # every shard read the whole capture
-    fs = run.flow_stats
-    for _, f in stats:
-        for name in ("frames", "non_ip", "malformed", "fragments", "flows"):
-            setattr(fs, name, getattr(fs, name) + getattr(f, name))
+    for _, f in stats:  # each shard counted its own flows and frames
+        for fld in dataclasses.fields(FlowStats):
+            setattr(run.flow_stats, fld.name, getattr(run.flow_stats, fld.name) + getattr(f, fld.name))
 
 
 def _first(item: tuple[Any, ...]) -> Any:
