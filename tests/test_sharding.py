@@ -79,6 +79,26 @@ def test_shard_of_agrees_across_link_layers():
     p = handshake()[0]
     assert shard_of(1, eth(p), 7) == shard_of(1, eth(p, vlans=(5,)), 7) == shard_of(113, sll(p), 7)
     assert shard_of(101, p, 7) == shard_of(1, eth(p), 7)
+    # the same TCP flow with an IPv4 option (record route, 4 bytes): not the fast path's layout
+    with_option = bytearray(p[:20] + b"\x07\x04\x04\x00" + p[20:])
+    with_option[0] = 0x46
+    for shards in (2, 3, 7, 8):
+        assert shard_of(1, eth(bytes(with_option)), shards) == shard_of(1, eth(p), shards)
+
+
+@pytest.mark.parametrize("shards", [2, 3, 8])
+def test_shard_array_agrees_with_shard_of_for_every_frame(tmp_path, shards):
+    """The array form the sharded reader uses picks the same shard as ``shard_of`` for every frame
+    (plain and VLAN Ethernet, IPv6, ICMP, fragments, ARP, cut frames, frames shorter than 38 bytes)."""
+    from dpack.capture import read_blocks
+    from dpack.flows import shard_array
+
+    frames = mixed_frames() + [(2e9, eth(ip4(CLIENT, SERVER, udp(1, 2, b""))))[:30], (2e9 + 1, b"\x00" * 5)]
+    path = write_pcap(tmp_path / "mixed.pcap", frames)
+    (block,) = read_blocks(path)
+    want = [shard_of(1, fr, shards) for _, _, fr in read_capture(path)]
+    assert shard_array(block, shards).tolist() == want
+    assert len(set(want)) == shards
 
 
 @pytest.mark.parametrize("capture", ["mixed", "sample"])
@@ -166,3 +186,48 @@ def test_reader_handles_records_larger_than_its_block(tmp_path):
     got = [fr for _, _, fr in read_capture(cut, st)]
     assert got == [frames[0][1], *big[:3]] and st.truncated == 1 and "inside record 5" in st.notes[0]
     assert struct.unpack("<I", raw[:4])[0] == 0xA1B2C3D4
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"src": 'a"b\\c', "model": "m\u00e9\u2028\x01", "explanation": ['p1."x"', "p2.\n"], "uid": "C\u00ff"},
+        {"score": float("nan"), "threshold": float("inf")},
+        {"score": -float("inf"), "ts": 1.0000005, "sport": 0, "dport": 65535, "anomalous": True},
+        {"score": 1e-300, "threshold": 123456789.0, "ts": 0.0},
+        {"detector": "classifier", "category": "brute", "confidence": 0.98765},
+    ],
+)
+def test_text_built_verdict_lines_equal_json_dumps(fields):
+    """The verdict line ``dpack score`` writes is exactly ``json.dumps`` of the verdict's dict."""
+    import json
+
+    from dpack.score import Verdict
+
+    base = {"ts": 1_700_000_000.123456789, "proto": "tcp", "src": "10.0.0.1", "sport": 40000,
+            "dst": "2001:db8::1", "dport": 22, "community_id": "1:abc/+=", "score": 0.001234567891,
+            "threshold": 0.00159057, "anomalous": False, "model": "dpack-default@03e8",
+            "explanation": ["p1.tcp.flags", "p3.absent"]}  # fmt: skip
+    v = Verdict(**(base | fields))
+    assert v.to_json() == json.dumps(v.to_dict(), separators=(",", ":"))
+
+
+def test_many_small_blocks_give_the_same_flows_as_one_stream(tmp_path, monkeypatch, default_model):
+    """Blocks cut anywhere (here: every few records) and shards that skip whole runs of frames still
+    build the flows, expiry order and all, of one table fed frame by frame."""
+    import dpack.capture as capture
+
+    path = write_pcap(tmp_path / "mixed.pcap", mixed_frames())
+    spec = PrefixSpec(3, 80, "first")
+    whole = [(s.order, s.community_id, [f.data for f in s.frames]) for s in
+             FlowTable(spec).samples(read_capture(path))]  # fmt: skip
+    monkeypatch.setattr(capture, "_BLOCK", 700)
+    for shards in (1, 2, 3):
+        got = []
+        for shard in range(shards):
+            table = FlowTable(spec)
+            got += [(s.order, s.community_id, [f.data for f in s.frames])
+                    for s in table.block_samples(capture.read_blocks(path), shard, shards)]  # fmt: skip
+        assert sorted(got) == whole, shards
+    assert len(list(capture.read_blocks(path))) > 20

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .capture import CaptureStats, read_capture
+from .capture import CaptureStats, read_blocks
 from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable
 from .packets import PrefixSpec, encode_flow_into
 
@@ -51,7 +51,7 @@ def iter_capture_samples(
 ) -> Iterable[FlowSample]:
     table = FlowTable(spec, idle_timeout)
     fstats_out.append(table.stats)
-    return table.samples(read_capture(path, cstats))
+    return table.block_samples(read_blocks(path, cstats))
 
 
 def extract(

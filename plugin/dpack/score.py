@@ -6,6 +6,7 @@ import dataclasses
 import heapq
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,7 +17,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from .capture import CaptureStats, read_capture
+from .capture import CaptureStats, read_blocks, read_capture
 from .dataset import encode_samples
 from .errors import DpackError
 from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable
@@ -73,6 +74,28 @@ class Verdict:
                 "confidence": round(self.confidence, 4),
             }
         return d
+
+    def to_json(self) -> str:
+        """``json.dumps(self.to_dict(), separators=(",", ":"))``, built as text for prefix verdicts (the
+        encoder's set-up per line cost a tenth of ``dpack score``'s time)."""
+        if self.detector != "prefix":
+            return json.dumps(self.to_dict(), separators=(",", ":"))
+        uid = f',"uid":{_jstr(self.uid)}' if self.uid else ""
+        return (
+            f'{{"ts":{_jnum(round(self.ts, 6))},"proto":{_jstr(self.proto)},"src":{_jstr(self.src)},'
+            f'"sport":{int(self.sport)},"dst":{_jstr(self.dst)},"dport":{int(self.dport)},'
+            f'"community_id":{_jstr(self.community_id)},"score":{_jnum(float(f"{self.score:.6g}"))},'
+            f'"threshold":{_jnum(float(f"{self.threshold:.6g}"))},'
+            f'"anomalous":{"true" if self.anomalous else "false"},"model":{_jstr(self.model)},'
+            f'"explanation":[{",".join(map(_jstr, self.explanation))}]{uid}}}'
+        )
+
+
+_jstr = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
+
+
+def _jnum(x: float) -> str:
+    return repr(x) if math.isfinite(x) else json.dumps(x)  # NaN, Infinity: as json.dumps writes them
 
 
 def explain_rows(
@@ -222,7 +245,7 @@ def _encoded_chunks(
     table = FlowTable(spec, idle_timeout)
     run.flow_stats = table.stats
 
-    for chunk in _chunks(table.samples(read_capture(path, run.capture), shard, shards), size):
+    for chunk in _chunks(table.block_samples(read_blocks(path, run.capture), shard, shards), size):
         data, direction = encode_samples(chunk, spec)
         for smp in chunk:
             if smp.handshake is None:  # the flow table records it for the flows it builds
@@ -232,7 +255,7 @@ def _encoded_chunks(
 
 
 def _verdict_line(v: Verdict) -> str:
-    return json.dumps(v.to_dict(), separators=(",", ":")) + "\n"
+    return v.to_json() + "\n"
 
 
 def score_capture(
