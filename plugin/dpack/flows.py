@@ -219,9 +219,17 @@ class FlowTable:
 
     def add(self, ts: float, linktype: int, frame: bytes) -> list[FlowSample]:
         """Account one frame; return the samples that became ready (usually none or one), in ``order``."""
-        self.stats.frames += 1
         out = self.tick(ts)
-        if self.records is None and linktype == LINKTYPE_ETHERNET and self._known_continuation(ts, frame):
+        plain = linktype == LINKTYPE_ETHERNET and _plain_ipv4_tcp_udp(frame)
+        return self._place(ts, linktype, frame, plain, out)
+
+    def _place(
+        self, ts: float, linktype: int, frame: bytes, plain: bool, out: list[FlowSample]
+    ) -> list[FlowSample]:
+        """``add`` after its ``tick``; ``plain``: ``_plain_ipv4_tcp_udp`` of an Ethernet frame (the block
+        reader knows it from ``plain_mask``), appending to ``out``."""
+        self.stats.frames += 1
+        if plain and self.records is None and self._known_continuation(ts, frame):
             return out
         off = ip_offset(frame, linktype)
         if off < 0:
@@ -284,12 +292,11 @@ class FlowTable:
     def _known_continuation(self, ts: float, frame: bytes) -> bool:
         """Fast path for the bulk of a capture: a later packet of a flow whose prefix is already handed out.
 
-        Only plain Ethernet + IPv4 (no options, not a fragment) + TCP/UDP; it builds the same key as
+        Only for plain Ethernet + IPv4 (no options, not a fragment) + TCP/UDP frames (the caller checks);
+        it builds the same key as
         ``_flow_key`` straight from the bytes and only refreshes the flow's activity. Anything else, or
         anything that could start a new flow (idle too long, a SYN after FIN/RST), takes the full path.
         """
-        if not _plain_ipv4_tcp_udp(frame):
-            return False
         proto = frame[23]
         a = frame[26:30] + frame[34:36]
         b = frame[30:34] + frame[36:38]
@@ -334,33 +341,43 @@ class FlowTable:
     def block_samples(
         self, blocks: Iterable[FrameBlock], shard: int = 0, shards: int = 1
     ) -> Iterator[FlowSample]:
-        """``samples`` over ``capture.read_blocks``. With ``shards`` > 1, only the flows of ``shard``
-        (``shard_of``): array operations pick this shard's frames (``shard_array``) and the few frames of
-        other shards at which one whole table would expire idle flows (``tick``); every other frame is
-        skipped without a Python step of its own, so a shard costs little more than its share of frames."""
-        add, tick = self.add, self.tick
+        """``samples`` over ``capture.read_blocks``, with what array operations can tell in advance: which
+        frames are plain (``plain_mask``) and at which ones ``tick`` expires flows. With ``shards`` > 1,
+        only the flows of ``shard`` (``shard_of``): this shard's frames and those expiry frames of other
+        shards take a Python step each; every other frame is skipped, so a shard costs little more than
+        its share of frames."""
+        place, tick = self._place, self.tick
         for blk in blocks:
-            buf, lt, base = blk.buf, blk.linktype, self.index
+            buf, lt, base, n = blk.buf, blk.linktype, self.index, len(blk)
             ts, start, end = blk.ts.tolist(), blk.start.tolist(), blk.end.tolist()
-            if shards == 1:
-                for i, t in enumerate(ts):
-                    out = add(t, lt, buf[start[i] : end[i]])
-                    if out:
-                        yield from out
-                continue
-            mine = shard_array(blk, shards) == shard
-            pick, now = mine.copy(), self._now
+            plain_np = plain_mask(blk)
+            expiring, now = [], self._now
             for i, t in enumerate(ts):  # the frames at which ``tick`` expires flows
                 if t - now >= 1.0 or t < now:
                     now = t
-                    pick[i] = True
-            own = mine.tolist()
-            for i in np.flatnonzero(pick).tolist():
-                self.index = base + i
-                out = add(ts[i], lt, buf[start[i] : end[i]]) if own[i] else tick(ts[i])
+                    expiring.append(i)
+            if shards == 1:
+                own = [True] * n
+                steps = range(n)
+            else:
+                mine = shard_array(blk, shards, plain_np) == shard
+                own = mine.tolist()
+                mine[expiring] = True
+                steps = np.flatnonzero(mine).tolist()
+            plain, expire_at = plain_np.tolist(), set(expiring)
+            for i in steps:
+                t = ts[i]
+                if i in expire_at:
+                    self.index = base + i
+                    out = tick(t)
+                else:
+                    self.index = base + i + 1
+                    out = []
+                if own[i]:
+                    out = place(t, lt, buf[start[i] : end[i]], plain[i], out)
                 if out:
                     yield from out
-            self.index = base + len(ts)
+            self.index = base + n
         yield from self.flush()
 
     def flush(self) -> list[FlowSample]:
@@ -429,24 +446,40 @@ def shard_of(linktype: int, frame: bytes, shards: int) -> int:
 _PLAIN_BYTES = np.arange(38)
 
 
-def shard_array(block: FrameBlock, shards: int) -> np.ndarray:
-    """``shard_of`` for every frame of a block: plain Ethernet/IPv4/TCP-UDP frames (``_plain_ipv4_tcp_udp``)
-    in array operations, the others one by one."""
+def _first_bytes(block: FrameBlock) -> np.ndarray:
+    """(n, 38) uint8: the first 38 bytes of every frame (garbage past the end of shorter frames)."""
+    raw = np.frombuffer(block.buf, np.uint8)
+    return raw[np.minimum(block.start[:, None] + _PLAIN_BYTES, max(len(raw) - 1, 0))]
+
+
+def _plain_rows(block: FrameBlock, h: np.ndarray) -> np.ndarray:
+    return (
+        (block.end - block.start >= 38)
+        & (h[:, 12] == 8)
+        & (h[:, 13] == 0)
+        & (h[:, 14] == 0x45)
+        & ((h[:, 23] == PROTO_TCP) | (h[:, 23] == PROTO_UDP))
+        & (h[:, 20] & 0x3F == 0)
+        & (h[:, 21] == 0)
+    )
+
+
+def plain_mask(block: FrameBlock) -> np.ndarray:
+    """``_plain_ipv4_tcp_udp`` of every frame of a block, as a bool array (all False unless Ethernet)."""
+    if block.linktype != LINKTYPE_ETHERNET or not len(block):
+        return np.zeros(len(block), dtype=bool)
+    return _plain_rows(block, _first_bytes(block))
+
+
+def shard_array(block: FrameBlock, shards: int, plain: np.ndarray | None = None) -> np.ndarray:
+    """``shard_of`` for every frame of a block: plain Ethernet/IPv4/TCP-UDP frames (``plain_mask``, which
+    the caller may pass) in array operations, the others one by one."""
     n = len(block)
     out = np.zeros(n, dtype=np.int64)
-    plain = np.zeros(n, dtype=bool)
-    if block.linktype == LINKTYPE_ETHERNET and n:
-        raw = np.frombuffer(block.buf, np.uint8)
-        h = raw[np.minimum(block.start[:, None] + _PLAIN_BYTES, len(raw) - 1)]  # (n, 38): first 38 bytes
-        plain = (
-            (block.end - block.start >= 38)
-            & (h[:, 12] == 8)
-            & (h[:, 13] == 0)
-            & (h[:, 14] == 0x45)
-            & ((h[:, 23] == PROTO_TCP) | (h[:, 23] == PROTO_UDP))
-            & (h[:, 20] & 0x3F == 0)
-            & (h[:, 21] == 0)
-        )
+    if plain is None:
+        plain = plain_mask(block)
+    if plain.any():
+        h = _first_bytes(block)
         ends = np.zeros((n, 2, 8), dtype=np.uint8)  # big-endian uint64: 0, 0, address, port
         ends[:, 0, 2:6], ends[:, 0, 6:8] = h[:, 26:30], h[:, 34:36]
         ends[:, 1, 2:6], ends[:, 1, 6:8] = h[:, 30:34], h[:, 36:38]
