@@ -286,6 +286,30 @@ def test_flood_beyond_capacity_drops_are_counted_and_memory_bounded(start, peer,
     assert f"dpack_flows_dropped_total {run.m['flows_dropped']}" in metrics_text(run.cfg)
 
 
+def test_a_backlog_is_taken_in_between_batches(start, peer, sample_recs):
+    """Batches are scored on the event loop; after each, the receiving loop takes in everything that
+    arrived meanwhile, so a backlog reaches our queue (fuller batches) instead of waiting in the socket
+    one message per batch."""
+    sizes: list[int] = []
+
+    def record(service):
+        real = service.scorer.verdicts
+
+        def verdicts(samples):
+            sizes.append(len(samples))
+            time.sleep(0.02)  # slow enough that the burst piles up behind the first batch
+            return real(samples)
+
+        service.scorer.verdicts = verdicts
+
+    run = start(scorer_wrap=record, batch_size=64, max_delay_ms=0, watch=False)
+    for i in range(0, 300, 30):
+        peer.send(samples_frame(sample_recs[i : i + 30], time.time()))
+    wait_for(lambda: len(peer.verdicts()) == 300, what="verdicts of the burst")
+    assert run.m["flows_scored"] == 300
+    assert max(sizes) == 64 and len(sizes) <= 7, sizes  # 300 flows in full batches, not ten of 30
+
+
 def test_model_replaced_while_serving(start, peer, model_copy, sample_recs):
     run = start()
     old_name = run.service.model.name

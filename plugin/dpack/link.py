@@ -121,18 +121,29 @@ class WebSocketLink:
                 pass
 
     async def _receive(self, ws: Any, on_message: OnMessage, stop: asyncio.Event) -> None:
-        stopper = asyncio.ensure_future(stop.wait())
+        """Messages to ``on_message`` until ``stop``, which closes the connection (code 1000) and so ends
+        the waiting ``recv``. ``recv`` returns at once while messages are buffered: a backlog is taken
+        in within one loop turn (a recv task and ``asyncio.wait`` per message took three turns each)."""
+        from websockets.exceptions import ConnectionClosed
+
+        async def close_on_stop() -> None:
+            await stop.wait()
+            await ws.close(1000, "dpack serve stopping")
+
+        closer = asyncio.create_task(close_on_stop())
         try:
-            while True:
-                recv = asyncio.ensure_future(ws.recv(decode=False))  # bytes: Zeek may send invalid UTF-8
-                done, _ = await asyncio.wait({recv, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if recv not in done:
-                    recv.cancel()
-                    await ws.close(1000, "dpack serve stopping")
-                    return
-                await on_message(recv.result())
+            while not stop.is_set():
+                try:
+                    msg = await ws.recv(decode=False)  # bytes: Zeek may send invalid UTF-8
+                except ConnectionClosed:
+                    if stop.is_set():
+                        return
+                    raise
+                await on_message(msg)
         finally:
-            stopper.cancel()
+            if stop.is_set():
+                await asyncio.wait({closer}, timeout=5)  # the closing handshake
+            closer.cancel()
 
 
 # --- native Broker ----------------------------------------------------------------------------------------
