@@ -111,3 +111,19 @@ def test_mismatched_export_is_refused_with_one_line():
 def test_missing_model():
     with pytest.raises(ModelError, match="no such model file"):
         load_model("does/not/exist.pt")
+
+
+def test_fast_embed_as_matmuls_equals_the_convolution_path():
+    """``FastCNN.embed_for_grad`` (matrix products) computes what its convolution modules compute, forward
+    and in the gradient the explanations use."""
+    torch.manual_seed(3)
+    for n, length in ((3, 80), (2, 64), (1, 40)):
+        net = DPackNet(ModelConfig("fast", n, length, profile_dim=64))
+        for prm in net.parameters():
+            torch.nn.init.normal_(prm, std=0.3)
+        x = torch.rand(7, 2, n * length, requires_grad=True)
+        a, b = net.cnn.embed_for_grad(x), net.cnn.embed(x)
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()  # float rounding, relative to the scale
+        (ga,) = torch.autograd.grad(a.square().sum(), x)
+        (gb,) = torch.autograd.grad(b.square().sum(), x)
+        assert (ga - gb).abs().max() <= 1e-5 * gb.abs().max()

@@ -231,3 +231,27 @@ def test_many_small_blocks_give_the_same_flows_as_one_stream(tmp_path, monkeypat
                     for s in table.block_samples(capture.read_blocks(path), shard, shards)]  # fmt: skip
         assert sorted(got) == whole, shards
     assert len(list(capture.read_blocks(path))) > 20
+
+
+@pytest.mark.parametrize("explain", ["anomalous", "all"])
+def test_scorer_cache_gives_the_verdicts_of_an_uncached_scorer(default_model, explain):
+    """Across batches (repeats of earlier inputs, an LRU smaller than the distinct inputs), every verdict
+    equals the uncached one; repeats are answered from the cache, which never outgrows its size."""
+    samples = list(FlowTable(default_model.spec).samples(read_capture(SAMPLE)))
+    batches = [samples[:40], samples[20:90], samples[:40], samples[200:260], samples[30:50]]
+    plain = Scorer(default_model, explain=explain, cache_size=0)
+    small = Scorer(default_model, explain=explain, cache_size=16)
+    big = Scorer(default_model, explain=explain)
+
+    def view(vs):
+        return [(v.community_id, f"{v.score:.6g}", v.anomalous, v.explanation) for v in vs]
+
+    for batch in batches:
+        want = view(plain.verdicts(batch))
+        assert view(small.verdicts(batch)) == want
+        assert view(big.verdicts(batch)) == want
+        assert len(small._cache) <= 16
+    assert plain.cache_hits == 0 and big.cache_hits > 50 and 0 < small.cache_hits < big.cache_hits
+    assert any(v.anomalous for v in big.verdicts(samples)) and len(big._cache) > 16
+    a, b = big.verdicts(samples[:2] * 2)[0::2]  # the same input twice: equal lists, not one list
+    assert a.explanation == b.explanation and a.explanation is not b.explanation

@@ -242,7 +242,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .score import Scorer, score_capture
 
     cfg, model = _load(args)
-    scorer = Scorer(model, explain=args.explain or cfg.scoring.explain, top_k=cfg.scoring.top_k)
+    scorer = Scorer(
+        model,
+        explain=args.explain or cfg.scoring.explain,
+        top_k=cfg.scoring.top_k,
+        cache_size=cfg.scoring.cache_size,
+    )
     t0 = time.perf_counter()
     out = None
     tmp = None

@@ -13,6 +13,7 @@ YAML layout (every key optional)::
       top_k: 3
       idle_timeout: 60.0
       workers: 0                     # processes for dpack score: 0 = one per CPU core (at most 8)
+      cache_size: 16384              # recent distinct inputs whose score is remembered; 0 = off
 
     zeek:                            # dpack serve: how to reach Zeek
       url: ws://127.0.0.1:27759/v1/messages/json
@@ -67,6 +68,7 @@ class ScoringConfig:
     top_k: int = 3
     idle_timeout: float = 60.0
     workers: int = 0  # dpack score: processes, each scoring a shard of the flows; 0 = one per core (<= 8)
+    cache_size: int = 16_384  # Scorer's LRU of distinct inputs -> (score, explanation); 0 = off
 
     def processes(self) -> int:
         return self.workers or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -162,6 +164,7 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("scoring", "batch_size"): lambda v: 1 <= v <= 65536,
     ("scoring", "explain"): lambda v: v in EXPLAIN_MODES,
     ("scoring", "top_k"): lambda v: 1 <= v <= 32,
+    ("scoring", "cache_size"): lambda v: 0 <= v <= 10_000_000,
     ("scoring", "idle_timeout"): lambda v: 0 < v <= 86400,
     ("scoring", "workers"): lambda v: 0 <= v <= 64,
     ("zeek", "url"): lambda v: v.startswith(("ws://", "wss://", "tcp://")),

@@ -68,6 +68,10 @@ class PaperCNN(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.profile(self.conv(x))  # (B, profile_dim)
 
+    def embed_for_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """``embed`` in the form whose backward pass is cheapest (``attribution``); here the same."""
+        return self.embed(x)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.embed(x)
         return self.head(p), p
@@ -91,6 +95,22 @@ class FastCNN(PaperCNN):
         )  # fmt: skip
         self.profile = nn.Sequential(nn.Flatten(), nn.Linear(32 * positions, cfg.profile_dim), nn.ReLU())
         self.head = nn.Linear(cfg.profile_dim, cfg.n_classes)
+
+    def embed_for_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """``embed`` computed as matrix products with the same weights, for attributions: both
+        convolutions are small matmuls in disguise (8-byte patches; a window of 3 patches), and the CPU
+        convolutions' backward pass costs more at the batch sizes explained live (attribution of 50
+        flows: 4.4 -> 3.0 ms). Scores keep the convolution path (faster on big batches: 4,096 flows
+        33 vs 79 ms). Equal to it up to float rounding (tested)."""
+        c1, c2 = self.conv[0], self.conv[2]
+        b, p = x.shape[0], x.shape[2] // 8
+        patches = x.reshape(b, 2, p, 8).transpose(1, 2).reshape(b, p, 16)  # (B, P, channel*8)
+        h1 = torch.relu(nn.functional.linear(patches, c1.weight.reshape(c1.out_channels, -1), c1.bias))
+        pad = nn.functional.pad(h1, (0, 0, 1, 1))  # (B, P+2, 24): zero padding of one position each side
+        windows = torch.cat([pad[:, :p], pad[:, 1 : p + 1], pad[:, 2:]], dim=2)  # (B, P, 3*24) tap-major
+        w2 = c2.weight.permute(0, 2, 1).reshape(c2.out_channels, -1)  # (32, 3*24) tap-major
+        h2 = torch.relu(nn.functional.linear(windows, w2, c2.bias))  # (B, P, 32)
+        return self.profile(h2.transpose(1, 2))  # Flatten of (B, 32, P), as after the convolutions
 
 
 def _autoencoder(dims: list[int]) -> nn.Sequential:
@@ -130,7 +150,10 @@ class DPackNet(nn.Module):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 2, N*L) -> (B,) reconstruction MSE of the standardised profile."""
-        z = self.standardise(self.cnn.embed(x))  # (B, profile_dim)
+        return self._score(self.cnn.embed(x))
+
+    def _score(self, profile: torch.Tensor) -> torch.Tensor:
+        z = self.standardise(profile)  # (B, profile_dim)
         return ((self.ae(z) - z) ** 2).mean(dim=1)
 
     def attribution(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +161,7 @@ class DPackNet(nn.Module):
         benign input; channel 0 per byte, channel 1 per byte of the direction channel."""
         x = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            s = self.score(x).sum()
+            s = self._score(self.cnn.embed_for_grad(x)).sum()
             (g,) = torch.autograd.grad(s, x)
         return g * (x.detach() - self.x_mean)  # (B, 2, N*L)
 

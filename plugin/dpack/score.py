@@ -9,6 +9,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -134,25 +135,43 @@ def explain_rows(
             for row, keep in zip(top, vals.tolist(), strict=True)]  # fmt: skip
 
 
-def _distinct_rows(data: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the distinct encoded flows (data + direction) and, per flow, which of them it equals."""
+def _distinct_rows(data: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    """Indices of the distinct encoded flows (data + direction), per flow which of them it equals, and
+    each distinct input's bytes (the key of ``Scorer``'s cache)."""
     b = len(data)
     key = np.ascontiguousarray(np.concatenate([data.reshape(b, -1), direction.view(np.uint8)], axis=1))
     rows = key.view(np.dtype((np.void, key.shape[1]))).ravel()
-    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-    return first, inverse.reshape(-1)
+    distinct, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1), [r.tobytes() for r in distinct]
+
+
+DEFAULT_CACHE_SIZE = 16_384
 
 
 class Scorer:
     """Scores batches of flow samples with one loaded model."""
 
-    def __init__(self, model: LoadedModel, explain: str = "anomalous", top_k: int = 3) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        explain: str = "anomalous",
+        top_k: int = 3,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
         if explain not in EXPLAIN_MODES:
             raise ValueError(f"explain must be one of {EXPLAIN_MODES}")
         self.model = model
         self.explain = explain
         self.top_k = top_k
         self.name = model.name
+        # Encoded input -> (score, explanation) of the most recently seen distinct inputs (LRU). The
+        # model is a pure function of the input, and floods, scans and brute force repeat a handful of
+        # masked shapes across batches; live batches are small (Zeek's 64), so the within-batch
+        # deduplication alone misses most repeats. Lives and dies with this Scorer (a new model is a
+        # new Scorer). 0 turns it off.
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, tuple[float, list[str]]] = OrderedDict()
+        self.cache_hits = 0
 
     def scores(self, data: np.ndarray, direction: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -172,21 +191,38 @@ class Scorer:
             return []
         # Identical inputs get identical verdicts: score each distinct one once. Floods and scans repeat
         # one packet shape thousands of times (lab-dev attack-dev: 8,441 flows, 2,147 distinct inputs).
-        first, inverse = _distinct_rows(data, direction)
-        ud, ur = data[first], direction[first]
-        x = to_input(ud, ur)
-        with torch.no_grad():
-            us = self.model.net.score(x).numpy()
+        first, inverse, keys = _distinct_rows(data, direction)
+        cache = self._cache
+        known = [cache.get(k) for k in keys] if self.cache_size else [None] * len(keys)
+        todo = [j for j, hit in enumerate(known) if hit is None]
+        self.cache_hits += len(keys) - len(todo)
         thr = self.model.threshold
+        us = np.empty(len(keys), dtype=np.float32)  # what the model returns; compared as before
+        explained: list[list[str]] = [[]] * len(keys)
+        for j, hit in enumerate(known):
+            if hit is not None:
+                us[j], explained[j] = hit
+                cache.move_to_end(keys[j])
+        if todo:
+            sel = first[todo]
+            ud, ur = data[sel], direction[sel]
+            x = to_input(ud, ur)
+            with torch.no_grad():
+                fresh = self.model.net.score(x).numpy()
+            us[todo] = fresh
+            if self.explain != "none":
+                idx = np.arange(len(todo)) if self.explain == "all" else np.flatnonzero(fresh > thr)
+                if len(idx):
+                    rows = explain_rows(self.model, x[idx], ud[idx], ur[idx], self.top_k)
+                    for t, row in zip(idx.tolist(), rows, strict=True):
+                        explained[todo[t]] = row
+            if self.cache_size:
+                for j in todo:
+                    cache[keys[j]] = (float(us[j]), explained[j])
+                while len(cache) > self.cache_size:
+                    cache.popitem(last=False)
         s = us[inverse]
         flagged = s > thr
-        explained: list[list[str]] = [[]] * len(first)
-        if self.explain != "none":
-            idx = np.arange(len(us)) if self.explain == "all" else np.flatnonzero(us > thr)
-            if len(idx):
-                rows = explain_rows(self.model, x[idx], ud[idx], ur[idx], self.top_k)
-                for j, row in zip(idx.tolist(), rows, strict=True):
-                    explained[j] = row
         inv = inverse.tolist()
         return [
             Verdict(
