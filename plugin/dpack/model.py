@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 ARCHS = ("paper", "fast")
+MATMUL_MAX_BATCH = 128  # FastCNN.embed_for_grad: matmuls up to this batch size, convolutions above
 
 
 @dataclass
@@ -99,9 +100,12 @@ class FastCNN(PaperCNN):
     def embed_for_grad(self, x: torch.Tensor) -> torch.Tensor:
         """``embed`` computed as matrix products with the same weights, for attributions: both
         convolutions are small matmuls in disguise (8-byte patches; a window of 3 patches), and the CPU
-        convolutions' backward pass costs more at the batch sizes explained live (attribution of 50
-        flows: 4.4 -> 3.0 ms). Scores keep the convolution path (faster on big batches: 4,096 flows
-        33 vs 79 ms). Equal to it up to float rounding (tested)."""
+        convolutions' backward pass costs more at the batch sizes explained live (forward + backward of
+        50 flows, one thread: 2.3-3.0 ms against 2.6-4.4 ms). From ``MATMUL_MAX_BATCH`` flows on, the
+        convolutions are faster (1,000 flows: 30 against 37 ms) and are used; scores always use them.
+        Equal to the convolution path up to float rounding (tested)."""
+        if x.shape[0] > MATMUL_MAX_BATCH:
+            return self.embed(x)
         c1, c2 = self.conv[0], self.conv[2]
         b, p = x.shape[0], x.shape[2] // 8
         patches = x.reshape(b, 2, p, 8).transpose(1, 2).reshape(b, p, 16)  # (B, P, channel*8)
