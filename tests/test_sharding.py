@@ -91,7 +91,7 @@ def test_shard_array_agrees_with_shard_of_for_every_frame(tmp_path, shards):
     """The array form the sharded reader uses picks the same shard as ``shard_of`` for every frame
     (plain and VLAN Ethernet, IPv6, ICMP, fragments, ARP, cut frames, frames shorter than 38 bytes)."""
     from dpack.capture import read_blocks
-    from dpack.flows import shard_array
+    from dpack.flows import _plain_ipv4_tcp_udp, plain_mask, shard_array
 
     frames = mixed_frames() + [(2e9, eth(ip4(CLIENT, SERVER, udp(1, 2, b""))))[:30], (2e9 + 1, b"\x00" * 5)]
     path = write_pcap(tmp_path / "mixed.pcap", frames)
@@ -99,6 +99,22 @@ def test_shard_array_agrees_with_shard_of_for_every_frame(tmp_path, shards):
     want = [shard_of(1, fr, shards) for _, _, fr in read_capture(path)]
     assert shard_array(block, shards).tolist() == want
     assert len(set(want)) == shards
+    frames = [fr for _, _, fr in read_capture(path)]
+    assert plain_mask(block).tolist() == [_plain_ipv4_tcp_udp(fr) for fr in frames]
+    assert 0 < sum(plain_mask(block)) < len(frames)
+
+
+def test_blocks_of_empty_frames_are_counted_not_fatal(default_model):
+    """A block whose frames are all empty (a hostile pcapng can hold zero-length packets)."""
+    import numpy as np
+
+    from dpack.capture import FrameBlock
+
+    empty = FrameBlock(1, b"", np.zeros(3, np.int64), np.zeros(3, np.int64), np.array([1.0, 2.0, 3.0]))
+    for shards in (1, 2):
+        table = FlowTable(default_model.spec)
+        assert list(table.block_samples([empty], 0, shards)) == []
+        assert table.stats.non_ip == 3 and table.stats.frames == 3
 
 
 @pytest.mark.parametrize("capture", ["mixed", "sample"])

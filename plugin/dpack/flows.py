@@ -293,9 +293,9 @@ class FlowTable:
         """Fast path for the bulk of a capture: a later packet of a flow whose prefix is already handed out.
 
         Only for plain Ethernet + IPv4 (no options, not a fragment) + TCP/UDP frames (the caller checks);
-        it builds the same key as
-        ``_flow_key`` straight from the bytes and only refreshes the flow's activity. Anything else, or
-        anything that could start a new flow (idle too long, a SYN after FIN/RST), takes the full path.
+        it builds the same key as ``_flow_key`` straight from the bytes and only refreshes the flow's
+        activity. Anything that could start a new flow (idle too long, a SYN after FIN/RST) takes the
+        full path.
         """
         proto = frame[23]
         a = frame[26:30] + frame[34:36]
@@ -449,10 +449,14 @@ _PLAIN_BYTES = np.arange(38)
 def _first_bytes(block: FrameBlock) -> np.ndarray:
     """(n, 38) uint8: the first 38 bytes of every frame (garbage past the end of shorter frames)."""
     raw = np.frombuffer(block.buf, np.uint8)
-    return raw[np.minimum(block.start[:, None] + _PLAIN_BYTES, max(len(raw) - 1, 0))]
+    return raw[np.minimum(block.start[:, None] + _PLAIN_BYTES, len(raw) - 1)]
 
 
-def _plain_rows(block: FrameBlock, h: np.ndarray) -> np.ndarray:
+def plain_mask(block: FrameBlock) -> np.ndarray:
+    """``_plain_ipv4_tcp_udp`` of every frame of a block, as a bool array (all False unless Ethernet)."""
+    if block.linktype != LINKTYPE_ETHERNET or not len(block.buf):
+        return np.zeros(len(block), dtype=bool)
+    h = _first_bytes(block)
     return (
         (block.end - block.start >= 38)
         & (h[:, 12] == 8)
@@ -462,13 +466,6 @@ def _plain_rows(block: FrameBlock, h: np.ndarray) -> np.ndarray:
         & (h[:, 20] & 0x3F == 0)
         & (h[:, 21] == 0)
     )
-
-
-def plain_mask(block: FrameBlock) -> np.ndarray:
-    """``_plain_ipv4_tcp_udp`` of every frame of a block, as a bool array (all False unless Ethernet)."""
-    if block.linktype != LINKTYPE_ETHERNET or not len(block):
-        return np.zeros(len(block), dtype=bool)
-    return _plain_rows(block, _first_bytes(block))
 
 
 def shard_array(block: FrameBlock, shards: int, plain: np.ndarray | None = None) -> np.ndarray:
