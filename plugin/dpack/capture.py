@@ -149,6 +149,7 @@ def _pcapng_blocks(
 ) -> Iterator[FrameBlock]:
     """pcapng records (through dpkt), gathered into blocks of up to ``_PCAPNG_BLOCK`` frames."""
     records = iter(reader)
+    seen = 0  # records handed out before this block
     done = False
     while not done:
         ts: list[float] = []
@@ -160,7 +161,7 @@ def _pcapng_blocks(
                 done = True
                 break
             except _DAMAGE as err:
-                n = stats.frames + len(frames)
+                n = seen + len(frames)
                 stats.damage(f"{path}: capture damaged after {n} frames ({type(err).__name__})")
                 done = True
                 break
@@ -169,8 +170,8 @@ def _pcapng_blocks(
         if frames:
             end = np.cumsum([len(f) for f in frames], dtype=np.int64)
             start = np.concatenate((np.zeros(1, np.int64), end[:-1]))
-            stats.frames += len(frames)
             yield FrameBlock(linktype, b"".join(frames), start, end, np.array(ts, dtype=np.float64))
+            seen += len(frames)
 
 
 def read_blocks(path: str | os.PathLike[str], stats: CaptureStats | None = None) -> Iterator[FrameBlock]:
@@ -207,9 +208,10 @@ def read_blocks(path: str | os.PathLike[str], stats: CaptureStats | None = None)
                 "(Ethernet, raw IP, Linux cooked v1/v2 and BSD loopback are)"
             )
         if head[:4] == _PCAPNG_MAGIC:
-            yield from _pcapng_blocks(reader, name, linktype, stats)
-            return
-        for block in _pcap_blocks(fh, name, head, linktype, stats):
+            blocks = _pcapng_blocks(reader, name, linktype, stats)
+        else:
+            blocks = _pcap_blocks(fh, name, head, linktype, stats)
+        for block in blocks:
             stats.frames += len(block)
             yield block
     finally:

@@ -350,7 +350,8 @@ class FlowTable:
         for blk in blocks:
             buf, lt, base, n = blk.buf, blk.linktype, self.index, len(blk)
             ts, start, end = blk.ts.tolist(), blk.start.tolist(), blk.end.tolist()
-            plain_np = plain_mask(blk)
+            first = _first_bytes(blk) if lt == LINKTYPE_ETHERNET else None
+            plain_np = plain_mask(blk, first)
             expiring, now = [], self._now
             for i, t in enumerate(ts):  # the frames at which ``tick`` expires flows
                 if t - now >= 1.0 or t < now:
@@ -360,7 +361,7 @@ class FlowTable:
                 own = [True] * n
                 steps = range(n)
             else:
-                mine = shard_array(blk, shards, plain_np) == shard
+                mine = shard_array(blk, shards, plain_np, first) == shard
                 own = mine.tolist()
                 mine[expiring] = True
                 steps = np.flatnonzero(mine).tolist()
@@ -449,14 +450,17 @@ _PLAIN_BYTES = np.arange(38)
 def _first_bytes(block: FrameBlock) -> np.ndarray:
     """(n, 38) uint8: the first 38 bytes of every frame (garbage past the end of shorter frames)."""
     raw = np.frombuffer(block.buf, np.uint8)
+    if not len(raw):  # only empty frames
+        return np.zeros((len(block), len(_PLAIN_BYTES)), dtype=np.uint8)
     return raw[np.minimum(block.start[:, None] + _PLAIN_BYTES, len(raw) - 1)]
 
 
-def plain_mask(block: FrameBlock) -> np.ndarray:
-    """``_plain_ipv4_tcp_udp`` of every frame of a block, as a bool array (all False unless Ethernet)."""
+def plain_mask(block: FrameBlock, first: np.ndarray | None = None) -> np.ndarray:
+    """``_plain_ipv4_tcp_udp`` of every frame of a block, as a bool array (all False unless Ethernet).
+    ``first``: the block's ``_first_bytes``, if the caller has them."""
     if block.linktype != LINKTYPE_ETHERNET or not len(block.buf):
         return np.zeros(len(block), dtype=bool)
-    h = _first_bytes(block)
+    h = _first_bytes(block) if first is None else first
     return (
         (block.end - block.start >= 38)
         & (h[:, 12] == 8)
@@ -468,15 +472,18 @@ def plain_mask(block: FrameBlock) -> np.ndarray:
     )
 
 
-def shard_array(block: FrameBlock, shards: int, plain: np.ndarray | None = None) -> np.ndarray:
-    """``shard_of`` for every frame of a block: plain Ethernet/IPv4/TCP-UDP frames (``plain_mask``, which
-    the caller may pass) in array operations, the others one by one."""
+def shard_array(
+    block: FrameBlock, shards: int, plain: np.ndarray | None = None, first: np.ndarray | None = None
+) -> np.ndarray:
+    """``shard_of`` for every frame of a block: plain Ethernet/IPv4/TCP-UDP frames (``plain_mask``) in
+    array operations, the others one by one. ``plain`` and ``first`` (``_first_bytes``): if the caller
+    has them already."""
     n = len(block)
     out = np.zeros(n, dtype=np.int64)
     if plain is None:
-        plain = plain_mask(block)
+        plain = plain_mask(block, first)
     if plain.any():
-        h = _first_bytes(block)
+        h = _first_bytes(block) if first is None else first
         ends = np.zeros((n, 2, 8), dtype=np.uint8)  # big-endian uint64: 0, 0, address, port
         ends[:, 0, 2:6], ends[:, 0, 6:8] = h[:, 26:30], h[:, 34:36]
         ends[:, 1, 2:6], ends[:, 1, 6:8] = h[:, 30:34], h[:, 36:38]

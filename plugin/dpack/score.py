@@ -280,7 +280,6 @@ def _encoded_chunks(
     With ``shards`` > 1, only the flows of ``shard`` (``flows.shard_of``)."""  # fmt: skip
     table = FlowTable(spec, idle_timeout)
     run.flow_stats = table.stats
-
     for chunk in _chunks(table.block_samples(read_blocks(path, run.capture), shard, shards), size):
         data, direction = encode_samples(chunk, spec)
         for smp in chunk:
@@ -335,8 +334,6 @@ def score_capture(
 
 
 # --- sharded scoring (dpack score on several cores) ------------------------------------------------------
-
-_Chunk = tuple[list[tuple[int, int]], list[str], list[tuple[int, Verdict]]]
 
 
 def _shard_worker(

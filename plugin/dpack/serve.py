@@ -2,7 +2,8 @@
 
 Data path: link (WebSocket) -> ``codec.parse_samples`` -> bounded queue -> micro-batches (``batch_size``
 flows or ``max_delay_ms`` after the first, whichever comes first) -> ``Scorer`` on the event loop
-(receiving catches up between batches) -> verdict events back to each batch's reply topic, the SIEM feed, and the anomaly hooks (Suricata rules).
+(receiving catches up between batches) -> verdict events back to each batch's reply topic, the SIEM
+feed, and the anomaly hooks (Suricata rules).
 
 Nothing a peer sends can stop the service: undecodable frames, wrong events, bad samples and refused
 batches are counted and logged (rate-limited). Flows that do not fit the queue are dropped and counted;
