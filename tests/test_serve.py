@@ -139,8 +139,9 @@ def metrics_text(cfg):
         return r.read().decode()
 
 
-def test_end_to_end_verdicts_alerts_and_counters(tmp_path, start, peer, sample_recs):
-    run = start()
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_end_to_end_verdicts_alerts_and_counters(tmp_path, start, peer, sample_recs, workers):
+    run = start(workers=workers)
     cfg = run.cfg
     assert peer.subscriptions[-1] == ["dpack/samples"]
     send_batches(peer, sample_recs)
@@ -180,8 +181,9 @@ def test_end_to_end_verdicts_alerts_and_counters(tmp_path, start, peer, sample_r
     assert 'dpack_verdict_latency_seconds{quantile="0.99"}' in text
 
 
-def test_prefix_mismatch_is_refused_with_one_line_on_both_sides(start, peer, sample_recs):
-    run = start()
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_prefix_mismatch_is_refused_with_one_line_on_both_sides(start, peer, sample_recs, workers):
+    run = start(workers=workers)
     for _ in range(3):
         peer.send(samples_frame(sample_recs[:5], time.time(), packets=2, policy="first"))
     wait_for(lambda: run.m["batches_refused"] == 3, what="refusals")
@@ -194,8 +196,9 @@ def test_prefix_mismatch_is_refused_with_one_line_on_both_sides(start, peer, sam
     assert peer.verdicts() == [] and run.m["flows_scored"] == 0
 
 
-def test_malformed_and_hostile_messages_are_counted_not_fatal(start, peer, sample_recs):
-    run = start()
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_malformed_and_hostile_messages_are_counted_not_fatal(start, peer, sample_recs, workers):
+    run = start(workers=workers)
     # Zeek's raw-bytes frame (invalid UTF-8), replayed from shared/zeek-wire when it is beside the repo
     fixture = WIRE / "frames-from-zeek.jsonl"
     raw = (
@@ -227,8 +230,9 @@ def test_malformed_and_hostile_messages_are_counted_not_fatal(start, peer, sampl
     assert run.m["reconnects"] == 1
 
 
-def test_reconnects_when_zeek_restarts(start, peer, sample_recs):
-    run = start()
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_reconnects_when_zeek_restarts(start, peer, sample_recs, workers):
+    run = start(workers=workers)
     peer.send(samples_frame(sample_recs[:10], time.time()))
     wait_for(lambda: len(peer.verdicts()) == 10, what="first verdicts")
     peer.drop_clients()
@@ -237,10 +241,13 @@ def test_reconnects_when_zeek_restarts(start, peer, sample_recs):
     wait_for(lambda: len(peer.verdicts()) == 30, what="verdicts after reconnect")
 
 
-def test_verdicts_made_while_zeek_is_away_are_delivered_after_it_returns(tmp_path, model_copy, sample_recs):
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_verdicts_made_while_zeek_is_away_are_delivered_after_it_returns(
+    tmp_path, model_copy, sample_recs, workers
+):
     port = free_port()
     peer = ZeekPeer().start(port)
-    cfg = make_cfg(tmp_path, peer, model_copy, max_delay_ms=300.0)
+    cfg = make_cfg(tmp_path, peer, model_copy, max_delay_ms=300.0, workers=workers)
     run = Running(cfg)
     try:
         assert peer.connected.wait(10)
@@ -286,6 +293,54 @@ def test_flood_beyond_capacity_drops_are_counted_and_memory_bounded(start, peer,
     assert f"dpack_flows_dropped_total {run.m['flows_dropped']}" in metrics_text(run.cfg)
 
 
+def _worker_pids(run):
+    return [w.proc.pid for w in run.service.pool.workers]
+
+
+def test_stalled_workers_flood_is_dropped_at_the_parent_counted_and_bounded(start, peer, sample_recs):
+    """Fault injection with real processes: both scoring workers are stopped (SIGSTOP) while Zeek floods.
+    The parent keeps reading Zeek, holds at most its backlog limit per worker, drops the rest counted in
+    flows; once the workers run again every accepted flow gets its verdict."""
+    run = start(workers=2, queue_size=200, batch_size=64, watch=False)
+    pool = run.service.pool
+    limit = pool.backlog_limit
+    pids = _worker_pids(run)
+    buffered = []
+    recs = (sample_recs * 3)[:3000]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for i in range(0, len(recs), 100):
+            peer.send(samples_frame(recs[i : i + 100], time.time()))
+            buffered.append(max(w.writer.transport.get_write_buffer_size() for w in pool.workers))
+        wait_for(lambda: run.m["messages_received"] == 30, what="the parent read every message")
+        dropped_at_parent = run.m["flows_dropped"]
+        assert dropped_at_parent > 0 and dropped_at_parent % 100 == 0  # whole messages, counted in flows
+        assert max(buffered) <= limit + 200_000  # a message may land on top of a backlog just under it
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: run.m["flows_received"] + run.m["flows_dropped"] == 3000, what="all flows accounted")
+    wait_for(lambda: len(peer.verdicts()) == run.m["flows_received"] > 0, timeout=60, what="verdicts")
+    assert run.m["worker_restarts"] == 0
+    assert f"dpack_flows_dropped_total {run.m['flows_dropped']}" in metrics_text(run.cfg)
+
+
+def test_a_killed_worker_is_restarted_and_its_loss_counted(start, peer, sample_recs):
+    run = start(workers=2, watch=False)
+    send_batches(peer, sample_recs[:40], size=20)  # one message to each worker
+    wait_for(lambda: len(peer.verdicts()) == 40, what="first verdicts")
+    victim = run.service.pool.workers[0].proc
+    os.kill(victim.pid, signal.SIGKILL)
+    wait_for(lambda: run.m["worker_restarts"] == 1, what="restart")
+    wait_for(lambda: run.service.pool.workers[0].proc is not victim, what="a new worker")
+    assert run.m["flows_dropped"] == 0  # it held nothing when it died
+    send_batches(peer, sample_recs[40:120], size=20)  # both workers again, the new one included
+    wait_for(lambda: len(peer.verdicts()) == 120, what="verdicts after the restart")
+    assert {v[0] for v in peer.verdicts()} == {r["uid"] for r in sample_recs[:120]}
+    assert peer.connected.is_set() and run.m["reconnects"] == 1
+
+
 def test_a_backlog_is_taken_in_between_batches(start, peer, sample_recs):
     """Batches are scored on the event loop; after each, the receiving loop takes in everything that
     arrived meanwhile, so a backlog reaches our queue (fuller batches) instead of waiting in the socket
@@ -310,8 +365,9 @@ def test_a_backlog_is_taken_in_between_batches(start, peer, sample_recs):
     assert max(sizes) == 64 and len(sizes) <= 7, sizes  # 300 flows in full batches, not ten of 30
 
 
-def test_model_replaced_while_serving(start, peer, model_copy, sample_recs):
-    run = start()
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_model_replaced_while_serving(start, peer, model_copy, sample_recs, workers):
+    run = start(workers=workers)
     old_name = run.service.model.name
     # a corrupt file lands on the model path: refused, the old model keeps serving
     junk = model_copy.with_suffix(".tmp")
@@ -336,8 +392,11 @@ def test_model_replaced_while_serving(start, peer, model_copy, sample_recs):
     assert run.m["reconnects"] == 1
 
 
-def test_rules_written_while_serving_and_apply_failure_reported(tmp_path, peer, model_copy, sample_recs):
-    cfg = make_cfg(tmp_path, peer, model_copy)
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_rules_written_while_serving_and_apply_failure_reported(
+    tmp_path, peer, model_copy, sample_recs, workers
+):
+    cfg = make_cfg(tmp_path, peer, model_copy, workers=workers)
     cfg.rules.update({"file": str(tmp_path / "dpack.rules"), "socket": str(tmp_path / "no-suricata.sock"),
                       "mode": "drop", "tick": 0.2})  # fmt: skip
     run = Running(cfg)
@@ -359,12 +418,13 @@ def test_rules_written_while_serving_and_apply_failure_reported(tmp_path, peer, 
         run.stop()
 
 
-def test_sigterm_scores_and_sends_what_is_queued(tmp_path, peer, sample_recs):
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_sigterm_scores_and_sends_what_is_queued(tmp_path, peer, sample_recs, workers):
     cfg_file = tmp_path / "dpack.yaml"
     cfg_file.write_text(
         f"model: {DEFAULT_MODEL}\n"
         f"zeek: {{url: '{peer.url}', reconnect_max: 0.5}}\n"
-        f"serve: {{max_delay_ms: 1000, batch_size: 4096, alerts: '{tmp_path / 'a.jsonl'}', metrics_port: 0}}\n"
+        f"serve: {{max_delay_ms: 1000, batch_size: 4096, workers: {workers}, alerts: '{tmp_path / 'a.jsonl'}', metrics_port: 0}}\n"
     )
     exe = shutil.which("dpack") or str(Path(sys.executable).with_name("dpack"))
     proc = subprocess.Popen([exe, "serve", "--config", str(cfg_file)], stderr=subprocess.PIPE, text=True)
@@ -403,10 +463,11 @@ def send_connections(peer, recs, size=64, **kw):
         peer.send(samples_frame(recs[i : i + size], time.time(), event=C.CONNECTIONS_EVENT, **kw))
 
 
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
 def test_connection_summaries_get_verdicts_categories_and_alerts(
-    tmp_path, peer, model_copy, conn_recs, records_model_path, classifier_model_path
+    tmp_path, peer, model_copy, conn_recs, records_model_path, classifier_model_path, workers
 ):
-    cfg = make_cfg(tmp_path, peer, model_copy)
+    cfg = make_cfg(tmp_path, peer, model_copy, workers=workers)
     cfg.detectors.records_model = str(records_model_path)
     cfg.detectors.classifier_model = str(classifier_model_path)
     run = Running(cfg)

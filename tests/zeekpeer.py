@@ -157,6 +157,8 @@ class ZeekPeer:
         # peer's own work does not delay the receive times of the next messages.
         self.check_on_receipt = check_on_receipt
         self.raw: list[tuple[float, str]] = []
+        self._seen = 0  # how much of ``raw`` verdict_times has read
+        self._times: dict[str, float] = {}
         self.port = 0
         self.received: list[tuple[str, list[Any]]] = []
         self.received_at: list[float] = []  # time.perf_counter() of each entry of ``received``
@@ -262,13 +264,14 @@ class ZeekPeer:
 
     def verdict_times(self) -> dict[str, float]:
         """uid -> when its verdict event arrived (perf_counter)."""
-        if not self.check_on_receipt:
-            out = {}
-            for t, msg in list(self.raw):
+        if not self.check_on_receipt:  # each stored message is checked once, on the first call after it came
+            raw = self.raw[self._seen :]
+            for t, msg in raw:
                 got = zeek_accepts(msg)
                 if not isinstance(got, dict) and got[0] == C.VERDICTS_EVENT:
-                    out.update((rec[0], t) for rec in got[1][0])
-            return out
+                    self._times.update((rec[0], t) for rec in got[1][0])
+            self._seen += len(raw)
+            return dict(self._times)
         with self.lock:
             return {rec[0]: t for (name, args), t in zip(self.received, self.received_at, strict=True)
                     if name == C.VERDICTS_EVENT for rec in args[0]}  # fmt: skip

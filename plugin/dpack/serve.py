@@ -103,6 +103,7 @@ class Metrics:
         "connections_received": "connection summaries accepted for the record detectors",
         "connections_skipped": "connection summaries left out of a batch because they were malformed",
         "connections_ignored": "connection summaries ignored (no record detector configured, or stopping)",
+        "connections_dropped": "connection summaries dropped because the scoring worker was behind",
         "connections_scored": "connection summaries scored",
         "connections_flagged": "connection summaries scored as anomalous",
         "verdicts_sent": "verdicts sent back to Zeek",
@@ -114,6 +115,7 @@ class Metrics:
         "model_reloads": "models swapped in while serving",
         "model_reload_failures": "new model files refused (the old model kept serving)",
         "config_reload_failures": "changed config files refused",
+        "worker_restarts": "scoring workers that ended unexpectedly (restarted; their queued flows counted as dropped)",
     }
 
     def __init__(self) -> None:
@@ -192,11 +194,19 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.base_
 class Service:
     """One running ``dpack serve``: owns the model, the queues, the link and the outputs."""
 
-    def __init__(self, cfg: Config, link: Any = None, hooks: Sequence[AnomalyHook] = ()) -> None:
+    LOG_SUMMARY = True  # the periodic and the final summary line (a scoring worker leaves them to its parent)
+
+    def __init__(
+        self,
+        cfg: Config,
+        link: Any = None,
+        hooks: Sequence[AnomalyHook] = (),
+        model: LoadedModel | None = None,
+    ) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
         self.ratelog = RateLimitedLog()
-        self.model = self._load_model(cfg)
+        self.model = model if model is not None else self._load_model(cfg)
         self.scorer = self._scorer(self.model)
         self.record_scorer = RecordScorer.load(cfg.detectors.records_model, cfg.detectors.classifier_model)
         self.hooks = list(hooks)
@@ -220,6 +230,8 @@ class Service:
         self.wakeup = asyncio.Event()
         self.reload_requested: set[str] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.flush_lock = asyncio.Lock()  # one outbox flush at a time (else a message could go out twice)
+        self.pool: Any = None  # workers.WorkerPool while serve.workers > 0
 
     @staticmethod
     def _rules_worker(cfg: Config) -> Any:
@@ -257,11 +269,17 @@ class Service:
         if model.spec != self.model.spec:
             log.warning("new model %s reads %s, the old one read %s; Zeek's export must match it",
                         model.name, model.spec, self.model.spec)  # fmt: skip
-        self.model = model
-        self.scorer = self._scorer(model)
+        self.use_model(model)
         self.metrics.inc("model_reloads")
         log.info("now serving model %s (threshold %.6g)", model.name, model.threshold)
         return True
+
+    def use_model(self, model: LoadedModel) -> None:
+        """Score the next batches with ``model`` (checked already); the scoring workers too."""
+        self.model = model
+        self.scorer = self._scorer(model)
+        if self.pool is not None:
+            self.pool.broadcast(("model", model))
 
     def reload_config(self) -> None:
         if not self.cfg.path:
@@ -273,14 +291,19 @@ class Service:
             log.error("changed config refused, keeping the running one: %s", err)
             return
         model_changed = new.model_path() != self.cfg.model_path()
-        # what can change while serving: scoring and batching settings and the model; the link, the
-        # queues and the outputs keep their start-up settings until a restart.
-        self.cfg.scoring, self.cfg.export = new.scoring, new.export
-        self.cfg.serve.batch_size, self.cfg.serve.max_delay_ms = new.serve.batch_size, new.serve.max_delay_ms
-        self.cfg.model = new.model
+        self.apply_config(new)
         log.info("config reloaded from %s", self.cfg.path)
         if model_changed:
             self.reload_model()
+
+    def apply_config(self, new: Config) -> None:
+        """What can change while serving: scoring and batching settings and the model path; the link, the
+        queues, the workers and the outputs keep their start-up settings until a restart."""
+        self.cfg.scoring, self.cfg.export = new.scoring, new.export
+        self.cfg.serve.batch_size, self.cfg.serve.max_delay_ms = new.serve.batch_size, new.serve.max_delay_ms
+        self.cfg.model = new.model
+        if self.pool is not None:
+            self.pool.broadcast(("config", new))
 
     # --- receiving ---------------------------------------------------------------------------------------
 
@@ -290,11 +313,17 @@ class Service:
             self.metrics.inc("reconnects")
             self.refusals_sent.clear()
             self.wakeup.set()  # flush the outbox
+            if self.pool is not None:
+                self.pool.broadcast(("link", True))
 
-    async def on_message(self, raw: str | bytes | Event | CodecError) -> None:
+    async def on_message(self, raw: str | bytes | Event | CodecError, received: float | None = None) -> None:
         """One message from the link: WebSocket text, or (native Broker) an already converted ``Event``
-        or the ``CodecError`` that converting it raised."""
+        or the ``CodecError`` that converting it raised. ``received``: when it arrived (monotonic clock;
+        default now), for the latency figures - a scoring worker is handed its parent's time of receipt."""
         self.metrics.inc("messages_received")
+        if self.pool is not None:
+            self.pool.forward(raw, time.monotonic())
+            return
         try:
             if isinstance(raw, CodecError):
                 raise raw
@@ -318,11 +347,15 @@ class Service:
         if not self.cfg.detectors.prefix:
             self.metrics.inc("flows_ignored", len(batch.samples))
             return
-        await self._accept(batch)
+        await self._accept(batch, time.monotonic() if received is None else received)
 
     async def _refuse(self, topic: str, reason: str) -> None:
         self.metrics.inc("batches_refused")
         self.ratelog(logging.ERROR, "refuse:" + reason, "batch refused: %s", reason)
+        await self.send_refusal(topic, reason)
+
+    async def send_refusal(self, topic: str, reason: str) -> None:
+        """Tell Zeek why its batches are refused: once per topic and reason while connected."""
         key = (topic, reason)
         if key not in self.refusals_sent and _valid_topic(topic):
             self.refusals_sent.add(key)
@@ -369,7 +402,7 @@ class Service:
                     f"bytes={h.bytes}; set DPack::policy/packets/packet_bytes or use a matching model")  # fmt: skip
         return None
 
-    async def _accept(self, batch: SampleBatch) -> None:
+    async def _accept(self, batch: SampleBatch, now: float) -> None:
         if self.stop.is_set():
             self.metrics.inc("flows_dropped", len(batch.samples))
             self.ratelog(
@@ -390,7 +423,6 @@ class Service:
             self.ratelog(logging.WARNING, "topic", "batch with an unusable reply topic skipped")
             return
         room = self.cfg.serve.queue_size - len(self.queue)
-        now = time.monotonic()
         take = batch.samples[: max(room, 0)]
         if len(take) < len(batch.samples):
             n = len(batch.samples) - len(take)
@@ -485,13 +517,16 @@ class Service:
                 self.ratelog(logging.ERROR, "feed", "SIEM feed %s not written: %s", self.feed.path, err)
         flagged = [i for i, v in enumerate(verdicts) if v.anomalous]
         if flagged:
-            fv, fn = [verdicts[i] for i in flagged], [nodes[i] for i in flagged]
-            for hook in self.hooks:
-                try:
-                    hook(fv, fn)
-                except Exception:  # noqa: BLE001 - a rule writer must not take the scorer down
-                    self.metrics.inc("hook_errors")
-                    log.exception("anomaly hook %r failed", hook)
+            self.run_hooks([verdicts[i] for i in flagged], [nodes[i] for i in flagged])
+
+    def run_hooks(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
+        """Anomalous verdicts to the anomaly hooks (the rule writer); a failing hook is counted, logged."""
+        for hook in self.hooks:
+            try:
+                hook(verdicts, nodes)
+            except Exception:  # noqa: BLE001 - a rule writer must not take the scorer down
+                self.metrics.inc("hook_errors")
+                log.exception("anomaly hook %r failed", hook)
 
     def _post(self, text: str, n: int) -> None:
         self.outbox.append(text)
@@ -504,12 +539,13 @@ class Service:
         self.metrics.outbox_depth = sum(self.outbox_verdicts)
 
     async def _flush_outbox(self) -> None:
-        while self.outbox and self.link.connected:
-            if not await self.link.send(self.outbox[0]):
-                break
-            self.outbox.popleft()
-            self.metrics.inc("verdicts_sent", self.outbox_verdicts.popleft())
-        self.metrics.outbox_depth = sum(self.outbox_verdicts)
+        async with self.flush_lock:  # two flushes sending outbox[0] while one awaits would send it twice
+            while self.outbox and self.link.connected:
+                if not await self.link.send(self.outbox[0]):
+                    break
+                self.outbox.popleft()
+                self.metrics.inc("verdicts_sent", self.outbox_verdicts.popleft())
+            self.metrics.outbox_depth = sum(self.outbox_verdicts)
 
     async def _score_loop(self) -> None:
         while True:
@@ -528,7 +564,7 @@ class Service:
     # --- housekeeping -------------------------------------------------------------------------------------
 
     async def _log_loop(self) -> None:
-        while not self.stop.is_set():
+        while self.LOG_SUMMARY and not self.stop.is_set():
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=self.cfg.serve.log_interval)
             except TimeoutError:
@@ -592,13 +628,20 @@ class Service:
         if self.cfg.serve.metrics_port:
             metrics_server = await serve_metrics(self.metrics, self.cfg.serve.metrics_address,
                                                  self.cfg.serve.metrics_port)  # fmt: skip
+        if self.cfg.serve.workers:
+            from .workers import WorkerPool
+
+            self.pool = WorkerPool(self, self.cfg.serve.workers)
+            await self.pool.start()  # before the watcher's thread and the link: the workers start clean
         observer = self._watch()
-        log.info("serving model %s (N=%d, L=%d, policy=%s); Zeek at %s", self.model.name,
-                 self.model.spec.n_packets, self.model.spec.n_bytes, self.model.spec.policy,
-                 getattr(self.link, "url", "?"))  # fmt: skip
+        if self.LOG_SUMMARY:
+            log.info("serving model %s (N=%d, L=%d, policy=%s; %s); Zeek at %s", self.model.name,
+                     self.model.spec.n_packets, self.model.spec.n_bytes, self.model.spec.policy,
+                     f"{self.cfg.serve.workers} scoring workers" if self.pool else "scoring in this process",
+                     getattr(self.link, "url", "?"))  # fmt: skip
         link_task = asyncio.create_task(self.link.run(self.on_message, self.link_stop))
         log_task = asyncio.create_task(self._log_loop())
-        score_task = asyncio.create_task(self._score_loop())
+        score_task = asyncio.create_task(self.pool.run() if self.pool else self._score_loop())
         stopper = asyncio.create_task(self.stop.wait())
         try:
             done, _ = await asyncio.wait(
@@ -633,9 +676,12 @@ class Service:
                 metrics_server.close()
             if observer is not None:
                 observer.stop()
+            if self.pool is not None:
+                self.pool.close()
             if self.rules_worker is not None:
                 self.rules_worker.close()
-            log.info("stopped: %s", self.metrics.summary())
+            if self.LOG_SUMMARY:
+                log.info("stopped: %s", self.metrics.summary())
 
 
 def _valid_topic(topic: str) -> bool:

@@ -1,0 +1,371 @@
+"""``serve.workers``: the live scorer on more than one core.
+
+With ``serve.workers: N`` (N >= 1) the ``dpack serve`` process keeps what must exist once - the Zeek link,
+the outbox of verdicts waiting for Zeek, the metrics endpoint and the summary line, the Suricata rule
+writer, the file watch - and deals every message from Zeek, undecoded, round-robin to N scoring workers.
+Each worker is a ``ChildService``: the very same ``Service`` pipeline as in-process scoring (codec checks,
+bounded queue, micro-batches, model, verdict events, SIEM feed lines appended with ``O_APPEND``), whose
+link is the pipe to its parent. What it hands back: verdict events to send, anomalous verdicts for the rule
+writer (only if the parent has hooks), and its counter deltas and latencies after every batch.
+
+One Python process tops out at one core (decoding, the model and explanations all hold the GIL); measured
+with ``benchmarks/bench_live.py``. Workers are started through a forkserver (a clean single-threaded
+process that has imported dpack once), get the parent's loaded model over the pipe, and get every new
+model or config the parent accepts while serving. A worker that dies is logged, its flows still queued
+are counted as dropped, and it is started again.
+
+Frames in both directions: 4-byte length + pickle (both ends are this program, over a socket pair).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from .codec import CodecError, Event, decode_message
+from .config import Config
+from .contract import CONNECTIONS_EVENT, SAMPLES_EVENT
+from .modelfile import LoadedModel
+from .score import Verdict
+from .serve import Service
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct("!I")
+# Counters the parent keeps itself; a worker's own counts of these are not added to the parent's.
+PARENT_COUNTERS = frozenset({
+    "messages_received", "verdicts_sent", "verdicts_dropped", "reconnects", "model_reloads",
+    "model_reload_failures", "config_reload_failures", "hook_errors",
+})  # fmt: skip
+# Bytes of messages a worker has not read yet, beyond which the parent drops (and counts) new messages
+# for it: about one flow queue's worth (a sample is ~1 KiB of JSON), bounded.
+_BYTES_PER_FLOW = 1024
+_MAX_BACKLOG = 64 * 1024 * 1024
+RESTART_LIMIT = 10  # restarts of one worker slot; beyond, the slot stays empty (logged)
+
+
+def _frame(obj: Any) -> list[bytes]:
+    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return [_LEN.pack(len(body)), body]
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    (n,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+    return pickle.loads(await reader.readexactly(n))  # noqa: S301 - our own child/parent process
+
+
+async def _open(conn: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Asyncio streams over a ``multiprocessing`` pipe end (a socket pair on Unix)."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    conn.close()
+    return await asyncio.open_connection(sock=sock, limit=2**20)
+
+
+def count_dropped(raw: Any) -> tuple[str, int]:
+    """The counter and the number of entries of a message the parent drops without a worker having
+    decoded it: ("flows_dropped", samples) or ("connections_dropped", summaries); no entries if it is
+    neither or does not decode (a worker would have counted it malformed)."""
+    try:
+        msg = raw if isinstance(raw, Event) else decode_message(raw)
+        if isinstance(msg, Event) and len(msg.args) == 2 and isinstance(msg.args[1], list):
+            if msg.name == SAMPLES_EVENT:
+                return "flows_dropped", len(msg.args[1])
+            if msg.name == CONNECTIONS_EVENT:
+                return "connections_dropped", len(msg.args[1])
+    except CodecError:
+        pass
+    return "flows_dropped", 0
+
+
+_CONN_NAME = f'"{CONNECTIONS_EVENT}"'.encode()
+
+
+def is_connections(raw: Any) -> bool:
+    """Whether a message looks like a connection-summary batch: its event name comes within the first
+    few hundred bytes (after a topic of at most 200). A false guess only changes which worker decodes it."""
+    if isinstance(raw, Event):
+        return raw.name == CONNECTIONS_EVENT
+    head = raw[:600] if isinstance(raw, bytes) else raw[:600].encode(errors="replace")
+    return _CONN_NAME in head
+
+
+# --- the worker ------------------------------------------------------------------------------------------
+
+
+class _PipeLink:
+    """A ``ChildService``'s link: messages and commands from the parent; what it sends goes back to it."""
+
+    connected = True  # the parent holds the outbox for the time Zeek is away
+    url = "parent"
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.service: ChildService | None = None
+
+    def write(self, obj: Any) -> None:
+        self.writer.writelines(_frame(obj))
+
+    async def send(self, text: str, n: int = 0) -> bool:
+        self.write(("send", text, n))
+        return True
+
+    async def run(self, on_message: Any, stop: asyncio.Event) -> None:
+        svc = self.service
+        assert svc is not None
+        while not stop.is_set():
+            try:
+                msg = await _read_frame(self.reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                log.error("the serving process went away; finishing what is queued")
+                svc.stop.set()
+                return
+            kind = msg[0]
+            if kind == "msg":
+                await on_message(msg[1], msg[2])
+            elif kind == "model":
+                svc.use_model(msg[1])
+            elif kind == "config":
+                svc.apply_config(msg[1])
+            elif kind == "link":
+                svc.refusals_sent.clear()  # Zeek is back: it may need to hear a refusal again
+            elif kind == "stop":
+                svc.stop.set()
+                return
+
+
+class ChildService(Service):
+    """The scoring pipeline of one worker (see the module docstring)."""
+
+    LOG_SUMMARY = False
+
+    def __init__(self, cfg: Config, model: LoadedModel, link: _PipeLink, forward_hooks: bool) -> None:
+        super().__init__(cfg, link=link, hooks=[self._forward] if forward_hooks else (), model=model)
+        link.service = self
+        self.pipe = link
+        self._pushed = dict(self.metrics.c)
+
+    @staticmethod
+    def _rules_worker(cfg: Config) -> Any:
+        return None  # the parent writes the rules
+
+    def _forward(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
+        self.pipe.write(("hook", list(verdicts), list(nodes)))
+
+    def _post(self, text: str, n: int) -> None:
+        self.pipe.write(("send", text, n))
+
+    async def send_refusal(self, topic: str, reason: str) -> None:
+        self.pipe.write(("refuse", topic, reason))  # the parent says it once, not once per worker
+
+    async def _flush_outbox(self) -> None:
+        await self.pipe.writer.drain()
+
+    async def on_message(self, raw: Any, received: float | None = None) -> None:
+        queued = len(self.queue)
+        await super().on_message(raw, received)
+        if len(self.queue) == queued:  # nothing queued, so no batch will report what this message did
+            self.push_metrics()
+
+    async def _deliver(self, verdicts: Sequence[Verdict], topics: Sequence[str], nodes: Sequence[str],
+                       sent: Sequence[float], received: Sequence[float]) -> None:  # fmt: skip
+        await super()._deliver(verdicts, topics, nodes, sent, received)
+        self.push_metrics()
+
+    def push_metrics(self) -> None:
+        c = self.metrics.c
+        deltas = {k: v - self._pushed[k] for k, v in c.items() if v != self._pushed[k]}
+        lat = list(self.metrics.latency)
+        self.metrics.latency.clear()
+        self._pushed = dict(c)
+        self.pipe.write(("metrics", deltas, lat, len(self.queue)))
+
+
+def _worker_main(conn: Any, cfg: Config, model: LoadedModel, index: int, forward_hooks: bool,
+                 log_setup: tuple[str, int, int]) -> None:  # fmt: skip
+    """A worker process: serve the parent until it says stop (or goes away), then report done."""
+    # The parent decides when to stop (SIGTERM/SIGINT also reach the whole process group).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fmt, root_level, dpack_level = log_setup
+    logging.basicConfig(format=fmt.replace("dpack:", f"dpack[worker {index}]:"), level=root_level)
+    logging.getLogger("dpack").setLevel(dpack_level)
+
+    async def main() -> None:
+        reader, writer = await _open(conn)
+        link = _PipeLink(reader, writer)
+        svc = ChildService(cfg, model, link, forward_hooks)
+        await svc.run()
+        svc.push_metrics()
+        link.write(("done",))
+        await writer.drain()
+        writer.close()
+
+    asyncio.run(main())
+
+
+# --- the parent ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Worker:
+    index: int
+    proc: Any
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    task: asyncio.Task[None] | None = None
+    done: bool = False
+    queued: int = 0  # flows waiting in the worker, as it last said
+    in_flows: int = 0  # flows it took into its queue
+    out_flows: int = 0  # flows it scored
+    restarts: int = 0
+
+
+class WorkerPool:
+    """The parent's side: starts the workers, deals messages, applies what they hand back."""
+
+    def __init__(self, service: Service, n: int) -> None:
+        self.svc = service
+        self.n = n
+        self.workers: list[_Worker | None] = [None] * n
+        self.next = 0
+        self.backlog_limit = min(_MAX_BACKLOG, service.cfg.serve.queue_size * _BYTES_PER_FLOW)
+        self.stopping = False
+        root = logging.getLogger()
+        fmt = root.handlers[0].formatter._fmt if root.handlers and root.handlers[0].formatter else None
+        self.log_setup = (fmt or "%(asctime)s dpack: %(levelname)s: %(message)s", root.level,
+                          logging.getLogger("dpack").getEffectiveLevel())  # fmt: skip
+
+    def _child_config(self) -> Config:
+        cfg = dataclasses.replace(self.svc.cfg)
+        cfg.serve = dataclasses.replace(cfg.serve, workers=0, metrics_port=0, watch=False)
+        cfg.rules = {}
+        return cfg
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._spawn(i, 0) for i in range(self.n)))
+
+    async def _spawn(self, index: int, restarts: int) -> None:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["dpack.workers"])  # the workers fork from a process that has torch
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=_worker_main, name=f"dpack-serve-worker-{index}", daemon=True,
+            args=(child, self._child_config(), self.svc.model, index, bool(self.svc.hooks), self.log_setup),
+        )  # fmt: skip
+        await asyncio.to_thread(proc.start)  # the first start launches the forkserver (seconds)
+        child.close()
+        reader, writer = await _open(parent)
+        w = _Worker(index, proc, reader, writer, restarts=restarts)
+        self.workers[index] = w
+        w.task = asyncio.create_task(self._read(w))
+
+    def broadcast(self, obj: Any) -> None:
+        for w in self.workers:
+            if w is not None and not w.done:
+                w.writer.writelines(_frame(obj))
+
+    def forward(self, raw: Any, received: float) -> None:
+        """Hand a message to the next worker whose unread backlog has room; else drop it, counted.
+        Connection summaries all go to worker 0: the record detectors keep per-host state over time."""
+        if not self.stopping:
+            if is_connections(raw):
+                if self._take(self.workers[0], raw, received):
+                    return
+            else:
+                for _ in range(self.n):
+                    w = self.workers[self.next]
+                    self.next = (self.next + 1) % self.n
+                    if self._take(w, raw, received):
+                        return
+        counter, n = count_dropped(raw)
+        self.svc.metrics.inc(counter, n)
+        why = "stopping" if self.stopping else "the scoring workers are behind"
+        self.svc.ratelog(logging.WARNING, "pool-drop", "%s: a message of %d entries dropped", why, n)
+
+    def _take(self, w: _Worker | None, raw: Any, received: float) -> bool:
+        if w is None or w.done or w.writer.transport.get_write_buffer_size() >= self.backlog_limit:
+            return False
+        w.writer.writelines(_frame(("msg", raw, received)))
+        return True
+
+    async def _read(self, w: _Worker) -> None:
+        svc, m = self.svc, self.svc.metrics
+        try:
+            while True:
+                msg = await _read_frame(w.reader)
+                kind = msg[0]
+                if kind == "send":
+                    svc._post(msg[1], msg[2])
+                    await svc._flush_outbox()
+                elif kind == "metrics":
+                    deltas, lat, w.queued = msg[1], msg[2], msg[3]
+                    w.in_flows += deltas.get("flows_received", 0)
+                    w.out_flows += deltas.get("flows_scored", 0)
+                    with m.lock:
+                        for k, v in deltas.items():
+                            if k not in PARENT_COUNTERS:
+                                m.c[k] += v
+                        m.latency.extend(lat)
+                    m.queue_depth = sum(x.queued for x in self.workers if x is not None)
+                elif kind == "refuse":
+                    await svc.send_refusal(msg[1], msg[2])
+                elif kind == "hook":
+                    svc.run_hooks(msg[1], msg[2])
+                elif kind == "done":
+                    w.done = True
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, EOFError, pickle.UnpicklingError):
+            pass
+        await asyncio.to_thread(w.proc.join, 5)
+        lost = max(0, w.in_flows - w.out_flows)
+        m.inc("flows_dropped", lost)
+        m.inc("worker_restarts")
+        w.done = True
+        if self.stopping:
+            log.error("scoring worker %d ended (exit code %s) while stopping: %d queued flow(s) lost",
+                      w.index, w.proc.exitcode, lost)  # fmt: skip
+            return
+        if w.restarts >= RESTART_LIMIT:
+            log.error("scoring worker %d ended (exit code %s) for the %dth time; not restarted, %d queued "
+                      "flow(s) lost", w.index, w.proc.exitcode, w.restarts + 1, lost)  # fmt: skip
+            return
+        log.error("scoring worker %d ended (exit code %s): %d queued flow(s) lost (counted as dropped); "
+                  "restarting it", w.index, w.proc.exitcode, lost)  # fmt: skip
+        await self._spawn(w.index, w.restarts + 1)
+
+    async def run(self) -> None:
+        """Until the service stops (flushing the outbox whenever Zeek comes back); then every worker scores
+        what it holds, and the outbox is flushed."""
+        svc = self.svc
+        while not svc.stop.is_set():
+            svc.wakeup.clear()
+            await svc._flush_outbox()
+            await svc.wakeup.wait()  # set by a reconnect, and by stop
+        self.stopping = True
+        self.broadcast(("stop",))
+        tasks = [w.task for w in self.workers if w is not None and w.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=25)  # each ends at its worker's "done" (or its end)
+        await self.svc._flush_outbox()
+
+    def close(self) -> None:
+        for w in self.workers:
+            if w is None:
+                continue
+            if w.task is not None and not w.task.done():
+                w.task.cancel()
+            w.writer.close()
+            if w.proc.is_alive():
+                w.proc.join(2)
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(2)
