@@ -78,18 +78,19 @@ def start_serve(peer: ZeekPeer, tmp: Path, workers: int) -> subprocess.Popen[str
     return proc
 
 
-WARM = 64  # flows, the last of the capture
+WARM = 256  # flows, the last of the capture: the timed phases do not send them
 
 
-def warm_up(peer: ZeekPeer, recs: list[dict[str, object]], workers: int, tag: str) -> None:
-    """One batch per scoring worker (round-robin deals one to each), answered before the clock runs: a
-    process's first model calls take tens of milliseconds (a one-off at start, not a figure of the
-    running scorer)."""
+def warm_up(peer: ZeekPeer, recs: list[dict[str, object]], per_batch: int, tag: str) -> None:
+    """The warm-up flows in batches of ``per_batch``, one every 10 ms, answered before the clock runs: a
+    process's first model calls at a new batch size take up to tens of milliseconds (a one-off after a
+    start, not a figure of the running scorer; without this the first batches measured 15 ms)."""
     uids = set()
-    for w in range(max(1, workers)):
-        batch = [dict(r, uid=f"{tag}w{w}x{i}") for i, r in enumerate(recs)]
+    for i in range(0, len(recs), per_batch):
+        batch = [dict(r, uid=f"{tag}x{i + j}") for j, r in enumerate(recs[i : i + per_batch])]
         uids |= {r["uid"] for r in batch}
         peer.send(samples_frame(batch, time.time()))
+        time.sleep(0.01)
     end = time.monotonic() + 30
     while not uids <= peer.verdict_times().keys() and time.monotonic() < end:
         time.sleep(0.01)
@@ -111,16 +112,17 @@ def main() -> None:
         peer = ZeekPeer(check_on_receipt=False).start()
         proc = start_serve(peer, tmp, a.workers)
         try:
-            warm_up(peer, recs[-WARM:], a.workers, "W1")
+            warm_up(peer, recs[-WARM:], 64, "W1")
             # 1. sustained
-            frames = [samples_frame(recs[i : i + 64], time.time()) for i in range(0, len(recs), 64)]
+            timed = recs[:-WARM]
+            frames = [samples_frame(timed[i : i + 64], time.time()) for i in range(0, len(timed), 64)]
             gc.collect()
             gc.freeze()  # see below
             t0 = time.perf_counter()
             for f in frames:
                 peer.send(f)
             end = time.monotonic() + 120
-            want = {r["uid"] for r in recs}
+            want = {r["uid"] for r in timed}
             while time.monotonic() < end:
                 times = peer.verdict_times()
                 if want <= times.keys():
@@ -139,8 +141,8 @@ def main() -> None:
             while peer.connected.is_set() and time.monotonic() < end:
                 time.sleep(0.01)
             proc = start_serve(peer, tmp, a.workers)
-            warm_up(peer, recs[-WARM:], a.workers, "W2")  # flows the timed phase does not send
             per_batch = max(1, round(a.rate / 100))
+            warm_up(peer, recs[-WARM:], per_batch, "W2")
             n_batches = min(int(a.seconds * 100), (len(recs) - WARM) // per_batch)
             chunks = [[dict(recs[(k * per_batch + j) % len(recs)], uid=f"L{k}x{j}") for j in range(per_batch)]
                       for k in range(n_batches)]  # fmt: skip
@@ -154,12 +156,16 @@ def main() -> None:
             t_start = time.perf_counter()
             for k in range(n_batches):
                 target = t_start + k * 0.01
-                while time.perf_counter() < target:
-                    time.sleep(0.0005)
+                # one sleep to the batch's time (polling every 0.5 ms cost this process ~10% of a core,
+                # taken from the scorer on a 2-core machine; Linux oversleeps by ~0.1 ms at most)
+                time.sleep(max(0.0, target - time.perf_counter()))
                 now = time.perf_counter()
                 for r in chunks[k]:
                     sent_at[r["uid"]] = now
                 peer.send(prebuilt[k])
+            # Reading the stored verdicts parses them in this process, which holds the GIL the peer needs
+            # to time the last verdicts: wait for those first (measured: the last batches +6-8 ms).
+            time.sleep(0.3)
             end = time.monotonic() + 30
             while time.monotonic() < end:
                 recv_at = peer.verdict_times()

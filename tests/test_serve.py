@@ -341,6 +341,30 @@ def test_a_killed_worker_is_restarted_and_its_loss_counted(start, peer, sample_r
     assert peer.connected.is_set() and run.m["reconnects"] == 1
 
 
+def test_idle_workers_share_a_batch_and_count_it_once(start, peer, sample_recs):
+    """With both workers idle, a batch goes to each with a part number and each scores its share: every
+    flow gets exactly one verdict, and a refused or malformed batch is counted once, not once per part."""
+    run = start(workers=2, watch=False)
+    pool = run.service.pool
+    wait_for(lambda: all(w.idle for w in pool.workers), what="idle workers")
+    peer.send(samples_frame(sample_recs[:64], time.time()))
+    wait_for(lambda: len(peer.verdicts()) == 64, what="verdicts of the shared batch")
+    time.sleep(0.2)
+    assert sorted(v[0] for v in peer.verdicts()) == sorted(r["uid"] for r in sample_recs[:64])
+    assert [w.sent for w in pool.workers] == [1, 1] and run.m["flows_scored"] == 64
+    assert run.m["flows_received"] == 64 and run.m["messages_received"] == 1
+    wait_for(lambda: all(w.idle for w in pool.workers), what="idle again")
+    peer.send(samples_frame(sample_recs[:64], time.time(), packets=2))  # refused: the model reads 3
+    wait_for(lambda: len(peer.refusals()) == 1, what="refusal")
+    wait_for(lambda: all(w.idle for w in pool.workers), what="idle again")
+    peer.send("[" * 20000)  # big and malformed
+    wait_for(lambda: run.m["messages_malformed"] == 1, what="malformed counted")
+    wait_for(lambda: all(w.idle for w in pool.workers), what="idle at the end")
+    assert [w.sent for w in pool.workers] == [3, 3]  # each of the three went to both
+    assert run.m["batches_refused"] == 1 and run.m["messages_malformed"] == 1
+    assert run.m["flows_scored"] == 64 and len(peer.refusals()) == 1
+
+
 def test_a_backlog_is_taken_in_between_batches(start, peer, sample_recs):
     """Batches are scored on the event loop; after each, the receiving loop takes in everything that
     arrived meanwhile, so a backlog reaches our queue (fuller batches) instead of waiting in the socket

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as _dt
 import functools
 import ipaddress
@@ -267,6 +268,12 @@ def decode_message(raw: str | bytes) -> Message:
         msg = json.loads(raw)
     except (ValueError, RecursionError):
         raise CodecError("frame is not valid JSON") from None
+    return decode_object(msg)
+
+
+def decode_object(msg: Any) -> Message:
+    """A frame's parsed JSON (``json.loads``) -> Ack, ErrorReply or Event, with every check of
+    ``decode_message`` after the parse (the serving process hands parsed parts of a batch to workers)."""
     if not isinstance(msg, dict):
         raise CodecError("frame is not a JSON object")
     kind = msg.get("type")
@@ -303,6 +310,41 @@ def decode_message(raw: str | bytes) -> Message:
         raise CodecError("event arguments are not a vector")
     args = decode_value(args_node)
     return Event(topic, name, args, len(env) == 4 or len(body["data"]) == 3)
+
+
+def split_batch(msg: Any, parts: int) -> list[Any] | None:
+    """A parsed samples or connections message (``json.loads`` of a frame, or an ``Event``) cut into up
+    to ``parts`` messages of consecutive entries of its batch, each with the same header (the same input
+    always gives the same cut); None if it is not shaped like one or has fewer than two entries. Nothing
+    is checked here: every part gets all the codec's checks when it is decoded."""
+    if isinstance(msg, Event):
+        batch = msg.args[1] if len(msg.args) == 2 and isinstance(msg.args[1], list) else None
+        parts = min(parts, len(batch)) if batch is not None else 0
+        if parts < 2:
+            return None
+        return [dataclasses.replace(msg, args=[msg.args[0], chunk]) for chunk in _chunks(batch, parts)]
+    try:
+        body = msg["data"][2]
+        args = body["data"][1]
+        batch = args["data"][1]["data"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    parts = min(parts, len(batch)) if isinstance(batch, list) else 0
+    if parts < 2:
+        return None
+    out = []
+    for chunk in _chunks(batch, parts):  # shallow copies along the path to the batch
+        a = dict(args, data=[args["data"][0], dict(args["data"][1], data=chunk), *args["data"][2:]])
+        b = dict(body, data=[body["data"][0], a, *body["data"][2:]])
+        out.append(dict(msg, data=[*msg["data"][:2], b, *msg["data"][3:]]))
+    return out
+
+
+def _chunks(items: list[Any], parts: int) -> list[list[Any]]:
+    k = min(parts, len(items))
+    size, extra = divmod(len(items), k)
+    cuts = [i * size + min(i, extra) for i in range(k + 1)]
+    return [items[cuts[i] : cuts[i + 1]] for i in range(k)]
 
 
 def encode_event(topic: str, name: str, args: list[dict[str, Any]]) -> str:

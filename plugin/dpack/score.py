@@ -46,7 +46,10 @@ class Verdict:
     model: str
     explanation: list[str] = field(default_factory=list)
     uid: str = ""
-    handshake: bool = False  # TCP handshake completed (packets.tcp_handshake_completed); not in the JSON
+    # TCP handshake completed (packets.tcp_handshake_completed), for the rules' require_handshake; worked out
+    # for anomalous verdicts only (the rules look at no others: for every flow it was half the live scoring
+    # time of benign batches); not in the JSON
+    handshake: bool = False
     detector: str = "prefix"  # prefix (D-PACK, first packets) | records | classifier (connection summaries)
     category: str = ""  # the classifier's category of a connection, when one is configured
     confidence: float = 0.0  # the classifier's probability for that category
@@ -133,6 +136,10 @@ def explain_rows(
     names = [*FIELD_NAMES, "direction", "absent"]
     return [[f"p{c // v + 1}.{names[c % v]}" for c, ok in zip(row, keep, strict=True) if ok]
             for row, keep in zip(top, vals.tolist(), strict=True)]  # fmt: skip
+
+
+def _handshake(smp: FlowSample) -> bool:
+    return smp.handshake if smp.handshake is not None else tcp_handshake_completed(smp.frames)
 
 
 def _distinct_rows(data: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
@@ -239,7 +246,7 @@ class Scorer:
                 self.name,
                 list(explained[inv[i]]),
                 smp.uid,
-                bool(smp.handshake if smp.handshake is not None else tcp_handshake_completed(smp.frames)),
+                bool(flagged[i]) and _handshake(smp),
             )  # fmt: skip
             for i, smp in enumerate(samples)
         ]

@@ -38,6 +38,7 @@ from .codec import (
     Event,
     SampleBatch,
     decode_message,
+    decode_object,
     encode_refusal,
     encode_verdicts,
     parse_connections,
@@ -316,9 +317,11 @@ class Service:
             if self.pool is not None:
                 self.pool.broadcast(("link", True))
 
-    async def on_message(self, raw: str | bytes | Event | CodecError, received: float | None = None) -> None:
-        """One message from the link: WebSocket text, or (native Broker) an already converted ``Event``
-        or the ``CodecError`` that converting it raised. ``received``: when it arrived (monotonic clock;
+    async def on_message(
+        self, raw: str | bytes | dict[str, Any] | Event | CodecError, received: float | None = None
+    ) -> None:
+        """One message from the link: WebSocket text (or, in a scoring worker, its parsed JSON), or
+        (native Broker) an already converted ``Event`` or the ``CodecError`` that converting it raised. ``received``: when it arrived (monotonic clock;
         default now), for the latency figures - a scoring worker is handed its parent's time of receipt."""
         self.metrics.inc("messages_received")
         if self.pool is not None:
@@ -327,7 +330,10 @@ class Service:
         try:
             if isinstance(raw, CodecError):
                 raise raw
-            msg = raw if isinstance(raw, Event) else decode_message(raw)
+            if isinstance(raw, Event):
+                msg: Any = raw
+            else:
+                msg = decode_object(raw) if isinstance(raw, dict) else decode_message(raw)
             if isinstance(msg, ErrorReply):
                 self.metrics.inc("zeek_errors")
                 self.ratelog(logging.ERROR, "zeek-error", "Zeek could not use a message of ours: %s (%s)",

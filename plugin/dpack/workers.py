@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -31,7 +32,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from .codec import CodecError, Event, decode_message
+from .codec import CodecError, Event, decode_message, decode_object, split_batch
 from .config import Config
 from .contract import CONNECTIONS_EVENT, SAMPLES_EVENT
 from .modelfile import LoadedModel
@@ -50,6 +51,9 @@ PARENT_COUNTERS = frozenset({
 # for it: about one flow queue's worth (a sample is ~1 KiB of JSON), bounded.
 _BYTES_PER_FLOW = 1024
 _MAX_BACKLOG = 64 * 1024 * 1024
+# A batch is shared by idle workers in parts of at least SPLIT_MIN samples (SPLIT_BYTES of JSON).
+SPLIT_MIN = 8
+SPLIT_BYTES = SPLIT_MIN * 1024
 RESTART_LIMIT = 10  # restarts of one worker slot; beyond, the slot stays empty (logged)
 
 
@@ -75,7 +79,10 @@ def count_dropped(raw: Any) -> tuple[str, int]:
     decoded it: ("flows_dropped", samples) or ("connections_dropped", summaries); no entries if it is
     neither or does not decode (a worker would have counted it malformed)."""
     try:
-        msg = raw if isinstance(raw, Event) else decode_message(raw)
+        if isinstance(raw, Event):
+            msg: Any = raw
+        else:
+            msg = decode_object(raw) if isinstance(raw, dict) else decode_message(raw)
         if isinstance(msg, Event) and len(msg.args) == 2 and isinstance(msg.args[1], list):
             if msg.name == SAMPLES_EVENT:
                 return "flows_dropped", len(msg.args[1])
@@ -131,6 +138,8 @@ class _PipeLink:
             kind = msg[0]
             if kind == "msg":
                 await on_message(msg[1], msg[2])
+            elif kind == "part":
+                await svc.on_part(msg[1], msg[2], msg[3], msg[4])
             elif kind == "model":
                 svc.use_model(msg[1])
             elif kind == "config":
@@ -151,6 +160,7 @@ class ChildService(Service):
         super().__init__(cfg, link=link, hooks=[self._forward] if forward_hooks else (), model=model)
         link.service = self
         self.pipe = link
+        self.count_refusals = True
         self._pushed = dict(self.metrics.c)
 
     @staticmethod
@@ -174,6 +184,32 @@ class ChildService(Service):
         await super().on_message(raw, received)
         if len(self.queue) == queued:  # nothing queued, so no batch will report what this message did
             self.push_metrics()
+
+    async def on_part(self, raw: Any, received: float, index: int, parts: int) -> None:
+        """Part ``index`` of ``parts`` of a batch the parent handed whole to several idle workers: each
+        parses the frame and takes its share of the entries. Anything that is not such a batch (or has
+        fewer entries than parts) is handled whole by part 0 only, so each message is counted once;
+        refusals, the same for every part, are counted by part 0 only."""
+        try:
+            obj = raw if isinstance(raw, Event) else json.loads(raw)
+            share = split_batch(obj, parts)
+        except (ValueError, RecursionError):
+            share = None
+        if share is not None and index < len(share):
+            self.count_refusals = index == 0
+            try:
+                await self.on_message(share[index], received)
+            finally:
+                self.count_refusals = True
+        elif index == 0:
+            await self.on_message(raw, received)
+        else:
+            self.metrics.inc("messages_received")
+            self.push_metrics()
+
+    async def _refuse(self, topic: str, reason: str) -> None:
+        if self.count_refusals:
+            await super()._refuse(topic, reason)
 
     async def _deliver(self, verdicts: Sequence[Verdict], topics: Sequence[str], nodes: Sequence[str],
                        sent: Sequence[float], received: Sequence[float]) -> None:  # fmt: skip
@@ -224,9 +260,17 @@ class _Worker:
     task: asyncio.Task[None] | None = None
     done: bool = False
     queued: int = 0  # flows waiting in the worker, as it last said
+    sent: int = 0  # messages handed to it
+    taken: int = 0  # messages it has taken in, as it last said
     in_flows: int = 0  # flows it took into its queue
     out_flows: int = 0  # flows it scored
     restarts: int = 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing handed to it is waiting or being scored (as of its last report, sent after every
+        batch and every message that queued nothing)."""
+        return not self.done and self.sent == self.taken and self.queued == 0
 
 
 class WorkerPool:
@@ -274,27 +318,55 @@ class WorkerPool:
                 w.writer.writelines(_frame(obj))
 
     def forward(self, raw: Any, received: float) -> None:
-        """Hand a message to the next worker whose unread backlog has room; else drop it, counted.
-        Connection summaries all go to worker 0: the record detectors keep per-host state over time."""
+        """Hand a message to a worker: an idle one if there is one, else the next in turn whose unread
+        backlog has room; with several workers idle, a batch big enough goes to each of them with a part
+        number, and each scores its share (side by side: at light load a verdict waits for half the batch,
+        not all of it; the frame is not parsed here, so this process stays free for the link).
+        With no room anywhere it is dropped, counted. Connection summaries all go to worker 0: the record
+        detectors keep per-host state over time."""
         if not self.stopping:
             if is_connections(raw):
                 if self._take(self.workers[0], raw, received):
                     return
             else:
-                for _ in range(self.n):
-                    w = self.workers[self.next]
-                    self.next = (self.next + 1) % self.n
+                idle = [w for w in self._in_turn() if w.idle]
+                parts = min(len(idle), self._parts(raw))
+                if parts >= 2:
+                    for i, w in enumerate(idle[:parts]):
+                        self._take(w, raw, received, i, parts)
+                    return
+                for w in idle + self._in_turn():
                     if self._take(w, raw, received):
+                        self.next = (w.index + 1) % self.n
                         return
         counter, n = count_dropped(raw)
         self.svc.metrics.inc(counter, n)
         why = "stopping" if self.stopping else "the scoring workers are behind"
         self.svc.ratelog(logging.WARNING, "pool-drop", "%s: a message of %d entries dropped", why, n)
 
-    def _take(self, w: _Worker | None, raw: Any, received: float) -> bool:
+    def _in_turn(self) -> list[_Worker]:
+        """The live workers, the next in turn first."""
+        ws = self.workers[self.next :] + self.workers[: self.next]
+        return [w for w in ws if w is not None and not w.done]
+
+    @staticmethod
+    def _parts(raw: Any) -> int:
+        """Into how many parts a batch may be cut, judged by its size (a sample is ~1.1 KiB of JSON): at
+        least SPLIT_MIN samples each, else the extra parse and messages cost more than they save."""
+        if isinstance(raw, Event):
+            return (
+                len(raw.args[1]) // SPLIT_MIN if len(raw.args) == 2 and isinstance(raw.args[1], list) else 0
+            )
+        return len(raw) // SPLIT_BYTES if isinstance(raw, str | bytes) else 0
+
+    def _take(self, w: _Worker | None, raw: Any, received: float, part: int = 0, parts: int = 1) -> bool:
         if w is None or w.done or w.writer.transport.get_write_buffer_size() >= self.backlog_limit:
             return False
-        w.writer.writelines(_frame(("msg", raw, received)))
+        if parts > 1:
+            w.writer.writelines(_frame(("part", raw, received, part, parts)))
+        else:
+            w.writer.writelines(_frame(("msg", raw, received)))
+        w.sent += 1
         return True
 
     async def _read(self, w: _Worker) -> None:
@@ -308,6 +380,7 @@ class WorkerPool:
                     await svc._flush_outbox()
                 elif kind == "metrics":
                     deltas, lat, w.queued = msg[1], msg[2], msg[3]
+                    w.taken += deltas.get("messages_received", 0)
                     w.in_flows += deltas.get("flows_received", 0)
                     w.out_flows += deltas.get("flows_scored", 0)
                     with m.lock:
