@@ -8,7 +8,7 @@ import torch
 from conftest import DEFAULT_MODEL
 
 from dpack.errors import ModelError
-from dpack.model import DPackNet, ModelConfig, flops_per_flow, to_input
+from dpack.model import MATMUL_MAX_BATCH, DPackNet, ModelConfig, flops_per_flow, to_input
 from dpack.modelfile import load_model, save_model
 from dpack.packets import PrefixSpec
 from dpack.train import threshold_from
@@ -113,17 +113,24 @@ def test_missing_model():
         load_model("does/not/exist.pt")
 
 
-def test_fast_embed_as_matmuls_equals_the_convolution_path():
-    """``FastCNN.embed_for_grad`` (matrix products) computes what its convolution modules compute, forward
-    and in the gradient the explanations use."""
+def test_fast_attribution_by_hand_equals_autograd_through_the_convolutions():
+    """The ``fast`` model's attributions (worked out by hand for live batch sizes) equal autograd through
+    its convolution modules, for several prefix shapes, batch sizes (1 to above MATMUL_MAX_BATCH), rows
+    of zeros (empty slots) and trained-looking weights with dead units."""
     torch.manual_seed(3)
     for n, length in ((3, 80), (2, 64), (1, 40)):
         net = DPackNet(ModelConfig("fast", n, length, profile_dim=64))
         for prm in net.parameters():
             torch.nn.init.normal_(prm, std=0.3)
-        x = torch.rand(7, 2, n * length, requires_grad=True)
-        a, b = net.cnn.embed_for_grad(x), net.cnn.embed(x)
-        assert (a - b).abs().max() <= 1e-5 * b.abs().max()  # float rounding, relative to the scale
-        (ga,) = torch.autograd.grad(a.square().sum(), x)
-        (gb,) = torch.autograd.grad(b.square().sum(), x)
-        assert (ga - gb).abs().max() <= 1e-5 * gb.abs().max()
+        net.p_mean.normal_()
+        net.p_std.uniform_(0.5, 2.0)
+        net.x_mean.uniform_()
+        for b in (1, 7, MATMUL_MAX_BATCH, MATMUL_MAX_BATCH + 5):
+            x = torch.rand(b, 2, n * length)
+            x[0, :, length:] = 0  # a flow with one packet
+            x.requires_grad_(True)
+            (g,) = torch.autograd.grad(net.score(x).sum(), x)
+            want = g * (x.detach() - net.x_mean)
+            got = net.attribution(x.detach())
+            assert got.shape == want.shape
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (n, length, b)

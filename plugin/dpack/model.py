@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 ARCHS = ("paper", "fast")
-MATMUL_MAX_BATCH = 128  # FastCNN.embed_for_grad: matmuls up to this batch size, convolutions above
+MATMUL_MAX_BATCH = 128  # attributions of the fast model: by hand up to this batch size, autograd above
 
 
 @dataclass
@@ -69,10 +69,6 @@ class PaperCNN(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.profile(self.conv(x))  # (B, profile_dim)
 
-    def embed_for_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """``embed`` in the form whose backward pass is cheapest (``attribution``); here the same."""
-        return self.embed(x)
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.embed(x)
         return self.head(p), p
@@ -96,25 +92,6 @@ class FastCNN(PaperCNN):
         )  # fmt: skip
         self.profile = nn.Sequential(nn.Flatten(), nn.Linear(32 * positions, cfg.profile_dim), nn.ReLU())
         self.head = nn.Linear(cfg.profile_dim, cfg.n_classes)
-
-    def embed_for_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """``embed`` computed as matrix products with the same weights, for attributions: both
-        convolutions are small matmuls in disguise (8-byte patches; a window of 3 patches), and the CPU
-        convolutions' backward pass costs more at the batch sizes explained live (forward + backward of
-        50 flows, one thread: 2.3-3.0 ms against 2.6-4.4 ms). From ``MATMUL_MAX_BATCH`` flows on, the
-        convolutions are faster (1,000 flows: 30 against 37 ms) and are used; scores always use them.
-        Equal to the convolution path up to float rounding (tested)."""
-        if x.shape[0] > MATMUL_MAX_BATCH:
-            return self.embed(x)
-        c1, c2 = self.conv[0], self.conv[2]
-        b, p = x.shape[0], x.shape[2] // 8
-        patches = x.reshape(b, 2, p, 8).transpose(1, 2).reshape(b, p, 16)  # (B, P, channel*8)
-        h1 = torch.relu(nn.functional.linear(patches, c1.weight.reshape(c1.out_channels, -1), c1.bias))
-        pad = nn.functional.pad(h1, (0, 0, 1, 1))  # (B, P+2, 24): zero padding of one position each side
-        windows = torch.cat([pad[:, :p], pad[:, 1 : p + 1], pad[:, 2:]], dim=2)  # (B, P, 3*24) tap-major
-        w2 = c2.weight.permute(0, 2, 1).reshape(c2.out_channels, -1)  # (32, 3*24) tap-major
-        h2 = torch.relu(nn.functional.linear(windows, w2, c2.bias))  # (B, P, 32)
-        return self.profile(h2.transpose(1, 2))  # Flatten of (B, 32, P), as after the convolutions
 
 
 def _autoencoder(dims: list[int]) -> nn.Sequential:
@@ -163,11 +140,61 @@ class DPackNet(nn.Module):
     def attribution(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 2, N*L) -> (B, 2, N*L): gradient of the score times the input's deviation from the mean
         benign input; channel 0 per byte, channel 1 per byte of the direction channel."""
+        if isinstance(self.cnn, FastCNN) and x.shape[0] <= MATMUL_MAX_BATCH:
+            with torch.no_grad():
+                return self._fast_score_grad(x) * (x - self.x_mean)
         x = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            s = self._score(self.cnn.embed_for_grad(x)).sum()
+            s = self.score(x).sum()
             (g,) = torch.autograd.grad(s, x)
         return g * (x.detach() - self.x_mean)  # (B, 2, N*L)
+
+    def _fast_score_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """d score / d x of the ``fast`` architecture, worked out by hand with the layers' weights.
+
+        Live explanations are small batches, where autograd's bookkeeping cost more than the arithmetic
+        (one flow: ~590 us of ~1,100 us per verdict). Both convolutions are matrix products in disguise:
+        the first over 8-byte patches, the second over windows of three patches (zero-padded). Equal to
+        autograd through the convolution modules up to float rounding (tested); above
+        ``MATMUL_MAX_BATCH`` flows autograd through the convolutions is used, which is faster there."""
+        fn = nn.functional
+        cnn = self.cnn
+        c1, c2, lin = cnn.conv[0], cnn.conv[2], cnn.profile[1]
+        b, length = x.shape[0], x.shape[2]
+        p, k1 = length // 8, c1.out_channels
+        # forward, keeping what the backward pass needs
+        patches = x.reshape(b, 2, p, 8).transpose(1, 2).reshape(b, p, 16)  # (B, P, channel*8)
+        w1 = c1.weight.reshape(k1, -1)
+        a1 = fn.linear(patches, w1, c1.bias)  # (B, P, 24)
+        pad = fn.pad(a1.clamp(min=0), (0, 0, 1, 1))  # (B, P+2, 24)
+        windows = torch.cat([pad[:, :p], pad[:, 1 : p + 1], pad[:, 2:]], dim=2)  # (B, P, 3*24) tap-major
+        w2 = c2.weight.permute(0, 2, 1).reshape(c2.out_channels, -1)  # (32, 3*24)
+        a2 = fn.linear(windows, w2, c2.bias)  # (B, P, 32)
+        a3 = fn.linear(a2.clamp(min=0).transpose(1, 2).reshape(b, -1), lin.weight, lin.bias)  # (B, D)
+        z = self.standardise(a3.clamp(min=0))
+        layers = [m for m in self.ae if isinstance(m, nn.Linear)]
+        live, h = [], z
+        for i, m in enumerate(layers):
+            h = fn.linear(h, m.weight, m.bias)
+            if i < len(layers) - 1:
+                live.append(h > 0)
+                h = h.clamp(min=0)
+        # backward: score = mean((r - z)^2) over the profile, r = ae(z)
+        g_r = (h - z) * (2.0 / z.shape[1])
+        g = g_r
+        for i in range(len(layers) - 1, -1, -1):
+            g = g @ layers[i].weight
+            if i:
+                g = g * live[i - 1]
+        g = (g - g_r) / self.p_std * (a3 > 0)  # d/d(pre-activation of the profile)
+        g = (g @ lin.weight).reshape(b, c2.out_channels, p).transpose(1, 2) * (a2 > 0)  # (B, P, 32)
+        g3 = (g @ w2).reshape(b, p, 3, k1)  # per window tap
+        g_pad = torch.zeros(b, p + 2, k1)
+        g_pad[:, :p] += g3[:, :, 0]
+        g_pad[:, 1 : p + 1] += g3[:, :, 1]
+        g_pad[:, 2:] += g3[:, :, 2]
+        g = (g_pad[:, 1 : p + 1] * (a1 > 0)) @ w1  # (B, P, 16)
+        return g.reshape(b, p, 2, 8).transpose(1, 2).reshape(b, 2, length)
 
 
 def flops_per_flow(cfg: ModelConfig) -> int:
