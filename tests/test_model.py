@@ -134,3 +134,17 @@ def test_fast_attribution_by_hand_equals_autograd_through_the_convolutions():
             got = net.attribution(x.detach())
             assert got.shape == want.shape
             assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (n, length, b)
+
+
+def test_scored_gives_scores_and_the_attributions_of_chosen_rows():
+    torch.manual_seed(5)
+    net = DPackNet(ModelConfig("fast", 3, 80, profile_dim=64))
+    for prm in net.parameters():
+        torch.nn.init.normal_(prm, std=0.3)
+    for b in (5, MATMUL_MAX_BATCH + 3):  # one forward pass; the convolutions above the switch
+        x = torch.rand(b, 2, 240)
+        s, attr = net.scored(x)
+        assert (s - net.score(x)).abs().max() <= 1e-5 * s.abs().max()
+        rows = np.array([b - 1, 0, 2])
+        want = net.attribution(x[torch.from_numpy(rows)])
+        assert (attr(rows) - want).abs().max() <= 1e-5 * want.abs().max()

@@ -162,7 +162,7 @@ def test_end_to_end_verdicts_alerts_and_counters(tmp_path, start, peer, sample_r
     for r in sample_recs:
         v = by_uid[r["uid"]]
         o = offline[(round(r["ts"], 6), r["orig_h"], r["orig_p"].number, r["resp_h"], r["resp_p"].number)]
-        assert v["score"] == pytest.approx(o.score, rel=1e-5) and v["anomalous"] == o.anomalous
+        assert v["score"] == pytest.approx(o.score, rel=1e-5, abs=1e-8) and v["anomalous"] == o.anomalous
         assert v["explanation"] == ",".join(o.explanation)
         live_flagged += v["anomalous"]
     assert live_flagged == run.m["flows_flagged"] > 50

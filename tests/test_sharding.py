@@ -271,3 +271,23 @@ def test_scorer_cache_gives_the_verdicts_of_an_uncached_scorer(default_model, ex
     assert any(v.anomalous for v in big.verdicts(samples)) and len(big._cache) > 16
     a, b = big.verdicts(samples[:2] * 2)[0::2]  # the same input twice: equal lists, not one list
     assert a.explanation == b.explanation and a.explanation is not b.explanation
+
+
+@pytest.mark.parametrize("explain", ["anomalous", "all"])
+def test_one_pass_scorer_gives_the_verdicts_of_the_two_pass_scorer(default_model, explain):
+    """``dpack serve``'s scorer (score and explanation from one forward pass) agrees with ``dpack score``'s:
+    scores up to float rounding, the same anomalous flags and explanations, at live batch sizes and
+    above the size where the convolutions take over."""
+    samples = list(FlowTable(default_model.spec).samples(read_capture(SAMPLE)))
+    two = Scorer(default_model, explain=explain, cache_size=0)
+    one = Scorer(default_model, explain=explain, cache_size=0, one_pass=True)
+    flagged = 0
+    for size in (1, 7, 64, 300):
+        for i in range(0, min(len(samples), 4 * size), size):
+            want, got = two.verdicts(samples[i : i + size]), one.verdicts(samples[i : i + size])
+            assert [v.anomalous for v in got] == [v.anomalous for v in want]
+            assert [v.explanation for v in got] == [v.explanation for v in want]
+            # float rounding: relative for scores near the threshold and above, absolute for tiny ones
+            assert [v.score for v in got] == pytest.approx([v.score for v in want], rel=1e-5, abs=1e-8)
+            flagged += sum(v.anomalous for v in got)
+    assert flagged > 20

@@ -14,6 +14,7 @@ from real zero bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -142,59 +143,92 @@ class DPackNet(nn.Module):
         benign input; channel 0 per byte, channel 1 per byte of the direction channel."""
         if isinstance(self.cnn, FastCNN) and x.shape[0] <= MATMUL_MAX_BATCH:
             with torch.no_grad():
-                return self._fast_score_grad(x) * (x - self.x_mean)
+                _, saved = self._fast_forward(x)
+                return self._fast_backward(saved) * (x - self.x_mean)
         x = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             s = self.score(x).sum()
             (g,) = torch.autograd.grad(s, x)
         return g * (x.detach() - self.x_mean)  # (B, 2, N*L)
 
-    def _fast_score_grad(self, x: torch.Tensor) -> torch.Tensor:
-        """d score / d x of the ``fast`` architecture, worked out by hand with the layers' weights.
+    def scored(self, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[np.ndarray], torch.Tensor]]:
+        """Scores of ``x`` and a function that gives the attributions of chosen rows (indices into x).
 
-        Live explanations are small batches, where autograd's bookkeeping cost more than the arithmetic
-        (one flow: ~590 us of ~1,100 us per verdict). Both convolutions are matrix products in disguise:
-        the first over 8-byte patches, the second over windows of three patches (zero-padded). Equal to
-        autograd through the convolution modules up to float rounding (tested); above
-        ``MATMUL_MAX_BATCH`` flows autograd through the convolutions is used, which is faster there."""
+        For the ``fast`` model at live batch sizes both come from one forward pass (its matrix-product
+        form: the scores equal the convolutions' up to float rounding), and the backward pass runs for
+        the chosen rows only - a flagged flow then costs one forward pass, not two. Otherwise the scores
+        come from ``score`` and the attributions from ``attribution``."""
+        with torch.no_grad():
+            if isinstance(self.cnn, FastCNN) and x.shape[0] <= MATMUL_MAX_BATCH:
+                s, saved = self._fast_forward(x)
+
+                def attr(rows: np.ndarray) -> torch.Tensor:
+                    idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+                    with torch.no_grad():
+                        part = {k: v[idx] for k, v in saved.items()}
+                        return self._fast_backward(part) * (x[idx] - self.x_mean)
+
+                return s, attr
+            return self.score(x), lambda rows: self.attribution(
+                x[torch.from_numpy(np.asarray(rows, np.int64))]
+            )
+
+    # The fast model's score and its gradient by hand: live explanations are small batches, where
+    # autograd's bookkeeping cost more than the arithmetic (one flow: ~590 us of ~1,100 us per verdict).
+    # Both convolutions are matrix products in disguise: the first over 8-byte patches, the second over
+    # windows of three patches (zero-padded). Equal to autograd through the convolution modules up to
+    # float rounding (tested); above MATMUL_MAX_BATCH flows the convolutions are faster and are used.
+
+    def _fast_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(scores, per-row tensors the backward pass needs)."""
         fn = nn.functional
-        cnn = self.cnn
-        c1, c2, lin = cnn.conv[0], cnn.conv[2], cnn.profile[1]
-        b, length = x.shape[0], x.shape[2]
-        p, k1 = length // 8, c1.out_channels
-        # forward, keeping what the backward pass needs
+        c1, c2, lin = self.cnn.conv[0], self.cnn.conv[2], self.cnn.profile[1]
+        b, p = x.shape[0], x.shape[2] // 8
         patches = x.reshape(b, 2, p, 8).transpose(1, 2).reshape(b, p, 16)  # (B, P, channel*8)
-        w1 = c1.weight.reshape(k1, -1)
-        a1 = fn.linear(patches, w1, c1.bias)  # (B, P, 24)
+        a1 = fn.linear(patches, c1.weight.reshape(c1.out_channels, -1), c1.bias)  # (B, P, 24)
         pad = fn.pad(a1.clamp(min=0), (0, 0, 1, 1))  # (B, P+2, 24)
         windows = torch.cat([pad[:, :p], pad[:, 1 : p + 1], pad[:, 2:]], dim=2)  # (B, P, 3*24) tap-major
-        w2 = c2.weight.permute(0, 2, 1).reshape(c2.out_channels, -1)  # (32, 3*24)
-        a2 = fn.linear(windows, w2, c2.bias)  # (B, P, 32)
+        a2 = fn.linear(windows, self._w2(), c2.bias)  # (B, P, 32)
         a3 = fn.linear(a2.clamp(min=0).transpose(1, 2).reshape(b, -1), lin.weight, lin.bias)  # (B, D)
         z = self.standardise(a3.clamp(min=0))
-        layers = [m for m in self.ae if isinstance(m, nn.Linear)]
-        live, h = [], z
+        saved = {"a1": a1, "a2": a2, "a3": a3}
+        layers = self._ae_layers()
+        h = z
         for i, m in enumerate(layers):
             h = fn.linear(h, m.weight, m.bias)
             if i < len(layers) - 1:
-                live.append(h > 0)
+                saved[f"live{i}"] = h > 0
                 h = h.clamp(min=0)
-        # backward: score = mean((r - z)^2) over the profile, r = ae(z)
-        g_r = (h - z) * (2.0 / z.shape[1])
-        g = g_r
+        saved["g_r"] = (h - z) * (2.0 / z.shape[1])  # d score / d reconstruction
+        return ((h - z) ** 2).mean(dim=1), saved
+
+    def _fast_backward(self, saved: dict[str, torch.Tensor]) -> torch.Tensor:
+        """d score / d x for the rows in ``saved``: (B, 2, N*L)."""
+        c1, c2, lin = self.cnn.conv[0], self.cnn.conv[2], self.cnn.profile[1]
+        a1 = saved["a1"]
+        b, p, k1 = a1.shape
+        layers = self._ae_layers()
+        g = g_r = saved["g_r"]
         for i in range(len(layers) - 1, -1, -1):
             g = g @ layers[i].weight
             if i:
-                g = g * live[i - 1]
-        g = (g - g_r) / self.p_std * (a3 > 0)  # d/d(pre-activation of the profile)
-        g = (g @ lin.weight).reshape(b, c2.out_channels, p).transpose(1, 2) * (a2 > 0)  # (B, P, 32)
-        g3 = (g @ w2).reshape(b, p, 3, k1)  # per window tap
+                g = g * saved[f"live{i - 1}"]
+        g = (g - g_r) / self.p_std * (saved["a3"] > 0)  # the score also reads z directly
+        g = (g @ lin.weight).reshape(b, c2.out_channels, p).transpose(1, 2) * (saved["a2"] > 0)
+        g3 = (g @ self._w2()).reshape(b, p, 3, k1)  # per window tap
         g_pad = torch.zeros(b, p + 2, k1)
         g_pad[:, :p] += g3[:, :, 0]
         g_pad[:, 1 : p + 1] += g3[:, :, 1]
         g_pad[:, 2:] += g3[:, :, 2]
-        g = (g_pad[:, 1 : p + 1] * (a1 > 0)) @ w1  # (B, P, 16)
-        return g.reshape(b, p, 2, 8).transpose(1, 2).reshape(b, 2, length)
+        g = (g_pad[:, 1 : p + 1] * (a1 > 0)) @ c1.weight.reshape(k1, -1)  # (B, P, 16)
+        return g.reshape(b, p, 2, 8).transpose(1, 2).reshape(b, 2, p * 8)
+
+    def _w2(self) -> torch.Tensor:
+        c2 = self.cnn.conv[2]
+        return c2.weight.permute(0, 2, 1).reshape(c2.out_channels, -1)  # (32, 3*24), tap-major
+
+    def _ae_layers(self) -> list[nn.Linear]:
+        return [m for m in self.ae if isinstance(m, nn.Linear)]
 
 
 def flops_per_flow(cfg: ModelConfig) -> int:
