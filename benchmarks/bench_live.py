@@ -4,6 +4,9 @@
 
 A WebSocket peer in this process plays Zeek (``tests/zeekpeer.py``: the same messages the dpack Zeek
 scripts send) with the flows of lab-dev benign-val + attack-dev (the shipped sample if lab-dev is absent).
+``dpack serve`` runs with the shipped settings and ``serve.workers`` = ``--workers`` (default: one per
+core). On a 2-core machine the peer, the serving process and its workers share the two cores. Before
+each timed phase, the last 256 flows warm the scorer up in the timed phase's batch shape.
 
 1. Sustained throughput: every flow sent as fast as the link takes it, in batches of 64 (Zeek's default
    ``DPack::batch_size``); flows/s = flows / time until the last verdict is back.
@@ -175,7 +178,9 @@ def main() -> None:
             lat = np.array([recv_at[u] - sent_at[u] for u in sent_at if u in recv_at]) * 1e3
             print(f"latency at {per_batch * 100:,} flows/s offered ({len(lat)}/{len(sent_at)} answered): "
                   f"p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms, max {lat.max():.2f} ms")  # fmt: skip
-            print(f"inside dpack serve (quantiles over the last 20,000 flows): {scorer_latency()}")
+            print(
+                f"inside dpack serve (its last 20,000 flows, the warm-up's cold start included): {scorer_latency()}"
+            )
         finally:
             proc.terminate()
             proc.wait(30)
