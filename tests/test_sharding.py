@@ -8,15 +8,19 @@ import io
 import struct
 
 import dpkt
+import numpy as np
 import pytest
+import torch
 from conftest import SAMPLE
 from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, eth, handshake, ip4, ip6, sll, tcp, udp, write_pcap
 
 from dpack.capture import CaptureStats, read_capture
+from dpack.dataset import encode_samples
 from dpack.errors import DpackError
 from dpack.flows import FlowTable, shard_of
+from dpack.model import HAND_GRAD_MAX_BATCH, to_input
 from dpack.packets import PrefixSpec
-from dpack.score import Scorer, score_capture
+from dpack.score import Scorer, _distinct_rows, explain_rows, score_capture
 
 
 def _fragments(src: str, dst: str, ident: int) -> list[bytes]:
@@ -273,21 +277,31 @@ def test_scorer_cache_gives_the_verdicts_of_an_uncached_scorer(default_model, ex
     assert a.explanation == b.explanation and a.explanation is not b.explanation
 
 
-@pytest.mark.parametrize("explain", ["anomalous", "all"])
-def test_one_pass_scorer_gives_the_verdicts_of_the_two_pass_scorer(default_model, explain):
-    """``dpack serve``'s scorer (score and explanation from one forward pass) agrees with ``dpack score``'s:
-    scores up to float rounding, the same anomalous flags and explanations, at live batch sizes and
-    above the size where the convolutions take over."""
+def test_scorer_scores_and_explains_from_one_pass_as_two_passes_would(default_model):
+    """The scorer takes a flagged flow's score and explanation from one forward pass (the gradient by hand
+    up to HAND_GRAD_MAX_BATCH flows): its scores are ``score``'s on the same rows bit for bit, and its
+    explanations those of autograd's gradients, at live batch sizes and above the switch."""
     samples = list(FlowTable(default_model.spec).samples(read_capture(SAMPLE)))
-    two = Scorer(default_model, explain=explain, cache_size=0)
-    one = Scorer(default_model, explain=explain, cache_size=0, one_pass=True)
-    flagged = 0
-    for size in (1, 7, 64, 300):
-        for i in range(0, min(len(samples), 4 * size), size):
-            want, got = two.verdicts(samples[i : i + size]), one.verdicts(samples[i : i + size])
-            assert [v.anomalous for v in got] == [v.anomalous for v in want]
-            assert [v.explanation for v in got] == [v.explanation for v in want]
-            # float rounding: relative for scores near the threshold and above, absolute for tiny ones
-            assert [v.score for v in got] == pytest.approx([v.score for v in want], rel=1e-5, abs=1e-8)
-            flagged += sum(v.anomalous for v in got)
+    scorer = Scorer(default_model, cache_size=0)
+    net, flagged = default_model.net, 0
+    for size in (1, 7, 64, HAND_GRAD_MAX_BATCH + 44):
+        for i in range(0, min(len(samples), 3 * size), size):
+            batch = samples[i : i + size]
+            data, direction = encode_samples(batch, default_model.spec)
+            first, inverse, _ = _distinct_rows(data, direction)  # the rows the scorer scores, in its order
+            d, r = data[first], direction[first]
+            x = to_input(d, r)
+            with torch.no_grad():
+                want = net.score(x).numpy()
+            xg = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(net.score(xg).sum(), xg)
+            idx = np.flatnonzero(want > default_model.threshold)
+            attr = (g * (x - net.x_mean))[idx]
+            expl = dict(
+                zip(idx.tolist(), explain_rows(default_model, x[idx], d[idx], r[idx], 3, attr), strict=True)
+            )
+            got = scorer.verdicts(batch)
+            assert [v.score for v in got] == [float(want[k]) for k in inverse]
+            assert [v.explanation for v in got] == [expl.get(k, []) for k in inverse]
+            flagged += len(idx)
     assert flagged > 20

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 ARCHS = ("paper", "fast")
-MATMUL_MAX_BATCH = 128  # attributions of the fast model: by hand up to this batch size, autograd above
+# Gradients of the fast model by hand up to this many flows (live batches: serve.batch_size <= 256 by
+# default), autograd through the convolutions above, where it is faster (4,096 flows: 123 vs 183 ms).
+HAND_GRAD_MAX_BATCH = 256
 
 
 @dataclass
@@ -141,7 +143,7 @@ class DPackNet(nn.Module):
     def attribution(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 2, N*L) -> (B, 2, N*L): gradient of the score times the input's deviation from the mean
         benign input; channel 0 per byte, channel 1 per byte of the direction channel."""
-        if isinstance(self.cnn, FastCNN) and x.shape[0] <= MATMUL_MAX_BATCH:
+        if isinstance(self.cnn, FastCNN) and x.shape[0] <= HAND_GRAD_MAX_BATCH:
             with torch.no_grad():
                 _, saved = self._fast_forward(x)
                 return self._fast_backward(saved) * (x - self.x_mean)
@@ -152,14 +154,12 @@ class DPackNet(nn.Module):
         return g * (x.detach() - self.x_mean)  # (B, 2, N*L)
 
     def scored(self, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[np.ndarray], torch.Tensor]]:
-        """Scores of ``x`` and a function that gives the attributions of chosen rows (indices into x).
-
-        For the ``fast`` model at live batch sizes both come from one forward pass (its matrix-product
-        form: the scores equal the convolutions' up to float rounding), and the backward pass runs for
-        the chosen rows only - a flagged flow then costs one forward pass, not two. Otherwise the scores
-        come from ``score`` and the attributions from ``attribution``."""
+        """Scores of ``x`` (``score``'s, bit for bit) and a function that gives the attributions of chosen
+        rows (indices into x). For the ``fast`` model up to ``HAND_GRAD_MAX_BATCH`` flows both come from one
+        forward pass and the backward pass runs for the chosen rows only: a flagged flow costs one forward
+        pass, not two. Otherwise the attributions come from ``attribution``."""
         with torch.no_grad():
-            if isinstance(self.cnn, FastCNN) and x.shape[0] <= MATMUL_MAX_BATCH:
+            if isinstance(self.cnn, FastCNN) and x.shape[0] <= HAND_GRAD_MAX_BATCH:
                 s, saved = self._fast_forward(x)
 
                 def attr(rows: np.ndarray) -> torch.Tensor:
@@ -175,60 +175,43 @@ class DPackNet(nn.Module):
 
     # The fast model's score and its gradient by hand: live explanations are small batches, where
     # autograd's bookkeeping cost more than the arithmetic (one flow: ~590 us of ~1,100 us per verdict).
-    # Both convolutions are matrix products in disguise: the first over 8-byte patches, the second over
-    # windows of three patches (zero-padded). Equal to autograd through the convolution modules up to
-    # float rounding (tested); above MATMUL_MAX_BATCH flows the convolutions are faster and are used.
+    # The forward pass runs the model's own modules, so its scores are ``score``'s, bit for bit; the
+    # backward pass is the chain rule written out (a convolution's input gradient is the transposed
+    # convolution with the same weights). Equal to autograd up to float rounding (tested).
 
     def _fast_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scores, per-row tensors the backward pass needs)."""
-        fn = nn.functional
-        c1, c2, lin = self.cnn.conv[0], self.cnn.conv[2], self.cnn.profile[1]
-        b, p = x.shape[0], x.shape[2] // 8
-        patches = x.reshape(b, 2, p, 8).transpose(1, 2).reshape(b, p, 16)  # (B, P, channel*8)
-        a1 = fn.linear(patches, c1.weight.reshape(c1.out_channels, -1), c1.bias)  # (B, P, 24)
-        pad = fn.pad(a1.clamp(min=0), (0, 0, 1, 1))  # (B, P+2, 24)
-        windows = torch.cat([pad[:, :p], pad[:, 1 : p + 1], pad[:, 2:]], dim=2)  # (B, P, 3*24) tap-major
-        a2 = fn.linear(windows, self._w2(), c2.bias)  # (B, P, 32)
-        a3 = fn.linear(a2.clamp(min=0).transpose(1, 2).reshape(b, -1), lin.weight, lin.bias)  # (B, D)
-        z = self.standardise(a3.clamp(min=0))
-        saved = {"a1": a1, "a2": a2, "a3": a3}
-        layers = self._ae_layers()
+        c1, relu1, c2, relu2 = self.cnn.conv
+        flatten, lin, relu3 = self.cnn.profile
+        h1 = relu1(c1(x))  # (B, 24, P)
+        a2 = c2(h1)  # (B, 32, P)
+        a3 = lin(flatten(relu2(a2)))  # (B, D)
+        z = self.standardise(relu3(a3))
+        saved = {"h1": h1 > 0, "a2": a2 > 0, "a3": a3 > 0}
         h = z
-        for i, m in enumerate(layers):
-            h = fn.linear(h, m.weight, m.bias)
-            if i < len(layers) - 1:
+        for i, m in enumerate(self.ae):
+            h = m(h)
+            if isinstance(m, nn.ReLU):
                 saved[f"live{i}"] = h > 0
-                h = h.clamp(min=0)
         saved["g_r"] = (h - z) * (2.0 / z.shape[1])  # d score / d reconstruction
         return ((h - z) ** 2).mean(dim=1), saved
 
     def _fast_backward(self, saved: dict[str, torch.Tensor]) -> torch.Tensor:
         """d score / d x for the rows in ``saved``: (B, 2, N*L)."""
-        c1, c2, lin = self.cnn.conv[0], self.cnn.conv[2], self.cnn.profile[1]
-        a1 = saved["a1"]
-        b, p, k1 = a1.shape
-        layers = self._ae_layers()
+        fn = nn.functional
+        c1, _, c2, _ = self.cnn.conv
+        lin = self.cnn.profile[1]
         g = g_r = saved["g_r"]
-        for i in range(len(layers) - 1, -1, -1):
-            g = g @ layers[i].weight
-            if i:
-                g = g * saved[f"live{i - 1}"]
-        g = (g - g_r) / self.p_std * (saved["a3"] > 0)  # the score also reads z directly
-        g = (g @ lin.weight).reshape(b, c2.out_channels, p).transpose(1, 2) * (saved["a2"] > 0)
-        g3 = (g @ self._w2()).reshape(b, p, 3, k1)  # per window tap
-        g_pad = torch.zeros(b, p + 2, k1)
-        g_pad[:, :p] += g3[:, :, 0]
-        g_pad[:, 1 : p + 1] += g3[:, :, 1]
-        g_pad[:, 2:] += g3[:, :, 2]
-        g = (g_pad[:, 1 : p + 1] * (a1 > 0)) @ c1.weight.reshape(k1, -1)  # (B, P, 16)
-        return g.reshape(b, p, 2, 8).transpose(1, 2).reshape(b, 2, p * 8)
-
-    def _w2(self) -> torch.Tensor:
-        c2 = self.cnn.conv[2]
-        return c2.weight.permute(0, 2, 1).reshape(c2.out_channels, -1)  # (32, 3*24), tap-major
-
-    def _ae_layers(self) -> list[nn.Linear]:
-        return [m for m in self.ae if isinstance(m, nn.Linear)]
+        for i in range(len(self.ae) - 1, -1, -1):
+            m = self.ae[i]
+            if isinstance(m, nn.Linear):
+                g = g @ m.weight
+            else:
+                g = g * saved[f"live{i}"]
+        g = (g - g_r) / self.p_std * saved["a3"]  # the score also reads z directly
+        g = (g @ lin.weight).reshape(saved["a2"].shape) * saved["a2"]  # (B, 32, P)
+        g = fn.conv_transpose1d(g, c2.weight, padding=c2.padding[0]) * saved["h1"]  # (B, 24, P)
+        return fn.conv_transpose1d(g, c1.weight, stride=c1.stride[0])  # (B, 2, N*L)
 
 
 def flops_per_flow(cfg: ModelConfig) -> int:

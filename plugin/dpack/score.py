@@ -170,7 +170,6 @@ class Scorer:
         explain: str = "anomalous",
         top_k: int = 3,
         cache_size: int = DEFAULT_CACHE_SIZE,
-        one_pass: bool = False,
     ) -> None:
         if explain not in EXPLAIN_MODES:
             raise ValueError(f"explain must be one of {EXPLAIN_MODES}")
@@ -184,11 +183,6 @@ class Scorer:
         # deduplication alone misses most repeats. Lives and dies with this Scorer (a new model is a
         # new Scorer). 0 turns it off.
         self.cache_size = cache_size
-        # One forward pass for a flagged flow's score and explanation (``DPackNet.scored``; ``dpack serve``):
-        # at live batch sizes its scores come from the matrix-product form of the fast model, equal to the
-        # convolutions' up to float rounding. Off for ``dpack score``, whose verdict lines stay the same
-        # whatever its batch sizes and number of workers.
-        self.one_pass = one_pass
         self._cache: OrderedDict[bytes, tuple[float, list[str]]] = OrderedDict()
         self.cache_hits = 0
 
@@ -226,7 +220,7 @@ class Scorer:
             sel = first[todo]
             ud, ur = data[sel], direction[sel]
             x = to_input(ud, ur)
-            if self.one_pass and self.explain != "none":
+            if self.explain != "none":  # a flagged flow's score and explanation from one forward pass
                 scores, attribution = self.model.net.scored(x)
                 fresh = scores.numpy()
             else:

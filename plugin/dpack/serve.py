@@ -250,7 +250,7 @@ class Service:
 
     def _scorer(self, model: LoadedModel) -> Scorer:
         sc = self.cfg.scoring
-        return Scorer(model, explain=sc.explain, top_k=sc.top_k, cache_size=sc.cache_size, one_pass=True)
+        return Scorer(model, explain=sc.explain, top_k=sc.top_k, cache_size=sc.cache_size)
 
     @staticmethod
     def _load_model(cfg: Config) -> LoadedModel:
