@@ -88,12 +88,13 @@ class FakeZeek:
         self.ep.shutdown()
 
 
-def broker_cfg(tmp_path, port):
+def broker_cfg(tmp_path, port, workers=0):
     return load_config(None, env={}, overrides={
         "model": str(DEFAULT_MODEL),
         "zeek": {"transport": "broker", "url": f"tcp://127.0.0.1:{port}", "topic": "dpack/samples",
                  "reconnect_max": 0.5},
-        "serve": {"alerts": str(tmp_path / "alerts.jsonl"), "metrics_port": free_port(), "log_interval": 0.5},
+        "serve": {"alerts": str(tmp_path / "alerts.jsonl"), "metrics_port": free_port(), "log_interval": 0.5,
+                  "workers": workers},
     })  # fmt: skip
 
 
@@ -126,10 +127,11 @@ def test_verdicts_over_native_broker_equal_offline_scoring(tmp_path, sample_recs
         zeek.close()
 
 
-def test_broker_peer_restart_hostile_events_and_version_refusal(tmp_path, sample_recs):
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_broker_peer_restart_hostile_events_and_version_refusal(tmp_path, sample_recs, workers):
     zeek = FakeZeek()
     port = zeek.port
-    run = Running(broker_cfg(tmp_path, port))
+    run = Running(broker_cfg(tmp_path, port, workers))
     try:
         zeek.wait_peer()
         zeek.publish(broker.zeek.Event(C.SAMPLES_EVENT, "not a header", []))  # wrong types

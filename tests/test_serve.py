@@ -365,6 +365,23 @@ def test_idle_workers_share_a_batch_and_count_it_once(start, peer, sample_recs):
     assert run.m["flows_scored"] == 64 and len(peer.refusals()) == 1
 
 
+def test_what_the_parent_reads_of_a_message_it_does_not_parse(sample_recs, conn_recs):
+    """The serving process only peeks at messages: which worker takes connection summaries, and how many
+    entries a message it drops held; anything else (junk, a Broker link's CodecError) is no batch."""
+    from dpack.codec import CodecError
+    from dpack.workers import count_dropped, is_connections
+
+    samples = samples_frame(sample_recs[:5], time.time())
+    conns = samples_frame(conn_recs[:3], time.time(), event=C.CONNECTIONS_EVENT)
+    assert not is_connections(samples) and is_connections(conns) and is_connections(conns.encode())
+    assert count_dropped(samples) == ("flows_dropped", 5) == count_dropped(samples.encode())
+    assert count_dropped(json.loads(samples)) == ("flows_dropped", 5)
+    assert count_dropped(conns) == ("connections_dropped", 3)
+    assert count_dropped(decode_message(conns)) == ("connections_dropped", 3)
+    for junk in ("{not json", b"\xff\xfe", "[]", CodecError("bad value"), None):
+        assert not is_connections(junk) and count_dropped(junk) == ("flows_dropped", 0)
+
+
 def test_a_backlog_is_taken_in_between_batches(start, peer, sample_recs):
     """Batches are scored on the event loop; after each, the receiving loop takes in everything that
     arrived meanwhile, so a backlog reaches our queue (fuller batches) instead of waiting in the socket

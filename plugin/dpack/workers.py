@@ -2,7 +2,9 @@
 
 With ``serve.workers: N`` (N >= 1) the ``dpack serve`` process keeps what must exist once - the Zeek link,
 the outbox of verdicts waiting for Zeek, the metrics endpoint and the summary line, the Suricata rule
-writer, the file watch - and deals every message from Zeek, undecoded, round-robin to N scoring workers.
+writer, the file watch - and deals every message from Zeek, unparsed, to N scoring workers: to an idle one
+first, else round-robin; when several are idle, a batch goes to each of them with a part number and each
+scores its share.
 Each worker is a ``ChildService``: the very same ``Service`` pipeline as in-process scoring (codec checks,
 bounded queue, micro-batches, model, verdict events, SIEM feed lines appended with ``O_APPEND``), whose
 link is the pipe to its parent. What it hands back: verdict events to send, anomalous verdicts for the rule
@@ -81,8 +83,10 @@ def count_dropped(raw: Any) -> tuple[str, int]:
     try:
         if isinstance(raw, Event):
             msg: Any = raw
-        else:
+        elif isinstance(raw, str | bytes | dict):
             msg = decode_object(raw) if isinstance(raw, dict) else decode_message(raw)
+        else:  # a CodecError from the Broker link: nothing to count
+            return "flows_dropped", 0
         if isinstance(msg, Event) and len(msg.args) == 2 and isinstance(msg.args[1], list):
             if msg.name == SAMPLES_EVENT:
                 return "flows_dropped", len(msg.args[1])
@@ -101,6 +105,8 @@ def is_connections(raw: Any) -> bool:
     few hundred bytes (after a topic of at most 200). A false guess only changes which worker decodes it."""
     if isinstance(raw, Event):
         return raw.name == CONNECTIONS_EVENT
+    if not isinstance(raw, str | bytes):
+        return False
     head = raw[:600] if isinstance(raw, bytes) else raw[:600].encode(errors="replace")
     return _CONN_NAME in head
 
