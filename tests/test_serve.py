@@ -434,6 +434,37 @@ def test_model_replaced_while_serving(start, peer, model_copy, sample_recs, work
 
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_config_changed_while_serving_applies_its_scoring_settings(tmp_path, peer, sample_recs, workers):
+    cfg_file = tmp_path / "dpack.yaml"
+
+    def write(explain):
+        new = cfg_file.with_suffix(".new")
+        new.write_text(f"model: {DEFAULT_MODEL}\nzeek: {{url: '{peer.url}', reconnect_max: 0.5}}\n"
+                       f"scoring: {{explain: {explain}}}\nserve: {{alerts: '', metrics_port: 0, workers: {workers}}}\n")  # fmt: skip
+        os.replace(new, cfg_file)
+
+    write("anomalous")
+    run = Running(load_config(str(cfg_file)))
+    try:
+        assert peer.connected.wait(10)
+        at = [n for n, _ in C.VERDICT].index("explanation")
+        n = len(sample_recs)
+        send_batches(peer, sample_recs)
+        wait_for(lambda: len(peer.verdicts()) == n, what="verdicts")
+        flagged = run.m["flows_flagged"]
+        assert sum(bool(v[at]) for v in peer.verdicts()) == flagged > 0
+        write("none")
+        wait_for(lambda: run.service.cfg.scoring.explain == "none", what="config reload")
+        send_batches(peer, [dict(r, uid=r["uid"] + "b") for r in sample_recs])  # after the workers got it
+        wait_for(lambda: len(peer.verdicts()) == 2 * n, what="verdicts after the reload")
+        assert run.m["flows_flagged"] == 2 * flagged  # the same flows flagged again,
+        assert not any(v[at] for v in peer.verdicts()[n:])  # and none explained
+        assert run.m["config_reload_failures"] == 0 and run.m["reconnects"] == 1
+    finally:
+        run.stop()
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
 def test_rules_written_while_serving_and_apply_failure_reported(
     tmp_path, peer, model_copy, sample_recs, workers
 ):

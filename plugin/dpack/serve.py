@@ -300,9 +300,12 @@ class Service:
     def apply_config(self, new: Config) -> None:
         """What can change while serving: scoring and batching settings and the model path; the link, the
         queues, the workers and the outputs keep their start-up settings until a restart."""
+        rescore = new.scoring != self.cfg.scoring
         self.cfg.scoring, self.cfg.export = new.scoring, new.export
         self.cfg.serve.batch_size, self.cfg.serve.max_delay_ms = new.serve.batch_size, new.serve.max_delay_ms
         self.cfg.model = new.model
+        if rescore:  # explain, top_k, cache_size: a scorer with the new settings (and an empty cache)
+            self.scorer = self._scorer(self.model)
         if self.pool is not None:
             self.pool.broadcast(("config", new))
 
@@ -320,9 +323,10 @@ class Service:
     async def on_message(
         self, raw: str | bytes | dict[str, Any] | Event | CodecError, received: float | None = None
     ) -> None:
-        """One message from the link: WebSocket text (or, in a scoring worker, its parsed JSON), or
-        (native Broker) an already converted ``Event`` or the ``CodecError`` that converting it raised. ``received``: when it arrived (monotonic clock;
-        default now), for the latency figures - a scoring worker is handed its parent's time of receipt."""
+        """One message from the link: WebSocket text (or, in a scoring worker, a parsed part of one), or
+        (native Broker) an already converted ``Event`` or the ``CodecError`` that converting it raised.
+        ``received``: when it arrived (monotonic clock; default now), for the latency figures - a scoring
+        worker is handed its parent's time of receipt."""
         self.metrics.inc("messages_received")
         if self.pool is not None:
             self.pool.forward(raw, time.monotonic())
