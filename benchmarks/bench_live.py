@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import gzip
-import os
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from zeekpeer import ZeekPeer, samples_frame, samples_from_pcap  # noqa: E402
 
+from dpack.config import usable_cores  # noqa: E402
 from dpack.modelfile import load_model  # noqa: E402
 from dpack.score import Scorer, score_capture  # noqa: E402
 
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--capture", help="capture whose flows are sent (default: benign-val + attack-dev)")
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+    ap.add_argument("--workers", type=int, default=usable_cores(),
                     help="serve.workers (default: one per core; 0 = scoring in the serving process)")  # fmt: skip
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:

@@ -72,8 +72,12 @@ class ScoringConfig:
     cache_size: int = 16_384  # Scorer's LRU of distinct inputs -> (score, explanation); 0 = off
 
     def processes(self) -> int:
-        return self.workers or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                   else os.cpu_count() or 1)  # fmt: skip
+        return self.workers or min(8, usable_cores())
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the platform tells)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass
