@@ -8,7 +8,7 @@ import torch
 from conftest import DEFAULT_MODEL
 
 from dpack.errors import ModelError
-from dpack.model import HAND_GRAD_MAX_BATCH, DPackNet, ModelConfig, flops_per_flow, to_input
+from dpack.model import DPackNet, ModelConfig, PaperCNN, flops_per_flow, to_input
 from dpack.modelfile import load_model, save_model
 from dpack.packets import PrefixSpec
 from dpack.train import threshold_from
@@ -31,6 +31,9 @@ def test_fast_has_at_least_8x_fewer_flops():
         paper = flops_per_flow(ModelConfig("paper", n, 80, profile_dim=1024))
         fast = flops_per_flow(ModelConfig("fast", n, 80, profile_dim=256))
         assert paper / fast >= 8, (n, paper, fast)
+    # by hand, 3 x 80 bytes = 30 patches: 2 x (30*24*2*8 + 30*32*24*3 + 960*256 + 256*128 + 128*64
+    # + 64*128 + 128*256) - every layer counted, whichever way the model computes it
+    assert flops_per_flow(ModelConfig("fast", 3, 80, profile_dim=256)) == 816_640
 
 
 def test_threshold_methods():
@@ -113,23 +116,44 @@ def test_missing_model():
         load_model("does/not/exist.pt")
 
 
+def _random_fast(n: int, length: int) -> DPackNet:
+    """A ``fast`` net with trained-looking weights: large enough to leave dead units."""
+    net = DPackNet(ModelConfig("fast", n, length, profile_dim=64))
+    for prm in net.parameters():
+        torch.nn.init.normal_(prm, std=0.3)
+    net.p_mean.normal_()
+    net.p_std.uniform_(0.5, 2.0)
+    net.x_mean.uniform_()
+    return net
+
+
+def test_fast_layers_as_matrix_products_equal_the_convolution_modules():
+    """``FastCNN`` computes its convolutions as matrix products; they are the ``nn.Conv1d`` modules'
+    function (whose parameters they use), for several prefix shapes and batch sizes."""
+    torch.manual_seed(2)
+    for n, length in ((3, 80), (2, 64), (1, 40)):
+        net = _random_fast(n, length)
+        for b in (1, 7, 300):
+            x = torch.rand(b, 2, n * length)
+            with torch.no_grad():
+                want = PaperCNN.embed(net.cnn, x)  # the modules: conv -> profile
+                got = net.cnn.embed(x)
+            assert got.shape == want.shape
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (n, length, b)
+
+
 def test_fast_attribution_by_hand_equals_autograd_through_the_convolutions():
-    """The ``fast`` model's attributions (worked out by hand for live batch sizes) equal autograd through
-    its convolution modules, for several prefix shapes, batch sizes (1 to above HAND_GRAD_MAX_BATCH), rows
-    of zeros (empty slots) and trained-looking weights with dead units."""
+    """The ``fast`` model's attributions (worked out by hand) equal autograd through its convolution
+    modules, for several prefix shapes, batch sizes, rows of zeros (empty slots) and trained-looking
+    weights with dead units."""
     torch.manual_seed(3)
     for n, length in ((3, 80), (2, 64), (1, 40)):
-        net = DPackNet(ModelConfig("fast", n, length, profile_dim=64))
-        for prm in net.parameters():
-            torch.nn.init.normal_(prm, std=0.3)
-        net.p_mean.normal_()
-        net.p_std.uniform_(0.5, 2.0)
-        net.x_mean.uniform_()
-        for b in (1, 7, HAND_GRAD_MAX_BATCH, HAND_GRAD_MAX_BATCH + 5):
+        net = _random_fast(n, length)
+        for b in (1, 7, 256, 300):
             x = torch.rand(b, 2, n * length)
             x[0, :, length:] = 0  # a flow with one packet
             x.requires_grad_(True)
-            (g,) = torch.autograd.grad(net.score(x).sum(), x)
+            (g,) = torch.autograd.grad(net._score(PaperCNN.embed(net.cnn, x)).sum(), x)
             want = g * (x.detach() - net.x_mean)
             got = net.attribution(x.detach())
             assert got.shape == want.shape
@@ -141,10 +165,10 @@ def test_scored_gives_scores_and_the_attributions_of_chosen_rows():
     net = DPackNet(ModelConfig("fast", 3, 80, profile_dim=64))
     for prm in net.parameters():
         torch.nn.init.normal_(prm, std=0.3)
-    for b in (5, HAND_GRAD_MAX_BATCH + 3):  # one forward pass; autograd above the switch
+    for b in (5, 259):
         x = torch.rand(b, 2, 240)
         s, attr = net.scored(x)
-        assert torch.equal(s, net.score(x))  # the model's own modules: bit for bit
+        assert torch.equal(s, net.score(x))  # score's own forward pass: bit for bit
         rows = np.array([b - 1, 0, 2])
-        want = net.attribution(x[torch.from_numpy(rows)])
+        want = net.attribution(x[torch.from_numpy(rows)])  # the chosen rows alone
         assert (attr(rows) - want).abs().max() <= 1e-5 * want.abs().max()

@@ -18,7 +18,7 @@ from dpack.capture import CaptureStats, read_capture
 from dpack.dataset import encode_samples
 from dpack.errors import DpackError
 from dpack.flows import FlowTable, shard_of
-from dpack.model import HAND_GRAD_MAX_BATCH, to_input
+from dpack.model import to_input
 from dpack.packets import PrefixSpec
 from dpack.score import Scorer, _distinct_rows, explain_rows, score_capture
 
@@ -278,13 +278,13 @@ def test_scorer_cache_gives_the_verdicts_of_an_uncached_scorer(default_model, ex
 
 
 def test_scorer_scores_and_explains_from_one_pass_as_two_passes_would(default_model):
-    """The scorer takes a flagged flow's score and explanation from one forward pass (the gradient by hand
-    up to HAND_GRAD_MAX_BATCH flows): its scores are ``score``'s on the same rows bit for bit, and its
-    explanations those of autograd's gradients, at live batch sizes and above the switch."""
+    """The scorer takes a flagged flow's score and explanation from one forward pass (the gradient by
+    hand): its scores are ``score``'s on the same rows bit for bit, and its explanations those of
+    autograd's gradients, at live batch sizes and at offline ones."""
     samples = list(FlowTable(default_model.spec).samples(read_capture(SAMPLE)))
     scorer = Scorer(default_model, cache_size=0)
     net, flagged = default_model.net, 0
-    for size in (1, 7, 64, HAND_GRAD_MAX_BATCH + 44):
+    for size in (1, 7, 64, 300):
         for i in range(0, min(len(samples), 3 * size), size):
             batch = samples[i : i + size]
             data, direction = encode_samples(batch, default_model.spec)

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 ARCHS = ("paper", "fast")
-# Gradients of the fast model by hand up to this many flows (live batches: serve.batch_size <= 256 by
-# default), autograd through the convolutions above, where it is faster (4,096 flows: 123 vs 183 ms).
-HAND_GRAD_MAX_BATCH = 256
+# Rows per pass of the fast model when scoring (and explaining) many flows: its matrix products copy the
+# input into patches and columns, and at 4,096 rows those buffers are fresh memory every call (measured,
+# 4,096 flows, 1 thread: 71 ms whole, 54 ms in passes of 256, 69 ms through the convolution modules).
+FAST_CHUNK = 256
 
 
 @dataclass
@@ -82,6 +83,12 @@ class FastCNN(PaperCNN):
 
     The strided first layer reads each 8-byte chunk once instead of sliding over every byte; header
     fields are 1-4 bytes and mostly 2-byte aligned, so chunks lose little, and FLOPs drop ~50x.
+
+    The two convolutions are computed as matrix products (``layers``), not with ``nn.Conv1d``'s forward:
+    the same parameters and the same function up to float rounding, but PyTorch's CPU convolutions pay
+    set-up costs on every new batch size, and live batch sizes vary from one batch to the next (measured,
+    sizes 1-129 in turn: forward + hand backward 4.1-5.0 ms at ~65 flows -> 2.2 ms; at a fixed 50 flows
+    1.9 -> 1.65 ms). ``DPackNet`` runs many flows through it in passes of ``FAST_CHUNK``.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -95,6 +102,24 @@ class FastCNN(PaperCNN):
         )  # fmt: skip
         self.profile = nn.Sequential(nn.Flatten(), nn.Linear(32 * positions, cfg.profile_dim), nn.ReLU())
         self.head = nn.Linear(cfg.profile_dim, cfg.n_classes)
+
+    def layers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, P*8) -> h1 (B*P, 24) after the first ReLU, a2 (B*P, 32) and a3 (B, D) before the
+        second and third ReLU: position-major rows, one per 8-byte patch (what the backward pass needs)."""
+        c1, c2, lin = self.conv[0], self.conv[2], self.profile[1]
+        b, k1 = x.shape[0], c1.kernel_size[0]
+        p = x.shape[2] // k1
+        patches = x.reshape(b, c1.in_channels, p, k1).transpose(1, 2).reshape(b * p, -1)  # (B*P, C*8)
+        h1 = torch.relu(torch.addmm(c1.bias, patches, c1.weight.reshape(c1.out_channels, -1).t()))
+        pad, k2 = c2.padding[0], c2.kernel_size[0]
+        hp = nn.functional.pad(h1.reshape(b, p, -1), (0, 0, pad, pad))  # (B, P + 2*pad, 24)
+        cols = hp.unfold(1, k2, 1).reshape(b * p, -1)  # (B*P, 24*k2), ordered as the weight's (in, k)
+        a2 = torch.addmm(c2.bias, cols, c2.weight.reshape(c2.out_channels, -1).t())  # (B*P, 32)
+        flat = torch.relu(a2).reshape(b, p, -1).transpose(1, 2).reshape(b, -1)  # channel-major, as Flatten
+        return h1, a2, lin(flat)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.layers(x)[2])
 
 
 def _autoencoder(dims: list[int]) -> nn.Sequential:
@@ -134,6 +159,8 @@ class DPackNet(nn.Module):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 2, N*L) -> (B,) reconstruction MSE of the standardised profile."""
+        if isinstance(self.cnn, FastCNN) and len(x) > FAST_CHUNK:
+            return torch.cat([self._score(self.cnn.embed(part)) for part in x.split(FAST_CHUNK)])
         return self._score(self.cnn.embed(x))
 
     def _score(self, profile: torch.Tensor) -> torch.Tensor:
@@ -143,7 +170,7 @@ class DPackNet(nn.Module):
     def attribution(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 2, N*L) -> (B, 2, N*L): gradient of the score times the input's deviation from the mean
         benign input; channel 0 per byte, channel 1 per byte of the direction channel."""
-        if isinstance(self.cnn, FastCNN) and x.shape[0] <= HAND_GRAD_MAX_BATCH:
+        if isinstance(self.cnn, FastCNN):
             with torch.no_grad():
                 _, saved = self._fast_forward(x)
                 return self._fast_backward(saved) * (x - self.x_mean)
@@ -155,11 +182,11 @@ class DPackNet(nn.Module):
 
     def scored(self, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[np.ndarray], torch.Tensor]]:
         """Scores of ``x`` (``score``'s, bit for bit) and a function that gives the attributions of chosen
-        rows (indices into x). For the ``fast`` model up to ``HAND_GRAD_MAX_BATCH`` flows both come from one
-        forward pass and the backward pass runs for the chosen rows only: a flagged flow costs one forward
-        pass, not two. Otherwise the attributions come from ``attribution``."""
+        rows (indices into x). For the ``fast`` model both come from one forward pass and the backward pass
+        runs for the chosen rows only: a flagged flow costs one forward pass, not two. For the ``paper``
+        model the attributions come from ``attribution``."""
         with torch.no_grad():
-            if isinstance(self.cnn, FastCNN) and x.shape[0] <= HAND_GRAD_MAX_BATCH:
+            if isinstance(self.cnn, FastCNN):
                 s, saved = self._fast_forward(x)
 
                 def attr(rows: np.ndarray) -> torch.Tensor:
@@ -174,20 +201,28 @@ class DPackNet(nn.Module):
             )
 
     # The fast model's score and its gradient by hand: live explanations are small batches, where
-    # autograd's bookkeeping cost more than the arithmetic (one flow: ~590 us of ~1,100 us per verdict).
-    # The forward pass runs the model's own modules, so its scores are ``score``'s, bit for bit; the
-    # backward pass is the chain rule written out (a convolution's input gradient is the transposed
-    # convolution with the same weights). Equal to autograd up to float rounding (tested).
+    # autograd's bookkeeping cost more than the arithmetic (one flow: ~590 us of ~1,100 us per verdict),
+    # and with the convolutions as matrix products the hand pass is faster at every size (4,096 flows:
+    # 124 vs 156 ms). The forward pass is ``FastCNN.layers``, as in ``score``, so its scores are
+    # ``score``'s, bit for bit; the backward pass is the chain rule written out (a convolution's input
+    # gradient: the output gradient times the weights, added back at the rows each output read). Equal to
+    # autograd up to float rounding (tested).
 
     def _fast_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scores, per-row tensors the backward pass needs)."""
-        c1, relu1, c2, relu2 = self.cnn.conv
-        flatten, lin, relu3 = self.cnn.profile
-        h1 = relu1(c1(x))  # (B, 24, P)
-        a2 = c2(h1)  # (B, 32, P)
-        a3 = lin(flatten(relu2(a2)))  # (B, D)
-        z = self.standardise(relu3(a3))
-        saved = {"h1": h1 > 0, "a2": a2 > 0, "a3": a3 > 0}
+        assert isinstance(self.cnn, FastCNN)
+        if len(x) > FAST_CHUNK:  # in the passes ``score`` makes, so the scores stay its own
+            parts = [self._fast_forward(part) for part in x.split(FAST_CHUNK)]
+            merged = {k: torch.cat([saved[k] for _, saved in parts]) for k in parts[0][1]}
+            return torch.cat([s for s, _ in parts]), merged
+        h1, a2, a3 = self.cnn.layers(x)
+        z = self.standardise(torch.relu(a3))
+        b = x.shape[0]  # the masks per flow (B, P, C): ``scored`` picks rows of them
+        saved = {
+            "h1": (h1 > 0).reshape(b, -1, h1.shape[1]),
+            "a2": (a2 > 0).reshape(b, -1, a2.shape[1]),
+            "a3": a3 > 0,
+        }
         h = z
         for i, m in enumerate(self.ae):
             h = m(h)
@@ -197,10 +232,14 @@ class DPackNet(nn.Module):
         return ((h - z) ** 2).mean(dim=1), saved
 
     def _fast_backward(self, saved: dict[str, torch.Tensor]) -> torch.Tensor:
-        """d score / d x for the rows in ``saved``: (B, 2, N*L)."""
-        fn = nn.functional
-        c1, _, c2, _ = self.cnn.conv
-        lin = self.cnn.profile[1]
+        """d score / d x for the rows in ``saved``: (B, C, P*8)."""
+        assert isinstance(self.cnn, FastCNN)
+        b = len(saved["g_r"])
+        if b > FAST_CHUNK:
+            parts = range(0, b, FAST_CHUNK)
+            return torch.cat([self._fast_backward({k: v[i : i + FAST_CHUNK] for k, v in saved.items()})
+                              for i in parts])  # fmt: skip
+        c1, c2, lin = self.cnn.conv[0], self.cnn.conv[2], self.cnn.profile[1]
         g = g_r = saved["g_r"]
         for i in range(len(self.ae) - 1, -1, -1):
             m = self.ae[i]
@@ -209,9 +248,21 @@ class DPackNet(nn.Module):
             else:
                 g = g * saved[f"live{i}"]
         g = (g - g_r) / self.p_std * saved["a3"]  # the score also reads z directly
-        g = (g @ lin.weight).reshape(saved["a2"].shape) * saved["a2"]  # (B, 32, P)
-        g = fn.conv_transpose1d(g, c2.weight, padding=c2.padding[0]) * saved["h1"]  # (B, 24, P)
-        return fn.conv_transpose1d(g, c1.weight, stride=c1.stride[0])  # (B, 2, N*L)
+        b, k1 = g.shape[0], c1.kernel_size[0]
+        p = saved["a2"].shape[1]
+        g = (g @ lin.weight).reshape(b, -1, p).transpose(1, 2) * saved["a2"]  # (B, P, 32)
+        # back through the kernel-3 convolution: each output row took k2 input rows, shifted by -pad..+pad
+        cols = (g.reshape(b * p, -1) @ c2.weight.reshape(c2.out_channels, -1)).reshape(
+            b, p, -1, c2.kernel_size[0]
+        )
+        pad = c2.padding[0]
+        gh = torch.zeros(b, p, cols.shape[2])
+        for k in range(cols.shape[3]):  # input row q = output row + k - pad
+            lo, hi = max(0, pad - k), min(p, p + pad - k)
+            gh[:, lo + k - pad : hi + k - pad] += cols[:, lo:hi, :, k]
+        gh = (gh * saved["h1"]).reshape(b * p, -1)  # (B*P, 24)
+        gx = gh @ c1.weight.reshape(c1.out_channels, -1)  # (B*P, C*8)
+        return gx.reshape(b, p, c1.in_channels, k1).transpose(1, 2).reshape(b, c1.in_channels, p * k1)
 
 
 def flops_per_flow(cfg: ModelConfig) -> int:
@@ -235,8 +286,8 @@ def flops_per_flow(cfg: ModelConfig) -> int:
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(lin_hook))
-    with torch.no_grad():
-        net.score(x)
+    with torch.no_grad():  # through the modules (the fast model's matrix products compute the same)
+        net._score(PaperCNN.embed(net.cnn, x))
     for h in hooks:
         h.remove()
     return total
