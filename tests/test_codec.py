@@ -265,3 +265,20 @@ def test_text_built_records_equal_json_dumps(t, v):
     fields = (("a", t), ("b", "string"))
     values = {"a": v, "b": "x"}
     assert _record_json(fields, values) == json.dumps(encode_record(fields, values), separators=(",", ":"))
+
+
+def test_remembered_addresses_and_ports_stay_bounded_and_right():
+    """The codec remembers parsed addresses, their text and ports (the same hosts and services come back);
+    hostile traffic with ever new ones cannot grow that without limit, and what comes back is right."""
+    from dpack import codec
+
+    for i in range(70_000):
+        a = codec._address(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}")
+        assert codec._text(a) == str(a)
+        p = codec._port(f"{i % 65536}/{'tcp' if i < 65536 else 'udp'}")
+        assert (p.number, p.proto) == (i % 65536, "tcp" if i < 65536 else "udp")
+        assert max(len(codec._ADDRS), len(codec._TEXTS), len(codec._PORTS)) <= 65536
+    assert codec._text(codec._address("2001:DB8::1")) == "2001:db8::1"  # canonical text, not the wire's
+    for bad in ("70000/tcp", "80", "x/tcp", 80):
+        with pytest.raises(CodecError, match="bad port"):
+            codec._port(bad)

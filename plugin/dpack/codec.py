@@ -16,7 +16,6 @@ counts and logs; it is never fatal.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import datetime as _dt
@@ -142,13 +141,35 @@ def _address(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return a
 
 
+_PORTS: dict[str, Port] = {}
+
+
+_TEXTS: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
+
+
+def _text(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """``str(a)``, the canonical text of an address (remembered, like ``_ADDRS``)."""
+    t = _TEXTS.get(a)
+    if t is None:
+        if len(_TEXTS) >= 65536:
+            _TEXTS.clear()
+        t = _TEXTS[a] = str(a)
+    return t
+
+
 def _port(v: Any) -> Port:
+    p = _PORTS.get(v) if type(v) is str else None
+    if p is not None:  # two per sample; servers' ports come back again and again
+        return p
     if type(v) is not str or "/" not in v:
         raise CodecError(f"bad port {str(v)[:20]!r}")
     num, _, proto = v.partition("/")
     if not num.isdigit() or len(num) > 5 or int(num) > 65535:
         raise CodecError(f"bad port {v[:20]!r}")
-    return Port(int(num), proto)
+    if len(_PORTS) >= 65536:
+        _PORTS.clear()
+    p = _PORTS[v] = Port(int(num), proto)
+    return p
 
 
 def _timestamp(v: Any) -> float:
@@ -426,14 +447,14 @@ def _sample(rec: dict[str, Any], max_packets: int) -> FlowSample:
             raise CodecError("pkts must be strings and is_orig booleans")
         if len(p) > C.MAX_FRAME_BYTES * 4 // 3 + 4:
             raise CodecError("packet larger than the contract allows")
-        try:
-            raw = base64.b64decode(p, validate=True)
+        try:  # strict: only the base64 alphabet, correct padding, nothing after it
+            raw = binascii.a2b_base64(p, strict_mode=True)
         except (binascii.Error, ValueError):
             raise CodecError("packet is not base64") from None
         frames.append(Frame(rec["link"], raw, d))
     sport, dport = rec["orig_p"].number, rec["resp_p"].number
     return FlowSample(
-        rec["ts"], proto, str(src), sport, str(dst), dport, frames, uid=rec["uid"],
+        rec["ts"], proto, _text(src), sport, _text(dst), dport, frames, uid=rec["uid"],
         community_id=community_id(proto, src.packed, dst.packed, sport, dport),
     )  # fmt: skip
 
