@@ -59,3 +59,21 @@ def test_mutated_model_file_is_refused_or_loads(tmp_path, seed):
         load_model(p)  # a flip inside float weights can load; that is what the file hash in verdicts is for
     except ModelError as err:
         assert "\n" not in str(err)
+
+
+def test_remembered_addresses_and_ports_stay_bounded_and_right():
+    """The codec remembers parsed addresses, their text and ports (the same hosts and services come back);
+    hostile traffic with ever new ones cannot grow that without limit, and what comes back is right."""
+    from dpack import codec
+    from dpack.codec import CodecError
+
+    for i in range(70_000):
+        a = codec._address(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}")
+        assert codec._text(a) == str(a)
+        p = codec._port(f"{i % 65536}/{'tcp' if i < 65536 else 'udp'}")
+        assert (p.number, p.proto) == (i % 65536, "tcp" if i < 65536 else "udp")
+        assert max(len(codec._ADDRS), len(codec._TEXTS), len(codec._PORTS)) <= 65536
+    assert codec._text(codec._address("2001:DB8::1")) == "2001:db8::1"  # canonical text, not the wire's
+    for bad in ("70000/tcp", "80", "x/tcp", 80):
+        with pytest.raises(CodecError, match="bad port"):
+            codec._port(bad)
