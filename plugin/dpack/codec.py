@@ -125,51 +125,50 @@ def _string(v: Any) -> str:
     return v
 
 
+_REMEMBERED = 65536  # entries per memo below: hostile traffic with ever new values cannot grow them further
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> Any:
+    """``memo[key] = value`` (the memo emptied first when full); returns ``value``."""
+    if len(memo) >= _REMEMBERED:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
+# Parsing is the slow part of a sample, and the same hosts and services come back again and again.
 _ADDRS: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+_TEXTS: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
+_PORTS: dict[str, Port] = {}
 
 
 def _address(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     a = _ADDRS.get(v) if type(v) is str else None
-    if a is None:  # parsing is the slow part of a sample; the same hosts come back again and again
+    if a is None:
         try:
             a = ipaddress.ip_address(v)
         except (ValueError, TypeError):
             raise CodecError(f"bad address {str(v)[:45]!r}") from None
-        if len(_ADDRS) >= 65536:
-            _ADDRS.clear()
-        _ADDRS[v] = a
+        _remember(_ADDRS, v, a)
     return a
 
 
-_PORTS: dict[str, Port] = {}
-
-
-_TEXTS: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
-
-
 def _text(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """``str(a)``, the canonical text of an address (remembered, like ``_ADDRS``)."""
+    """``str(a)``, the canonical text of an address."""
     t = _TEXTS.get(a)
-    if t is None:
-        if len(_TEXTS) >= 65536:
-            _TEXTS.clear()
-        t = _TEXTS[a] = str(a)
-    return t
+    return t if t is not None else _remember(_TEXTS, a, str(a))
 
 
 def _port(v: Any) -> Port:
     p = _PORTS.get(v) if type(v) is str else None
-    if p is not None:  # two per sample; servers' ports come back again and again
+    if p is not None:
         return p
     if type(v) is not str or "/" not in v:
         raise CodecError(f"bad port {str(v)[:20]!r}")
     num, _, proto = v.partition("/")
     if not num.isdigit() or len(num) > 5 or int(num) > 65535:
         raise CodecError(f"bad port {v[:20]!r}")
-    if len(_PORTS) >= 65536:
-        _PORTS.clear()
-    p = _PORTS[v] = Port(int(num), proto)
-    return p
+    return _remember(_PORTS, v, Port(int(num), proto))
 
 
 def _timestamp(v: Any) -> float:
@@ -276,8 +275,16 @@ def encode_record(fields: Sequence[tuple[str, str]], values: dict[str, Any]) -> 
 # --- messages -----------------------------------------------------------------------------------------
 
 
-def decode_message(raw: str | bytes) -> Message:
-    """One WebSocket text frame -> Ack, ErrorReply or Event."""
+def decode_message(raw: str | bytes | dict[str, Any] | Event) -> Message:
+    """One message as a link hands it on -> Ack, ErrorReply or Event: a WebSocket text frame, its parsed
+    JSON (a scoring worker's part of a batch: ``decode_object``), or an ``Event`` the native Broker link
+    converted already (returned as it is)."""
+    if isinstance(raw, Event):
+        return raw
+    if isinstance(raw, dict):
+        return decode_object(raw)
+    if not isinstance(raw, str | bytes):
+        raise CodecError(f"not a message: {type(raw).__name__}")
     if len(raw) > _MAX_FRAME_TEXT:
         raise CodecError(f"frame of {len(raw)} bytes is larger than {_MAX_FRAME_TEXT}")
     if isinstance(raw, bytes):
@@ -333,13 +340,18 @@ def decode_object(msg: Any) -> Message:
     return Event(topic, name, args, len(env) == 4 or len(body["data"]) == 3)
 
 
+def batch_entries(ev: Event) -> list[Any] | None:
+    """The entries of a batch event (header, entries) before any checks of them; None if not shaped so."""
+    return ev.args[1] if len(ev.args) == 2 and isinstance(ev.args[1], list) else None
+
+
 def split_batch(msg: Any, parts: int) -> list[Any] | None:
     """A parsed samples or connections message (``json.loads`` of a frame, or an ``Event``) cut into up
     to ``parts`` messages of consecutive entries of its batch, each with the same header (the same input
     always gives the same cut); None if it is not shaped like one or has fewer than two entries. Nothing
     is checked here: every part gets all the codec's checks when it is decoded."""
     if isinstance(msg, Event):
-        batch = msg.args[1] if len(msg.args) == 2 and isinstance(msg.args[1], list) else None
+        batch = batch_entries(msg)
         parts = min(parts, len(batch)) if batch is not None else 0
         if parts < 2:
             return None

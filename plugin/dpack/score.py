@@ -220,19 +220,16 @@ class Scorer:
             sel = first[todo]
             ud, ur = data[sel], direction[sel]
             x = to_input(ud, ur)
-            if self.explain != "none":  # a flagged flow's score and explanation from one forward pass
+            if self.explain == "none":
+                with torch.no_grad():
+                    us[todo] = self.model.net.score(x).numpy()
+            else:  # a flagged flow's score and explanation from one forward pass
                 scores, attribution = self.model.net.scored(x)
                 fresh = scores.numpy()
-            else:
-                with torch.no_grad():
-                    fresh = self.model.net.score(x).numpy()
-                attribution = None
-            us[todo] = fresh
-            if self.explain != "none":
+                us[todo] = fresh
                 idx = np.arange(len(todo)) if self.explain == "all" else np.flatnonzero(fresh > thr)
                 if len(idx):
-                    attr = attribution(idx) if attribution is not None else None
-                    rows = explain_rows(self.model, x[idx], ud[idx], ur[idx], self.top_k, attr)
+                    rows = explain_rows(self.model, x[idx], ud[idx], ur[idx], self.top_k, attribution(idx))
                     for t, row in zip(idx.tolist(), rows, strict=True):
                         explained[todo[t]] = row
             if self.cache_size:

@@ -38,7 +38,6 @@ from .codec import (
     Event,
     SampleBatch,
     decode_message,
-    decode_object,
     encode_refusal,
     encode_verdicts,
     parse_connections,
@@ -334,10 +333,7 @@ class Service:
         try:
             if isinstance(raw, CodecError):
                 raise raw
-            if isinstance(raw, Event):
-                msg: Any = raw
-            else:
-                msg = decode_object(raw) if isinstance(raw, dict) else decode_message(raw)
+            msg = decode_message(raw)
             if isinstance(msg, ErrorReply):
                 self.metrics.inc("zeek_errors")
                 self.ratelog(logging.ERROR, "zeek-error", "Zeek could not use a message of ours: %s (%s)",

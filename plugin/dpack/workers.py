@@ -34,7 +34,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from .codec import CodecError, Event, decode_message, decode_object, split_batch
+from .codec import CodecError, Event, batch_entries, decode_message, split_batch
 from .config import Config, usable_cores
 from .contract import CONNECTIONS_EVENT, SAMPLES_EVENT
 from .modelfile import LoadedModel
@@ -80,20 +80,15 @@ def count_dropped(raw: Any) -> tuple[str, int]:
     """The counter and the number of entries of a message the parent drops without a worker having
     decoded it: ("flows_dropped", samples) or ("connections_dropped", summaries); no entries if it is
     neither or does not decode (a worker would have counted it malformed)."""
+    if isinstance(raw, CodecError):  # from the Broker link: nothing to count
+        return "flows_dropped", 0
     try:
-        if isinstance(raw, Event):
-            msg: Any = raw
-        elif isinstance(raw, str | bytes | dict):
-            msg = decode_object(raw) if isinstance(raw, dict) else decode_message(raw)
-        else:  # a CodecError from the Broker link: nothing to count
-            return "flows_dropped", 0
-        if isinstance(msg, Event) and len(msg.args) == 2 and isinstance(msg.args[1], list):
-            if msg.name == SAMPLES_EVENT:
-                return "flows_dropped", len(msg.args[1])
-            if msg.name == CONNECTIONS_EVENT:
-                return "connections_dropped", len(msg.args[1])
+        msg = decode_message(raw)
     except CodecError:
-        pass
+        return "flows_dropped", 0
+    batch = batch_entries(msg) if isinstance(msg, Event) else None
+    if batch is not None and msg.name in (SAMPLES_EVENT, CONNECTIONS_EVENT):
+        return ("flows_dropped" if msg.name == SAMPLES_EVENT else "connections_dropped"), len(batch)
     return "flows_dropped", 0
 
 
@@ -366,9 +361,8 @@ class WorkerPool:
         """Into how many parts a batch may be cut, judged by its size (a sample is ~1.1 KiB of JSON): at
         least SPLIT_MIN samples each, else the extra parse and messages cost more than they save."""
         if isinstance(raw, Event):
-            return (
-                len(raw.args[1]) // SPLIT_MIN if len(raw.args) == 2 and isinstance(raw.args[1], list) else 0
-            )
+            batch = batch_entries(raw)
+            return len(batch) // SPLIT_MIN if batch is not None else 0
         return len(raw) // SPLIT_BYTES if isinstance(raw, str | bytes) else 0
 
     def _take(self, w: _Worker | None, raw: Any, received: float, part: int = 0, parts: int = 1) -> bool:
