@@ -31,6 +31,8 @@ from dpack.score import Scorer, score_capture
 from dpack.serve import Service
 
 WIRE = Path(__file__).resolve().parent / "zeek-wire"  # recorded from Zeek 8.0.10 (see its README)
+# The tests of what Zeek sees, run with scoring in the serving process and with 2 scoring workers.
+IN_PROCESS_AND_WORKERS = pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
 
 
 def wait_for(cond, timeout=20.0, what="condition"):
@@ -139,7 +141,7 @@ def metrics_text(cfg):
         return r.read().decode()
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+@IN_PROCESS_AND_WORKERS
 def test_end_to_end_verdicts_alerts_and_counters(tmp_path, start, peer, sample_recs, workers):
     run = start(workers=workers)
     cfg = run.cfg
@@ -181,7 +183,7 @@ def test_end_to_end_verdicts_alerts_and_counters(tmp_path, start, peer, sample_r
     assert 'dpack_verdict_latency_seconds{quantile="0.99"}' in text
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+@IN_PROCESS_AND_WORKERS
 def test_prefix_mismatch_is_refused_with_one_line_on_both_sides(start, peer, sample_recs, workers):
     run = start(workers=workers)
     for _ in range(3):
@@ -196,7 +198,7 @@ def test_prefix_mismatch_is_refused_with_one_line_on_both_sides(start, peer, sam
     assert peer.verdicts() == [] and run.m["flows_scored"] == 0
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+@IN_PROCESS_AND_WORKERS
 def test_malformed_and_hostile_messages_are_counted_not_fatal(start, peer, sample_recs, workers):
     run = start(workers=workers)
     # Zeek's raw-bytes frame (invalid UTF-8), as recorded
@@ -226,7 +228,7 @@ def test_malformed_and_hostile_messages_are_counted_not_fatal(start, peer, sampl
     assert run.m["reconnects"] == 1
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+@IN_PROCESS_AND_WORKERS
 def test_reconnects_when_zeek_restarts(start, peer, sample_recs, workers):
     run = start(workers=workers)
     peer.send(samples_frame(sample_recs[:10], time.time()))
@@ -237,7 +239,7 @@ def test_reconnects_when_zeek_restarts(start, peer, sample_recs, workers):
     wait_for(lambda: len(peer.verdicts()) == 30, what="verdicts after reconnect")
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+@IN_PROCESS_AND_WORKERS
 def test_verdicts_made_while_zeek_is_away_are_delivered_after_it_returns(
     tmp_path, model_copy, sample_recs, workers
 ):
@@ -403,7 +405,7 @@ def test_a_backlog_is_taken_in_between_batches(start, peer, sample_recs):
     assert max(sizes) == 64 and len(sizes) <= 7, sizes  # 300 flows in full batches, not ten of 30
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+@IN_PROCESS_AND_WORKERS
 def test_model_replaced_while_serving(start, peer, model_copy, sample_recs, workers):
     run = start(workers=workers)
     old_name = run.service.model.name
@@ -430,7 +432,7 @@ def test_model_replaced_while_serving(start, peer, model_copy, sample_recs, work
     assert run.m["reconnects"] == 1
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+@IN_PROCESS_AND_WORKERS
 def test_config_changed_while_serving_applies_its_scoring_settings(tmp_path, peer, sample_recs, workers):
     cfg_file = tmp_path / "dpack.yaml"
 
@@ -461,7 +463,7 @@ def test_config_changed_while_serving_applies_its_scoring_settings(tmp_path, pee
         run.stop()
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+@IN_PROCESS_AND_WORKERS
 def test_rules_written_while_serving_and_apply_failure_reported(
     tmp_path, peer, model_copy, sample_recs, workers
 ):
@@ -487,7 +489,7 @@ def test_rules_written_while_serving_and_apply_failure_reported(
         run.stop()
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+@IN_PROCESS_AND_WORKERS
 def test_sigterm_scores_and_sends_what_is_queued(tmp_path, peer, sample_recs, workers):
     cfg_file = tmp_path / "dpack.yaml"
     cfg_file.write_text(
@@ -532,7 +534,7 @@ def send_connections(peer, recs, size=64, **kw):
         peer.send(samples_frame(recs[i : i + size], time.time(), event=C.CONNECTIONS_EVENT, **kw))
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+@IN_PROCESS_AND_WORKERS
 def test_connection_summaries_get_verdicts_categories_and_alerts(
     tmp_path, peer, model_copy, conn_recs, records_model_path, classifier_model_path, workers
 ):
