@@ -11,13 +11,12 @@ their family from benign-val's labels (``benign_partial`` for flows that began b
 from __future__ import annotations
 
 import csv
-import gzip
 import sys
 from pathlib import Path
 
-import dpkt
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
+import pcaprec  # noqa: E402
+
 from dpack.capture import read_capture  # noqa: E402
 from dpack.flows import FlowSample, flows_from_frames  # noqa: E402
 from dpack.packets import PrefixSpec  # noqa: E402
@@ -38,13 +37,17 @@ def read_labels(path: Path) -> dict[tuple, str]:
                 for r in csv.DictReader(fh)}  # fmt: skip
 
 
-def _pair(frame: tuple[float, int, bytes]) -> object:
+def _pair(rec: pcaprec.Record) -> object:
     """Direction-free 5-tuple of a frame (None for non-IP)."""
     from dpack.packets import ip_offset, parse_ip
 
-    off = ip_offset(frame[2], frame[1])
-    p = parse_ip(frame[2], off) if off >= 0 else None
+    off = ip_offset(rec.data, 1)
+    p = parse_ip(rec.data, off) if off >= 0 else None
     return p and (p.proto, frozenset({(p.src, p.sport), (p.dst, p.dport)}))
+
+
+def _frames(recs: list[pcaprec.Record]) -> list[tuple[float, int, bytes]]:
+    return [(r.ts, 1, r.data) for r in recs]
 
 
 def main(src: Path, dst: Path) -> None:
@@ -54,19 +57,19 @@ def main(src: Path, dst: Path) -> None:
             ip, label, tag, _host = line.split("\t", 3)
             plan[ip] = (label, tag)
 
-    benign = list(read_capture(src / "benign-val.pcap.gz"))
-    t0 = benign[0][0]
+    benign = list(pcaprec.read(src / "benign-val.pcap.gz")[2])
+    t0 = benign[0].ts
     # Only flows that start inside the window: a flow caught mid-way (no SYN) is a capture artefact.
-    before = {_pair(f) for f in benign if t0 + START - 60.0 <= f[0] < t0 + START}
-    window = [f for f in benign if t0 + START <= f[0] < t0 + START + WINDOW and _pair(f) not in before]
-    lo, hi = window[0][0], window[-1][0]
+    before = {_pair(f) for f in benign if t0 + START - 60.0 <= f.ts < t0 + START}
+    window = [f for f in benign if t0 + START <= f.ts < t0 + START + WINDOW and _pair(f) not in before]
+    lo, hi = window[0].ts, window[-1].ts
 
     # Attack flows: the first PER_FAMILY flows of each family, with all their packets.
-    attack = list(read_capture(src / "attack-dev.pcap.gz"))
+    attack = list(pcaprec.read(src / "attack-dev.pcap.gz")[2])
     attack_labels = read_labels(src / "attack-dev.labels.csv")
     wanted: dict[tuple, str] = {}
     left = dict(PER_FAMILY)
-    for s in flows_from_frames(attack, SPEC):
+    for s in flows_from_frames(_frames(attack), SPEC):
         fam = attack_labels.get(key(s), "")
         if left.get(fam, 0) > 0:
             left[fam] -= 1
@@ -74,27 +77,24 @@ def main(src: Path, dst: Path) -> None:
     from dpack.flows import addr_text
     from dpack.packets import ip_offset, parse_ip
 
-    picked: dict[str, list[tuple[float, int, bytes]]] = {}
-    for ts, lt, fr in attack:
-        off = ip_offset(fr, lt)
-        p = parse_ip(fr, off) if off >= 0 else None
+    picked: dict[str, list[pcaprec.Record]] = {}
+    for r in attack:
+        off = ip_offset(r.data, 1)
+        p = parse_ip(r.data, off) if off >= 0 else None
         fam = p and wanted.get(
             (p.proto, frozenset({(addr_text(p.src), p.sport), (addr_text(p.dst), p.dport)}))
         )
         if fam:
-            picked.setdefault(fam, []).append((ts, lt, fr))
+            picked.setdefault(fam, []).append(r)
     merged = list(window)
     for i, fam in enumerate(sorted(picked)):  # each family starts a few seconds after the previous one
-        shift = lo + 3.0 + 4.0 * i - picked[fam][0][0]
-        merged += [(t + shift, lt, f) for t, lt, f in picked[fam] if t + shift <= hi]
-    merged.sort(key=lambda x: x[0])
+        shift = lo + 3.0 + 4.0 * i - picked[fam][0].ts
+        merged += [r._replace(ts=r.ts + shift) for r in picked[fam] if r.ts + shift <= hi]
+    merged.sort(key=lambda r: r.ts)
 
     dst.mkdir(parents=True, exist_ok=True)
     out = dst / "lab-sample.pcap.gz"
-    with gzip.GzipFile(out, "wb", mtime=0) as gz:
-        w = dpkt.pcap.Writer(gz, snaplen=256, linktype=1)
-        for t, _lt, f in merged:
-            w.writepkt(f, ts=t)
+    pcaprec.write(out, merged)  # wire lengths kept (see pcaprec)
 
     benign_labels = read_labels(src / "benign-val.labels.csv")
     rows = []

@@ -8,13 +8,12 @@ probe (attack), one DNS query and one HTTP request (benign).
 
 from __future__ import annotations
 
-import gzip
 import sys
 from pathlib import Path
 
-import dpkt
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
+import pcaprec  # noqa: E402
+
 from dpack.flows import _flow_key  # noqa: E402
 from dpack.packets import ip_offset, parse_ip  # noqa: E402
 
@@ -23,11 +22,11 @@ WANT = [("10.201.66.31", 22), ("10.201.66.11", None), ("10.201.1.15", 53), ("10.
 
 def main() -> None:
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
-    with gzip.open(src, "rb") as fh:
-        frames = list(dpkt.pcap.Reader(fh))
+    _, _, frames = pcaprec.read(src)
     chosen: dict[tuple[object, ...], int] = {}
     keep = []
-    for ts, buf in frames:
+    for rec in frames:
+        buf = rec.data
         p = parse_ip(buf, ip_offset(buf, 1)) if ip_offset(buf, 1) >= 0 else None
         if p is None:
             continue
@@ -38,12 +37,9 @@ def main() -> None:
                 if i not in chosen.values() and sa == host and (port is None or p.dport == port):
                     chosen[key] = i
         if key in chosen:
-            keep.append((ts, buf))
+            keep.append(rec)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "mixed.pcap", "wb") as fh:
-        w = dpkt.pcap.Writer(fh, snaplen=256)
-        for ts, buf in keep:
-            w.writepkt(buf, ts=ts)
+    pcaprec.write(out / "mixed.pcap", keep)  # wire lengths kept (see pcaprec)
     print(f"{len(keep)} frames, {len(chosen)} connections")
 
 
