@@ -154,18 +154,18 @@ def test_zeek_and_python_contracts_agree():
 
 def header(**over):
     h = {"version": C.CONTRACT_VERSION, "node": "zeek", "reply_topic": "dpack/verdicts", "policy": "payload", "packets": 3,
-         "bytes": 80, "sent": 1700000000.0}  # fmt: skip
+         "bytes": 80, "max_wait": 5.0, "sent": 1700000000.0}  # fmt: skip
     h.update(over)
     return encode_record(C.BATCH_HEADER, h)
 
 
 def sample(**over):
     s = {"uid": "C1", "orig_h": "192.0.2.1", "orig_p": Port(40000, "tcp"), "resp_h": "198.51.100.2",
-         "resp_p": Port(22, "tcp"), "proto": "tcp", "ts": 1700000000.25, "link": 1}  # fmt: skip
+         "resp_p": Port(22, "tcp"), "proto": 6, "ts": 1700000000.25, "ready": 1700000000.5, "link": 1}  # fmt: skip
     pkts = over.pop("pkts", [base64.b64encode(b"\x00" * 60).decode()])
     dirs = over.pop("is_orig", [True] * len(pkts))
     s.update(over)
-    rec = encode_record(C.SAMPLE[:8], s)
+    rec = encode_record(C.SAMPLE[:-2], s)
     rec["data"].append({"@data-type": "vector", "data": [encode_value("string", p) for p in pkts]})
     rec["data"].append({"@data-type": "vector", "data": [encode_value("boolean", d) for d in dirs]})
     return rec
@@ -200,10 +200,12 @@ def test_parse_samples():
     [
         (sample(pkts=["not base64!!"]), "not base64"),
         (sample(pkts=["AAAA", "AAAA"], is_orig=[True]), "differ in length"),
-        (sample(proto="sctp"), "unknown proto"),
+        (sample(proto=132), "does not fit ports"),
+        (sample(proto=58), "does not fit ports"),
+        (sample(proto=1, orig_p=Port(8, "icmp"), resp_p=Port(0, "icmp"), orig_h="2001:db8::1"), "does not fit address"),
         (sample(pkts=["AAAA"] * 65), "more than 64"),
         (sample(pkts=[base64.b64encode(b"x" * 5000).decode()]), "larger than"),
-        ({"@data-type": "vector", "data": []}, "expected a record of 10 fields"),
+        ({"@data-type": "vector", "data": []}, "expected a record of 11 fields"),
         ({"@data-type": "vector", "data": sample()["data"][:3] + [encode_value("string", "x")] + sample()["data"][4:]},
          "field resp_h is not a address"),
     ],

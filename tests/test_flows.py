@@ -9,14 +9,14 @@ import dpkt
 import pytest
 from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, a4, a6, eth, handshake, ip4, ip6, tcp, udp
 
-from dpack.flows import FlowTable, community_id, flows_from_frames
+from dpack.flows import FlowRules, FlowTable, community_id, flows_from_frames
 from dpack.packets import PrefixSpec
 
 FIRST2 = PrefixSpec(2, 80, "first")
 
 
-def feed(pkts, spec=FIRST2, t0=100.0, dt=0.01, idle=60.0):
-    return list(flows_from_frames(((t0 + i * dt, 1, eth(p)) for i, p in enumerate(pkts)), spec, idle))
+def feed(pkts, spec=FIRST2, t0=100.0, dt=0.01, rules=None):
+    return list(flows_from_frames(((t0 + i * dt, 1, eth(p)) for i, p in enumerate(pkts)), spec, rules))
 
 
 def test_bidirectional_flow_with_directions():
@@ -45,8 +45,20 @@ def test_lone_syn_is_a_flow_scored_at_the_end():
 
 def test_idle_timeout_splits_flows():
     q = ip4(CLIENT, SERVER, udp(5000, 53, b"q"))
-    out = list(flows_from_frames([(0.0, 1, eth(q)), (200.0, 1, eth(q))], PrefixSpec(2, 80), 60.0))
+    out = list(flows_from_frames([(0.0, 1, eth(q)), (200.0, 1, eth(q))], PrefixSpec(2, 80)))
     assert len(out) == 2 and [s.ts for s in out] == [0.0, 200.0]
+    # Zeek's timeouts by protocol: TCP stays open for 5 minutes of silence, UDP for one
+    syn = ip4(CLIENT, SERVER, tcp(40000, 80, dpkt.tcp.TH_SYN))
+    ack = ip4(CLIENT, SERVER, tcp(40000, 80, dpkt.tcp.TH_ACK))
+    dns = [ip4(CLIENT, SERVER, udp(5000, 5000, b"q"))] * 2
+    out = list(flows_from_frames([(0.0, 1, eth(syn)), (200.0, 1, eth(ack)), (400.0, 1, eth(dns[0])),
+                                  (459.0, 1, eth(dns[1]))], PrefixSpec(3, 80, "first")))  # fmt: skip
+    assert [(s.proto_name, len(s.frames)) for s in out] == [("tcp", 1), ("udp", 1)]
+    rules = FlowRules(tcp_timeout=100.0)
+    out = list(
+        flows_from_frames([(0.0, 1, eth(syn)), (200.0, 1, eth(ack))], PrefixSpec(3, 80, "first"), rules)
+    )
+    assert len(out) == 2
 
 
 def test_new_syn_after_fin_is_a_new_flow():
@@ -56,13 +68,72 @@ def test_new_syn_after_fin_is_a_new_flow():
     assert len(out) == 2
 
 
-def test_icmp_echo_request_and_reply_form_one_flow():
+def test_icmp_flows_are_keyed_as_zeek_keys_icmp_connections():
+    """Echo request and reply are one flow whatever the identifier (Zeek's key: the address pair with the
+    type and its counterpart); messages without a counterpart are one-way flows keyed by type and code."""
     req = dpkt.icmp.ICMP(type=8, code=0, data=dpkt.icmp.ICMP.Echo(id=77, seq=1, data=b"ping"))
     rep = dpkt.icmp.ICMP(type=0, code=0, data=dpkt.icmp.ICMP.Echo(id=77, seq=1, data=b"ping"))
     other = dpkt.icmp.ICMP(type=8, code=0, data=dpkt.icmp.ICMP.Echo(id=78, seq=1, data=b"ping"))
-    out = feed([ip4(CLIENT, SERVER, req), ip4(SERVER, CLIENT, rep), ip4(CLIENT, SERVER, other)])
-    assert sorted(len(s.frames) for s in out) == [1, 2]
-    assert all(s.proto_name == "icmp" and s.sport == 8 for s in out)
+    unreach = dpkt.icmp.ICMP(type=3, code=3, data=dpkt.icmp.ICMP.Unreach(data=b"\0" * 28))
+    out = feed([ip4(CLIENT, SERVER, req), ip4(SERVER, CLIENT, rep), ip4(CLIENT, SERVER, other),
+                ip4(SERVER, CLIENT, unreach), ip4(CLIENT, SERVER, unreach)], PrefixSpec(3, 80, "first"))  # fmt: skip
+    assert sorted((s.src, s.sport, s.dport, len(s.frames)) for s in out) == [
+        (CLIENT, 3, 3, 1), (CLIENT, 8, 0, 3), (SERVER, 3, 3, 1)]  # fmt: skip
+
+
+def test_prefix_waits_max_wait_seconds_at_most():
+    """A flow whose prefix is not complete ``max_wait`` seconds after its first packet is handed out with
+    what it has, at that time (Zeek's DPack::max_wait); its later packets do not make a new flow."""
+    spec = PrefixSpec(3, 80, "payload", max_wait=5.0)
+    pk = handshake()
+    frames = [
+        (0.0, pk[0]),
+        (0.001, pk[1]),
+        (0.002, pk[3]),
+        (5.0, ip4(SERVER, CLIENT, tcp(22, 40000, 0x18, b"x"))),
+    ]
+    table = FlowTable(spec)
+    out = [s for t, p in frames for s in table.add(t, 1, eth(p))] + table.flush()
+    assert [(len(s.frames), s.ready) for s in out] == [(2, 5.0)]
+    # without another packet, the expiry pass hands it out at the deadline
+    table = FlowTable(spec)
+    out = [s for t, p in frames[:3] for s in table.add(t, 1, eth(p))]
+    other = ip4("192.0.2.99", SERVER, udp(1, 2, b"z"))
+    out += table.add(7.0, 1, eth(other))
+    assert [(s.src, len(s.frames), s.ready) for s in out] == [(CLIENT, 2, 5.0)]
+
+
+def test_dns_over_udp_ends_as_zeek_dns_analyzer_ends_it():
+    """Zeek checks a DNS connection every 10 s after its start and ends it when idle for 9 s: a query
+    on the same socket 15 s later is a new flow (a plain UDP flow would last 60 s)."""
+    q = ip4(CLIENT, SERVER, udp(5000, 53, b"q"))
+    r = ip4(SERVER, CLIENT, udp(53, 5000, b"r"))
+    spec = PrefixSpec(3, 80, "first")
+    out = list(flows_from_frames([(0.0, 1, eth(q)), (0.01, 1, eth(r)), (15.0, 1, eth(q))], spec))
+    assert [len(s.frames) for s in out] == [2, 1]
+    out = list(flows_from_frames([(0.0, 1, eth(q)), (0.01, 1, eth(r)), (9.5, 1, eth(q))], spec))
+    assert [len(s.frames) for s in out] == [2]  # the check at 10 s has not happened yet: same flow
+    u = [ip4(CLIENT, SERVER, udp(5000, 5001, b"q"))] * 2
+    assert len(list(flows_from_frames([(0.0, 1, eth(u[0])), (15.0, 1, eth(u[1]))], spec))) == 1
+
+
+def test_fragments_and_tunnels_make_no_flow():
+    """Zeek reassembles fragments and decapsulates IP-in-IP/GRE: none of them is a connection of its own
+    from a captured frame, so they are counted and left out."""
+    raw = bytes(udp(5000, 53, b"A" * 60))
+
+    def frag(data, off8, mf):
+        import struct
+
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(data), 7, (0x2000 if mf else 0) | off8, 64, 17,
+                          0, socket.inet_aton(CLIENT), socket.inet_aton(SERVER))  # fmt: skip
+        return hdr + data
+
+    gre = ip4(CLIENT, SERVER, udp(1, 2), proto=47)
+    table = FlowTable(PrefixSpec(2, 80))
+    out = [s for i, p in enumerate([frag(raw[:32], 0, True), frag(raw[32:], 4, False), gre])
+           for s in table.add(i * 0.01, 1, eth(p))] + table.flush()  # fmt: skip
+    assert out == [] and (table.stats.fragments, table.stats.tunnels, table.stats.flows) == (2, 1, 0)
 
 
 def test_ipv6_udp_flow():

@@ -191,7 +191,8 @@ def test_prefix_mismatch_is_refused_with_one_line_on_both_sides(start, peer, sam
     wait_for(lambda: run.m["batches_refused"] == 3, what="refusals")
     wait_for(lambda: len(peer.refusals()) == 1, what="refusal event")
     (reason,) = peer.refusals()
-    assert "expects policy=payload packets=3 bytes=80" in reason and "sends policy=first packets=2" in reason
+    assert "expects packets=3 bytes=80 policy=payload max_wait=5s" in reason
+    assert "sends packets=2 bytes=80 policy=first" in reason
     peer.send(samples_frame(sample_recs[:5], time.time(), version=C.CONTRACT_VERSION + 1))
     wait_for(lambda: len(peer.refusals()) == 2, what="version refusal")
     assert f"contract version {C.CONTRACT_VERSION + 1}" in peer.refusals()[1]
@@ -210,7 +211,8 @@ def test_malformed_and_hostile_messages_are_counted_not_fatal(start, peer, sampl
     wrong_arity = json.loads(json.dumps(good))
     wrong_arity["data"][2]["data"][1]["data"].append({"@data-type": "count", "data": 1})
     bad_b64 = json.loads(json.dumps(good))
-    bad_b64["data"][2]["data"][1]["data"][1]["data"][1]["data"][8]["data"][0]["data"] = "!!!"
+    pkts = [n for n, _ in C.SAMPLE].index("pkts")
+    bad_b64["data"][2]["data"][1]["data"][1]["data"][1]["data"][pkts]["data"][0]["data"] = "!!!"
     hostile = raw + ["{not json", "[]", json.dumps(wrong_event), json.dumps(wrong_arity),
                '{"type":"data-message","topic":"x","@data-type":"vector","data":' + "[" * 5000 + "]" * 5000 + "}",
                json.dumps({"type": "error", "code": "deserialization_failed", "context": "x"})]  # fmt: skip

@@ -136,7 +136,7 @@ def test_sharded_scoring_writes_what_one_process_writes(tmp_path, default_model,
     assert outputs[3] == outputs[1]
     if capture == "mixed":
         stats = outputs[1][4]
-        assert stats.non_ip == 1 and stats.malformed == 1 and stats.fragments == 10
+        assert stats.non_ip == 1 and stats.malformed == 1 and stats.fragments == 20  # both pieces of 10
 
 
 def test_sharded_scoring_without_verdict_callback_counts_every_flow(default_model):

@@ -53,10 +53,11 @@ def samples_from_pcap(path: str, packets: int = 3, policy: str = "payload", capt
 
     def take(samples: Iterable[Any]) -> None:
         for s in samples:
-            proto = s.proto_name if s.proto_name in ("tcp", "udp") else "icmp"
+            proto = _transport(s.proto)
             out.append({
                 "uid": uid(), "orig_h": s.src, "orig_p": Port(s.sport, proto), "resp_h": s.dst,
-                "resp_p": Port(s.dport, proto), "proto": proto, "ts": s.ts, "link": s.frames[0].linktype,
+                "resp_p": Port(s.dport, proto), "proto": s.proto, "ts": s.ts, "ready": s.ready,
+                "link": s.frames[0].linktype,
                 "pkts": [base64.b64encode(f.data[:capture_bytes]).decode() for f in s.frames],
                 "is_orig": [f.is_orig for f in s.frames],
             })  # fmt: skip
@@ -69,8 +70,13 @@ def samples_from_pcap(path: str, packets: int = 3, policy: str = "payload", capt
     return out[:limit] if limit else out
 
 
+def _transport(proto: int) -> str:
+    """The transport name of a port as Zeek writes it for an IP protocol number."""
+    return {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}.get(proto, "unknown")
+
+
 def sample_node(rec: dict[str, Any]) -> dict[str, Any]:
-    node = encode_record(C.SAMPLE[:8], rec)
+    node = encode_record(C.SAMPLE[:-2], rec)
     node["data"].append(
         {"@data-type": "vector", "data": [{"@data-type": "string", "data": p} for p in rec["pkts"]]}
     )
@@ -86,11 +92,14 @@ def connections_from_pcap(path: str) -> list[dict[str, Any]]:
     from dpack.records import records_from_capture
 
     out = []
+    from dpack.records import PROTO_NUMBERS
+
     for r in records_from_capture(path):
-        proto = r.proto if r.proto in ("tcp", "udp") else "icmp"
+        number = PROTO_NUMBERS.get(r.proto, 0)
+        proto = _transport(number)
         out.append({
             "uid": uid(), "orig_h": r.src, "orig_p": Port(r.sport, proto), "resp_h": r.dst,
-            "resp_p": Port(r.dport, proto), "proto": proto, "ts": r.ts, "duration": r.duration,
+            "resp_p": Port(r.dport, proto), "proto": number, "ts": r.ts, "duration": r.duration,
             "orig_pkts": r.orig_pkts, "resp_pkts": r.resp_pkts, "orig_bytes": r.orig_bytes,
             "resp_bytes": r.resp_bytes, "orig_ip_bytes": r.orig_ip_bytes, "resp_ip_bytes": r.resp_ip_bytes,
             "history": r.history, "conn_state": r.conn_state, "service": "",
@@ -101,11 +110,12 @@ def connections_from_pcap(path: str) -> list[dict[str, Any]]:
 def samples_frame(recs: list[dict[str, Any]], sent: float, topic: str = "dpack/samples/0", packets: int = 3,
                   policy: str = "payload", nbytes: int = 80, version: int = C.CONTRACT_VERSION,
                   reply_topic: str = "dpack/verdicts", node: str = "zeek",
-                  event: str = C.SAMPLES_EVENT) -> str:  # fmt: skip
+                  event: str = C.SAMPLES_EVENT, max_wait: float = 5.0) -> str:  # fmt: skip
     """One ``DPack::samples`` (or, with ``event=C.CONNECTIONS_EVENT``, ``DPack::connections``) data message
     exactly as Zeek 8.0 sends it (with the metadata element)."""
     hdr = encode_record(C.BATCH_HEADER, {"version": version, "node": node, "reply_topic": reply_topic,
-                                         "policy": policy, "packets": packets, "bytes": nbytes, "sent": sent})  # fmt: skip
+                                         "policy": policy, "packets": packets, "bytes": nbytes,
+                                         "max_wait": max_wait, "sent": sent})  # fmt: skip
     nodes = [sample_node(r) for r in recs] if event == C.SAMPLES_EVENT else [
         encode_record(C.CONNECTION, r) for r in recs]  # fmt: skip
     body = [

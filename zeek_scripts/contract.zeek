@@ -9,7 +9,7 @@ module DPack;
 export {
 	## Version of this contract. The scorer refuses batches of another version and answers with
 	## :zeek:see:`DPack::scorer_refused`.
-	const contract_version = 2;
+	const contract_version = 3;
 
 	## Sent with every batch of samples.
 	type BatchHeader: record {
@@ -25,6 +25,8 @@ export {
 		packets: count;
 		## Bytes per packet from the IP header on (L).
 		bytes: count;
+		## Seconds a connection's first packets are waited for (:zeek:see:`DPack::max_wait`).
+		max_wait: double;
 		## Wall-clock time at which the batch was published.
 		sent: time;
 	};
@@ -41,10 +43,14 @@ export {
 		resp_h: addr;
 		## Responder port (ICMP: code).
 		resp_p: port;
-		## Transport protocol: "tcp", "udp" or "icmp".
-		proto: string;
+		## IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, others for Zeek's
+		## ``unknown_transport`` connections).
+		proto: count;
 		## Time of the connection's first packet.
 		ts: time;
+		## Network time at which the sample was complete: its Nth packet, its first packet
+		## plus :zeek:see:`DPack::max_wait`, or the connection's end.
+		ready: time;
 		## pcap link type of the frames (``packet_source()$link_type``).
 		link: count;
 		## Base64 of each selected frame, from the link layer on, cut to
@@ -97,8 +103,8 @@ export {
 		resp_h: addr;
 		## Responder port (ICMP: code).
 		resp_p: port;
-		## Transport protocol: "tcp", "udp" or "icmp".
-		proto: string;
+		## IP protocol number (as in :zeek:type:`DPack::Sample`).
+		proto: count;
 		## Time of the connection's first packet.
 		ts: time;
 		## Duration in seconds.

@@ -4,14 +4,16 @@
 ##! record detectors answer with ``dpack.log`` entries and :zeek:see:`DPack::Anomalous_Connection`.
 ##!
 ##! Standalone, this node listens for the scorer on a WebSocket (:zeek:see:`DPack::listen_port`,
-##! the port zeekctl uses). In a cluster, enable zeekctl's WebSocket listener instead; each node
-##! publishes its batches to one scorer shard and receives the verdicts on its own node topic, so
-##! every notice is raised once, by the node that saw the connection.
+##! the port zeekctl uses). In a cluster, enable the manager's WebSocket listener instead; each node
+##! publishes its batches to the scorer shard of the connection's originator and receives the
+##! verdicts on its own node topic, so every notice is raised once, by the node that saw the
+##! connection. Reading a trace (``zeek -r``), nothing listens unless
+##! :zeek:see:`DPack::score_traces` is set, so offline runs end with the trace as usual.
 
+@load base/misc/version
 @load base/frameworks/cluster
 @load base/frameworks/notice
 @load base/protocols/conn
-@load base/utils/site
 
 @load ./contract
 
@@ -55,7 +57,8 @@ export {
 	## How often a partial batch is published.
 	option batch_interval = 10msec;
 
-	## How long to wait for a connection's Nth packet before exporting what it has.
+	## How long to wait for a connection's Nth packet before exporting what it has. Part of what
+	## the model reads (the scorer refuses batches whose value differs from its model's).
 	option max_wait = 5sec;
 
 	## Whether finished connections' summaries are exported for dpack's flow-record detectors
@@ -74,8 +77,17 @@ export {
 	## Topic for verdicts on a standalone node (cluster nodes use their node topic).
 	const verdict_topic = "dpack/verdicts" &redef;
 
-	## Number of scorer shards; batches go round-robin to shards 0 .. scorer_shards-1.
+	## Number of scorer shards. A connection goes to the shard of its originator (a hash of the
+	## originator's address under :zeek:see:`DPack::shard_prefix_v4` /
+	## :zeek:see:`DPack::shard_prefix_v6`), so every flow of one host reaches the same shard.
 	const scorer_shards = 1 &redef;
+
+	## Prefix length that defines one originator for sharding, IPv4.
+	const shard_prefix_v4 = 32 &redef;
+
+	## Prefix length that defines one originator for sharding, IPv6 (a /64 is one host's
+	## network: privacy addresses change within it).
+	const shard_prefix_v6 = 64 &redef;
 
 	## Whether a standalone node listens for the scorer's WebSocket connection.
 	const listen_websocket = T &redef;
@@ -93,20 +105,24 @@ export {
 	## Port of the native Broker listener (Zeek's ``Broker::default_port``).
 	const broker_port = 9999/tcp &redef;
 
+	## Whether ``zeek -r`` (reading a trace) also listens for a scorer. Off by default, so that an
+	## offline run at a site whose policy loads dpack ends with its trace and never takes the live
+	## sensor's port. When on, Zeek holds the trace until a scorer connects (at most
+	## :zeek:see:`DPack::scorer_wait`), and after the trace it waits for the verdicts of what it
+	## exported (at most :zeek:see:`DPack::scorer_wait` again) before it terminates.
+	const score_traces = F &redef;
+
+	## Wall-clock bound of each wait in :zeek:see:`DPack::score_traces` mode.
+	const scorer_wait = 30sec &redef;
+
 	## One ``dpack.log`` entry: the verdict on one connection.
 	type Info: record {
 		## When the verdict arrived.
 		ts: time &log;
 		## Connection uid.
 		uid: string &log;
-		## Originator address.
-		orig_h: addr &log;
-		## Originator port.
-		orig_p: port &log;
-		## Responder address.
-		resp_h: addr &log;
-		## Responder port.
-		resp_p: port &log;
+		## The connection's endpoints.
+		id: conn_id &log;
 		## Anomaly score.
 		score: double &log;
 		## The model's threshold.
@@ -141,13 +157,16 @@ export {
 	global publish_connections_policy: hook(hdr: BatchHeader, batch: vector of
 	    Connection);
 
+	## The scorer shard of an originator's connections (0 .. :zeek:see:`DPack::scorer_shards` - 1).
+	global shard_of: function(a: addr): count;
+
 	## Per-connection export state (freed with the connection).
 	type State: record {
 		## Selected frames so far, base64.
 		pkts: vector of string;
 		## Direction of each selected frame.
 		is_orig: vector of bool;
-		## Whether the sample was handed to a batch.
+		## Whether the sample was handed to a batch (or the connection is not exported).
 		sent: bool &default=F;
 	};
 }
@@ -157,11 +176,29 @@ redef record connection += {
 	dpack: State &optional;
 };
 
-global pending: vector of Sample = vector();
+## TCP flags that close a connection; a packet with one of them takes a prefix slot under the
+## "payload" policy even without payload.
+const TCP_FIN_OR_RST = 5;
+
+# Samples waiting to be published, one vector per scorer shard.
+global pending: table[count] of vector of Sample;
+global pending_count = 0;
 global pending_conns: vector of Connection = vector();
-global shard = 0;
+# Connections whose first packets are being collected, by uid. The wait timer finds them here:
+# lookup_connection() does not find every ICMP connection (Zeek 8.0.10 misses those whose
+# originator's address sorts after the responder's).
+global collecting: table[string] of connection;
+global flush_scheduled = F;
 global link = 0;
 global refusals_reported: set[string] &create_expire=1hr;
+# score_traces: samples exported and verdicts not yet received; whether the trace is done
+global outstanding = 0;
+global trace_done = F;
+
+global flush_timer: event();
+global finish: Conn::RemovalHook;
+global wait_expired: event(uid: string);
+global scorer_wait_over: event(what: string);
 
 function node_name(): string
 	{
@@ -184,35 +221,71 @@ function link_type(): count
 	return link;
 	}
 
+function ip_proto(c: connection): count
+	{
+@if ( Version::at_least("7.1") )
+	return c$id$proto;
+@else
+	local t = get_port_transport_proto(c$id$orig_p);
+	if ( t == tcp )
+		return 6;
+	if ( t == udp )
+		return 17;
+	if ( t == icmp )
+		return is_v6_addr(c$id$orig_h) ? 58 : 1;
+	return 0;
+@endif
+	}
+
 function header(): BatchHeader
 	{
 	return BatchHeader($version=contract_version, $node=node_name(),
 	    $reply_topic=reply_topic(), $policy=policy, $packets=packets,
-	    $bytes=packet_bytes, $sent=current_time());
+	    $bytes=packet_bytes, $max_wait=interval_to_double(max_wait),
+	    $sent=current_time());
 	}
 
-function next_topic(): string
+## The scorer shard of an originator: a multiplicative hash of its address under the shard
+## prefix, so that all of one host's flows go to one shard.
+function shard_of(a: addr): count
 	{
-	local topic = fmt("%s/%d", sample_topic, shard);
-	shard = ( shard + 1 ) % scorer_shards;
-	return topic;
+	if ( scorer_shards <= 1 )
+		return 0;
+	local v = addr_to_counts(subnet_to_addr(mask_addr(a, is_v4_addr(a) ?
+	    shard_prefix_v4 : shard_prefix_v6)));
+	local h = 0;
+	for ( i in v )
+		h = ( ( h % 1000003 ) * 2654435761 + v[i] ) % 4294967296;
+	return ( ( h * 2654435761 ) % 4294967296 ) % scorer_shards;
+	}
+
+function publish_samples(shard: count, batch: vector of Sample)
+	{
+	local hdr = header();
+	if ( hook publish_policy(hdr, batch) )
+		{
+		if ( score_traces && reading_traces() )
+			outstanding += |batch|;
+		local topic = fmt("%s/%d", sample_topic, shard);
+@if ( Version::at_least("7.1") )
+		Cluster::publish(topic, samples, hdr, batch);
+@else
+		Broker::publish(topic, samples, hdr, batch);
+@endif
+		}
 	}
 
 function flush()
 	{
-	if ( |pending| > 0 )
+	if ( pending_count > 0 )
 		{
-		local batch = pending;
-		pending = vector();
-		local hdr = header();
-		if ( hook publish_policy(hdr, batch) )
+		for ( shard, batch in pending )
 			{
-@if ( Version::at_least("7.1") )
-			Cluster::publish(next_topic(), samples, hdr, batch);
-@else
-			Broker::publish(next_topic(), samples, hdr, batch);
-@endif
+			if ( |batch| > 0 )
+				publish_samples(shard, batch);
 			}
+		pending = table();
+		pending_count = 0;
 		}
 
 	if ( |pending_conns| > 0 )
@@ -222,12 +295,23 @@ function flush()
 		local chdr = header();
 		if ( hook publish_connections_policy(chdr, conns) )
 			{
+			local topic = fmt("%s/%d", sample_topic, shard_of(conns[0]$orig_h));
 @if ( Version::at_least("7.1") )
-			Cluster::publish(next_topic(), connections, chdr, conns);
+			Cluster::publish(topic, connections, chdr, conns);
 @else
-			Broker::publish(next_topic(), connections, chdr, conns);
+			Broker::publish(topic, connections, chdr, conns);
 @endif
 			}
+		}
+	}
+
+# A flush is scheduled when the first sample of a batch is queued (no timer runs while idle).
+function schedule_flush()
+	{
+	if ( ! flush_scheduled )
+		{
+		flush_scheduled = T;
+		schedule batch_interval { DPack::flush_timer() };
 		}
 	}
 
@@ -235,14 +319,27 @@ function emit(c: connection)
 	{
 	local st = c$dpack;
 	st$sent = T;
-	pending += Sample($uid=c$uid, $orig_h=c$id$orig_h, $orig_p=c$id$orig_p,
-	    $resp_h=c$id$resp_h, $resp_p=c$id$resp_p, $proto=cat(
-	    get_port_transport_proto(c$id$orig_p)), $ts=c$start_time,
-	    $link=link_type(), $pkts=st$pkts, $is_orig=st$is_orig);
+	delete collecting[c$uid];
+	if ( |st$pkts| == 0 )
+		return;
+	local shard = shard_of(c$id$orig_h);
+	if ( shard !in pending )
+		pending[shard] = vector();
+	pending[shard] += Sample($uid=c$uid, $orig_h=c$id$orig_h, $orig_p=c$id$orig_p,
+	    $resp_h=c$id$resp_h, $resp_p=c$id$resp_p, $proto=ip_proto(c),
+	    $ts=c$start_time, $ready=network_time(), $link=link_type(),
+	    $pkts=st$pkts, $is_orig=st$is_orig);
+	++pending_count;
 	st$pkts = vector();
 	st$is_orig = vector();
-	if ( |pending| >= batch_size )
-		flush();
+	if ( |pending[shard]| >= batch_size )
+		{
+		publish_samples(shard, pending[shard]);
+		pending_count -= |pending[shard]|;
+		delete pending[shard];
+		}
+	else
+		schedule_flush();
 	}
 
 function from_orig(c: connection, p: pkt_hdr): bool
@@ -259,57 +356,85 @@ function from_orig(c: connection, p: pkt_hdr): bool
 	return T;
 	}
 
-event DPack::flush_timer()
+## Whether a packet is a datagram Zeek reassembled from fragments: the frame it has at hand is
+## only the last fragment, so such packets take no prefix slot (dpack's flow table leaves
+## fragments out too).
+function reassembled(p: pkt_hdr): bool
 	{
-	flush();
-	schedule batch_interval { DPack::flush_timer() };
+	if ( p?$ip )
+		return p$ip$MF || p$ip$offset > 0;
+	for ( i in p$ip6$exts )
+		{
+		if ( p$ip6$exts[i]$id == 44 )
+			return T;
+		}
+	return F;
 	}
 
-event DPack::wait_expired(id: conn_id, uid: string)
+hook finish(c: connection)
 	{
-	if ( ! connection_exists(id) )
-		return;
-	local c = lookup_connection(id);
-	if ( c$uid != uid || ! c?$dpack || c$dpack$sent || |c$dpack$pkts| == 0 )
-		return;
-	emit(c);
+	if ( c?$dpack && ! c$dpack$sent )
+		emit(c);
+	}
+
+function start(c: connection): bool
+	{
+	if ( ! enabled
+	    || c?$tunnel
+	    || c$id$orig_h in ignore_subnets
+	    || c$id$resp_h in ignore_subnets )
+		{
+		c$dpack = State($pkts=vector(), $is_orig=vector(), $sent=T);
+		return F;
+		}
+	c$dpack = State($pkts=vector(), $is_orig=vector());
+	collecting[c$uid] = c;
+	Conn::register_removal_hook(c, finish);
+	schedule max_wait { DPack::wait_expired(c$uid) };
+	return T;
+	}
+
+event DPack::flush_timer()
+	{
+	flush_scheduled = F;
+	flush();
+	}
+
+event DPack::wait_expired(uid: string)
+	{
+	if ( uid in collecting )
+		emit(collecting[uid]);
 	}
 
 event new_packet(c: connection, p: pkt_hdr)
 	{
-	if ( ! enabled )
+	if ( c?$dpack )
+		{
+		if ( c$dpack$sent )
+			return;
+		}
+	else if ( ! start(c) )
 		return;
+
 	if ( ! p?$ip && ! p?$ip6 )
 		return;
-
-	local first = F;
-	if ( ! c?$dpack )
-		{
-		if ( c$id$orig_h in ignore_subnets || c$id$resp_h in ignore_subnets )
-			{
-			c$dpack = State($pkts=vector(), $is_orig=vector(), $sent=T);
-			return;
-			}
-		c$dpack = State($pkts=vector(), $is_orig=vector());
-		first = T;
-		schedule max_wait { DPack::wait_expired(c$id, c$uid) };
-		}
-	else if ( c$dpack$sent )
+	if ( reassembled(p) )
 		return;
 
+	local st = c$dpack;
 	# Under "payload", TCP packets without payload that do not close the connection are skipped
-	# (the same rule as dpack's flow table: plugin/dpack/packets.py counts_for_prefix).
+	# after the first (the same rule as dpack's flow table: plugin/dpack/packets.py
+	# counts_for_prefix).
 	if ( policy == "payload"
-	    && ! first
+	    && |st$pkts| > 0
 	    && p?$tcp
 	    && p$tcp$dl == 0
-	    && ( p$tcp$flags & 5 ) == 0 )
+	    && ( p$tcp$flags & TCP_FIN_OR_RST ) == 0 )
 		return;
 
-	local raw = get_current_packet();
-	c$dpack$pkts += encode_base64(raw$data[0:capture_bytes]);
-	c$dpack$is_orig += from_orig(c, p);
-	if ( |c$dpack$pkts| >= packets )
+	st$pkts += encode_base64(get_current_packet()$data[0:capture_bytes]);
+	st$is_orig += from_orig(c, p);
+	if ( |st$pkts| >= packets )
 		emit(c);
 	}
 
@@ -326,26 +451,42 @@ function ip_bytes(e: endpoint): count
 
 event connection_state_remove(c: connection) &priority=-5
 	{
-	if ( c?$dpack && ! c$dpack$sent && |c$dpack$pkts| > 0 )
-		emit(c);
-
 	if ( ! export_connections )
 		return;
-	if ( c$id$orig_h in ignore_subnets || c$id$resp_h in ignore_subnets )
+	if ( ! c?$dpack
+	    || c?$tunnel
+	    || c$id$orig_h in ignore_subnets
+	    || c$id$resp_h in ignore_subnets )
 		return;
 
 	local state = ( c?$conn && c$conn?$conn_state ) ? c$conn$conn_state : "";
 	pending_conns += Connection($uid=c$uid, $orig_h=c$id$orig_h,
 	    $orig_p=c$id$orig_p, $resp_h=c$id$resp_h, $resp_p=c$id$resp_p,
-	    $proto=cat(get_port_transport_proto(c$id$orig_p)), $ts=c$start_time,
-	    $duration=interval_to_double(c$duration), $orig_pkts=num_pkts(
-	    c$orig), $resp_pkts=num_pkts(c$resp), $orig_bytes=c$orig$size,
-	    $resp_bytes=c$resp$size, $orig_ip_bytes=ip_bytes(c$orig),
-	    $resp_ip_bytes=ip_bytes(c$resp),
+	    $proto=ip_proto(c), $ts=c$start_time, $duration=interval_to_double(
+	    c$duration), $orig_pkts=num_pkts(c$orig), $resp_pkts=num_pkts(
+	    c$resp), $orig_bytes=c$orig$size, $resp_bytes=c$resp$size,
+	    $orig_ip_bytes=ip_bytes(c$orig), $resp_ip_bytes=ip_bytes(c$resp),
 	    $history=c?$history ? c$history : "", $conn_state=state,
 	    $service=join_string_set(c$service, ","));
 	if ( |pending_conns| >= batch_size )
 		flush();
+	else
+		schedule_flush();
+	}
+
+function endpoints(orig_h: addr, orig_p: port, resp_h: addr, resp_p: port)
+    : conn_id
+	{
+	return conn_id($orig_h=orig_h, $orig_p=orig_p, $resp_h=resp_h, $resp_p=resp_p);
+	}
+
+function verdicts_received(n: count)
+	{
+	if ( ! score_traces || ! reading_traces() )
+		return;
+	outstanding = n > outstanding ? 0 : outstanding - n;
+	if ( trace_done && outstanding == 0 )
+		terminate();
 	}
 
 event DPack::verdicts(batch: vector of Verdict)
@@ -354,12 +495,11 @@ event DPack::verdicts(batch: vector of Verdict)
 	for ( i in batch )
 		{
 		local v = batch[i];
-		local info = Info($ts=network_time(), $uid=v$uid, $orig_h=v$orig_h,
-		    $orig_p=v$orig_p, $resp_h=v$resp_h, $resp_p=v$resp_p,
-		    $score=v$score, $threshold=v$threshold,
-		    $anomalous=v$anomalous, $model=v$model,
-		    $latency=now - v$sent, $scorer_latency=double_to_interval(
-		    v$scorer_latency));
+		local id = endpoints(v$orig_h, v$orig_p, v$resp_h, v$resp_p);
+		local info = Info($ts=network_time(), $uid=v$uid, $id=id, $score=v$score,
+		    $threshold=v$threshold, $anomalous=v$anomalous,
+		    $model=v$model, $latency=now - v$sent,
+		    $scorer_latency=double_to_interval(v$scorer_latency));
 		if ( v$explanation != "" )
 			info$explanation = v$explanation;
 		if ( v$community_id != "" )
@@ -367,13 +507,12 @@ event DPack::verdicts(batch: vector of Verdict)
 		Log::write(DPack::LOG, info);
 
 		if ( v$anomalous )
-			NOTICE([$note=Anomalous_Flow, $uid=v$uid, $id=conn_id($orig_h=v$orig_h,
-			    $orig_p=v$orig_p, $resp_h=v$resp_h,
-			    $resp_p=v$resp_p), $msg=fmt("dpack: anomalous flow (score %.4g > threshold %.4g, model %s)",
+			NOTICE([$note=Anomalous_Flow, $uid=v$uid, $id=id, $msg=fmt("dpack: anomalous flow (score %.4g > threshold %.4g, model %s)",
 			    v$score, v$threshold, v$model), $sub=v$explanation,
 			    $identifier=cat(v$orig_h, v$resp_h, v$resp_p),
 			    $suppress_for=notice_suppression]);
 		}
+	verdicts_received(|batch|);
 	}
 
 event DPack::connection_verdicts(batch: vector of ConnectionVerdict)
@@ -382,12 +521,12 @@ event DPack::connection_verdicts(batch: vector of ConnectionVerdict)
 	for ( i in batch )
 		{
 		local v = batch[i];
-		local info = Info($ts=network_time(), $uid=v$uid, $orig_h=v$orig_h,
-		    $orig_p=v$orig_p, $resp_h=v$resp_h, $resp_p=v$resp_p,
-		    $score=v$score, $threshold=v$threshold,
-		    $anomalous=v$anomalous, $model=v$model,
-		    $latency=now - v$sent, $scorer_latency=double_to_interval(
-		    v$scorer_latency), $detector=v$detector);
+		local id = endpoints(v$orig_h, v$orig_p, v$resp_h, v$resp_p);
+		local info = Info($ts=network_time(), $uid=v$uid, $id=id, $score=v$score,
+		    $threshold=v$threshold, $anomalous=v$anomalous,
+		    $model=v$model, $latency=now - v$sent,
+		    $scorer_latency=double_to_interval(v$scorer_latency),
+		    $detector=v$detector);
 		if ( v$category != "" )
 			info$category = v$category;
 		if ( v$community_id != "" )
@@ -395,9 +534,7 @@ event DPack::connection_verdicts(batch: vector of ConnectionVerdict)
 		Log::write(DPack::LOG, info);
 
 		if ( v$anomalous )
-			NOTICE([$note=Anomalous_Connection, $uid=v$uid, $id=conn_id($orig_h=v$orig_h,
-			    $orig_p=v$orig_p, $resp_h=v$resp_h,
-			    $resp_p=v$resp_p), $msg=fmt("dpack: anomalous connection (%s score %.4g > threshold %.4g, model %s)",
+			NOTICE([$note=Anomalous_Connection, $uid=v$uid, $id=id, $msg=fmt("dpack: anomalous connection (%s score %.4g > threshold %.4g, model %s)",
 			    v$detector, v$score, v$threshold, v$model),
 			    $sub=v$category == "" ? "" : fmt(
 			    "category=%s confidence=%.2f", v$category,
@@ -416,6 +553,62 @@ event DPack::scorer_refused(reason: string)
 	    reason));
 	}
 
+# --- zeek -r with a scorer (score_traces) -------------------------------------------------------
+
+function scorer_connected()
+	{
+	if ( score_traces && reading_traces() && is_processing_suspended() )
+		continue_processing();
+	}
+
+@if ( Version::at_least("8.0") )
+event Cluster::websocket_client_added(info: Cluster::EndpointInfo,
+    subscriptions: string_vec)
+	{
+	scorer_connected();
+	}
+@endif
+
+event Broker::peer_added(endpoint: Broker::EndpointInfo, msg: string)
+	{
+	scorer_connected();
+	}
+
+event DPack::scorer_wait_over(what: string)
+	{
+	if ( what == "connect" && is_processing_suspended() )
+		{
+		Reporter::warning(fmt("dpack: no scorer connected within %s; reading the trace without one",
+		    scorer_wait));
+		continue_processing();
+		}
+	else if ( what == "verdicts" && outstanding > 0 )
+		{
+		Reporter::warning(fmt("dpack: %d verdict(s) had not arrived %s after the trace; terminating",
+		    outstanding, scorer_wait));
+		terminate();
+		}
+	}
+
+event Pcap::file_done(path: string)
+	{
+	if ( ! score_traces )
+		return;
+	local left: vector of connection = vector();
+	for ( _, c in collecting )
+		left += c;
+	for ( i in left )
+		emit(left[i]);
+	flush();
+	trace_done = T;
+	if ( outstanding == 0 )
+		terminate();
+	else
+		schedule scorer_wait { DPack::scorer_wait_over("verdicts") };
+	}
+
+# ------------------------------------------------------------------------------------------------
+
 event zeek_init() &priority=5
 	{
 	Log::create_stream(DPack::LOG, [$columns=Info, $ev=log_dpack, $path="dpack",
@@ -425,28 +618,31 @@ event zeek_init() &priority=5
 		Reporter::warning(fmt("dpack: DPack::capture_bytes=%d cannot hold %d bytes after a link header",
 		    capture_bytes, packet_bytes));
 
-	if ( ! Cluster::is_enabled() )
-		{
-@if ( Version::at_least("7.1") )
-		Cluster::subscribe(verdict_topic);
-@else
-		Broker::subscribe(verdict_topic);
-@endif
-		if ( listen_websocket )
-			{
-@if ( Version::at_least("8.0") )
-			Cluster::listen_websocket(Cluster::WebSocketServerOptions(
-			    $listen_addr=listen_address,
-			    $listen_port=listen_port));
-@else
-			Broker::listen_websocket(cat(listen_address), listen_port);
-@endif
-			}
-		if ( listen_broker )
-			Broker::listen(cat(listen_address), broker_port);
-		}
+	if ( Cluster::is_enabled() || ( reading_traces() && ! score_traces ) )
+		return;
 
-	schedule batch_interval { DPack::flush_timer() };
+@if ( Version::at_least("7.1") )
+	Cluster::subscribe(verdict_topic);
+@else
+	Broker::subscribe(verdict_topic);
+@endif
+	if ( listen_websocket )
+		{
+@if ( Version::at_least("8.0") )
+		Cluster::listen_websocket(Cluster::WebSocketServerOptions(
+		    $listen_addr=listen_address, $listen_port=listen_port));
+@else
+		Broker::listen_websocket(cat(listen_address), listen_port);
+@endif
+		}
+	if ( listen_broker )
+		Broker::listen(cat(listen_address), broker_port);
+
+	if ( reading_traces() )
+		{
+		suspend_processing();
+		schedule scorer_wait { DPack::scorer_wait_over("connect") };
+		}
 	}
 
 event zeek_done()

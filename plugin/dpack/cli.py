@@ -259,7 +259,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         out = open(tmp, "w")  # noqa: SIM115
     collected: list[Any] = []
     try:
-        run = score_capture(args.capture, scorer, out, cfg.scoring.batch_size, cfg.scoring.idle_timeout,
+        run = score_capture(args.capture, scorer, out, cfg.scoring.batch_size, cfg.flows.rules(),
                             keep_top=args.top, workers=args.workers or cfg.scoring.processes(),
                             on_verdicts=collected.extend if args.rules else None)  # fmt: skip
     finally:

@@ -33,13 +33,22 @@ from .errors import DpackError
 from .flows import FlowSample, community_id
 from .packets import PROTO_ICMP, PROTO_ICMP6, PROTO_NAMES, PROTO_TCP, PROTO_UDP, Frame
 
-_PORT_PROTOS = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP}
+_PORT_TRANSPORT = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMP6: "icmp"}
 _MAX_FRAME_TEXT = 4 * 1024 * 1024  # a text frame larger than this is refused before parsing
 _U64 = 2**64
 
 
 class CodecError(DpackError):
     """A WebSocket message that does not decode, or does not fit the contract."""
+
+
+class ContractMismatch(CodecError):
+    """A batch from a node that speaks another contract version (its header may have other fields):
+    refused with a reason sent back to the node, not just counted."""
+
+    def __init__(self, version: int, node: str, reply_topic: str) -> None:
+        super().__init__(f"contract version {version} from node {node[:60]!r}")
+        self.version, self.node, self.reply_topic = version, node, reply_topic
 
 
 @dataclass(frozen=True)
@@ -406,6 +415,7 @@ class BatchHeader:
     policy: str
     packets: int
     bytes: int
+    max_wait: float
     sent: float
 
 
@@ -438,11 +448,15 @@ def _record(value: Any, fields: Sequence[tuple[str, str]], what: str) -> dict[st
 
 
 def _proto_number(rec: dict[str, Any]) -> int:
-    """IP protocol number of a record's ``proto`` name (Zeek says "icmp" for ICMPv6 too)."""
-    proto = _PORT_PROTOS.get(rec["proto"])
-    if proto is None:
-        raise CodecError(f"unknown proto {rec['proto'][:10]!r}")
-    return PROTO_ICMP6 if proto == PROTO_ICMP and rec["orig_h"].version == 6 else proto
+    """A record's IP protocol number, checked against its ports' transport (Zeek's ports say "icmp" for
+    ICMPv6 too, and "unknown" for other protocols)."""
+    proto = rec["proto"]
+    want = _PORT_TRANSPORT.get(proto, "unknown")
+    if not 0 <= proto <= 255 or rec["orig_p"].proto != want or rec["resp_p"].proto != want:
+        raise CodecError(f"proto {str(proto)[:10]} does not fit ports {rec['orig_p'].wire()[:20]}")
+    if (proto == PROTO_ICMP6) != (rec["orig_h"].version == 6) and proto in (PROTO_ICMP, PROTO_ICMP6):
+        raise CodecError(f"proto {proto} does not fit address {_text(rec['orig_h'])[:40]}")
+    return proto
 
 
 def _sample(rec: dict[str, Any], max_packets: int) -> FlowSample:
@@ -467,7 +481,7 @@ def _sample(rec: dict[str, Any], max_packets: int) -> FlowSample:
     sport, dport = rec["orig_p"].number, rec["resp_p"].number
     return FlowSample(
         rec["ts"], proto, _text(src), sport, _text(dst), dport, frames, uid=rec["uid"],
-        community_id=community_id(proto, src.packed, dst.packed, sport, dport),
+        community_id=community_id(proto, src.packed, dst.packed, sport, dport), ready=rec["ready"],
     )  # fmt: skip
 
 
@@ -476,7 +490,11 @@ def _batch(ev: Event, name: str, max_batch: int) -> tuple[BatchHeader, list[Any]
         raise CodecError(f"unexpected event {ev.name[:60]!r}")
     if len(ev.args) != 2:
         raise CodecError(f"{name} has {len(ev.args)} arguments, expected 2")
-    hdr = BatchHeader(**_record(ev.args[0], C.BATCH_HEADER, "batch header"))
+    head = ev.args[0]
+    if isinstance(head, list) and len(head) >= 3 and type(head[0]) is int and head[0] != C.CONTRACT_VERSION:
+        node, topic = (v if isinstance(v, str) else "?" for v in head[1:3])
+        raise ContractMismatch(head[0], node, topic)
+    hdr = BatchHeader(**_record(head, C.BATCH_HEADER, "batch header"))
     batch = ev.args[1]
     if not isinstance(batch, list):
         raise CodecError("batch is not a vector")

@@ -11,9 +11,15 @@ YAML layout (every key optional)::
       batch_size: 4096
       explain: anomalous             # anomalous | all | none
       top_k: 3
-      idle_timeout: 60.0
       workers: 0                     # processes for dpack score: 0 = one per CPU core (at most 8)
       cache_size: 16384              # recent distinct inputs whose score is remembered; 0 = off
+
+    flows:                           # Zeek's connection timeouts (seconds); set them as your Zeek has them
+      tcp_timeout: 300               # tcp_inactivity_timeout
+      udp_timeout: 60                # udp_inactivity_timeout
+      icmp_timeout: 60               # icmp_inactivity_timeout
+      other_timeout: 60              # unknown_ip_inactivity_timeout
+      dns_timeout: 10                # dns_session_timeout
 
     zeek:                            # dpack serve: how to reach Zeek
       url: ws://127.0.0.1:27759/v1/messages/json
@@ -46,7 +52,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .packets import POLICIES, PrefixSpec
+from .flows import FlowRules
+from .packets import DEFAULT_MAX_WAIT, POLICIES, PrefixSpec
 from .score import EXPLAIN_MODES
 
 DEFAULT_MODEL_NAME = "dpack-default.pt"
@@ -57,9 +64,24 @@ class ExportConfig:
     packets: int = 3
     bytes: int = 80
     policy: str = "payload"
+    max_wait: float = DEFAULT_MAX_WAIT
 
     def spec(self) -> PrefixSpec:
-        return PrefixSpec(self.packets, self.bytes, self.policy)
+        return PrefixSpec(self.packets, self.bytes, self.policy, max_wait=self.max_wait)
+
+
+@dataclass
+class FlowsConfig:
+    """``flows:``: ``flows.FlowRules``, Zeek's connection timeouts."""
+
+    tcp_timeout: float = FlowRules.tcp_timeout
+    udp_timeout: float = FlowRules.udp_timeout
+    icmp_timeout: float = FlowRules.icmp_timeout
+    other_timeout: float = FlowRules.other_timeout
+    dns_timeout: float = FlowRules.dns_timeout
+
+    def rules(self) -> FlowRules:
+        return FlowRules(**dataclasses.asdict(self))
 
 
 @dataclass
@@ -67,7 +89,6 @@ class ScoringConfig:
     batch_size: int = 4096
     explain: str = "anomalous"
     top_k: int = 3
-    idle_timeout: float = 60.0
     workers: int = 0  # dpack score: processes, each scoring a shard of the flows; 0 = one per core (<= 8)
     cache_size: int = 16_384  # Scorer's LRU of distinct inputs -> (score, explanation); 0 = off
 
@@ -130,6 +151,7 @@ class Config:
     model: str | None = None
     export: ExportConfig | None = None  # None: take the model's own prefix (offline use)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    flows: FlowsConfig = field(default_factory=FlowsConfig)
     zeek: ZeekConfig = field(default_factory=ZeekConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
@@ -176,7 +198,8 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("scoring", "explain"): lambda v: v in EXPLAIN_MODES,
     ("scoring", "top_k"): lambda v: 1 <= v <= 32,
     ("scoring", "cache_size"): lambda v: 0 <= v <= 10_000_000,
-    ("scoring", "idle_timeout"): lambda v: 0 < v <= 86400,
+    ("export", "max_wait"): lambda v: 0 < v <= 3600,
+    **{("flows", f.name): (lambda v: 0 < v <= 86400) for f in dataclasses.fields(FlowRules)},
     ("scoring", "workers"): lambda v: 0 <= v <= 64,
     ("zeek", "url"): lambda v: v.startswith(("ws://", "wss://", "tcp://")),
     ("zeek", "transport"): lambda v: v in ("websocket", "broker"),
@@ -190,7 +213,7 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("serve", "metrics_port"): lambda v: 0 <= v <= 65535,
     ("serve", "log_interval"): lambda v: 0.1 <= v <= 86400,
 }
-_SECTIONS = ("export", "scoring", "zeek", "serve", "detectors")
+_SECTIONS = ("export", "scoring", "flows", "zeek", "serve", "detectors")
 
 
 def _coerce(where: str, value: Any, typ: type) -> Any:

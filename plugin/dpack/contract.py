@@ -10,7 +10,9 @@ both sides (``DPack::scorer_refused`` back to Zeek).
 
 from __future__ import annotations
 
-CONTRACT_VERSION = 2  # 2: connection summaries and their verdicts (flow-record detectors)
+# 2: connection summaries and their verdicts (flow-record detectors); 3: max_wait in the batch header,
+# each sample's ready time, the IP protocol number as ``proto`` (Zeek's unknown_transport connections too)
+CONTRACT_VERSION = 3
 
 # Zeek -> scorer
 SAMPLES_EVENT = "DPack::samples"  # (hdr: BatchHeader, batch: vector of Sample)
@@ -41,13 +43,15 @@ BATCH_HEADER: tuple[Field, ...] = (
     ("policy", "string"),  # string: prefix policy, "first" or "payload"
     ("packets", "count"),  # count: N, packets per flow
     ("bytes", "count"),  # count: L, bytes per packet from the IP header on
+    ("max_wait", "real"),  # double: seconds DPack::max_wait waits for a connection's first packets
     ("sent", "timestamp"),  # time: wall clock when the batch was published
 )
 
 SAMPLE: tuple[Field, ...] = (
     *FLOW_KEYS,
-    ("proto", "string"),  # string: "tcp", "udp", "icmp"
+    ("proto", "count"),  # count: IP protocol number (c$id$proto)
     ("ts", "timestamp"),  # time: the connection's first packet
+    ("ready", "timestamp"),  # time: network time when the sample was complete (Nth packet, max_wait, end)
     ("link", "count"),  # count: pcap link type of the frames (packet_source()$link_type)
     ("pkts", "vector"),  # vector of string: base64 of each frame from the link layer on, cut short
     ("is_orig", "vector"),  # vector of bool: sent by the originator
@@ -67,7 +71,7 @@ VERDICT: tuple[Field, ...] = (
 
 CONNECTION: tuple[Field, ...] = (
     *FLOW_KEYS,
-    ("proto", "string"),  # string: "tcp", "udp", "icmp"
+    ("proto", "count"),  # count: IP protocol number
     ("ts", "timestamp"),  # time: c$start_time
     ("duration", "real"),  # double: interval_to_double(c$duration)
     ("orig_pkts", "count"),  # count: c$orig$num_pkts

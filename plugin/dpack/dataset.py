@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .capture import CaptureStats, read_blocks
-from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable
+from .flows import FlowRules, FlowSample, FlowStats, FlowTable
 from .packets import PrefixSpec, encode_flow_into
 
 
@@ -47,9 +47,9 @@ def iter_capture_samples(
     spec: PrefixSpec,
     cstats: CaptureStats,
     fstats_out: list[FlowStats],
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    rules: FlowRules | None = None,
 ) -> Iterable[FlowSample]:
-    table = FlowTable(spec, idle_timeout)
+    table = FlowTable(spec, rules)
     fstats_out.append(table.stats)
     return table.block_samples(read_blocks(path, cstats))
 
@@ -57,7 +57,7 @@ def iter_capture_samples(
 def extract(
     paths: Sequence[str | os.PathLike[str]],
     spec: PrefixSpec,
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    rules: FlowRules | None = None,
     keep_frames: bool = False,
 ) -> FlowSet:
     """Encode every flow of every capture (each capture has its own flow table)."""
@@ -68,7 +68,7 @@ def extract(
     for p in paths:
         cs = CaptureStats()
         cstats.append(cs)
-        batch = list(iter_capture_samples(p, spec, cs, fstats, idle_timeout))
+        batch = list(iter_capture_samples(p, spec, cs, fstats, rules))
         d, r = encode_samples(batch, spec)
         chunks_d.append(d)
         chunks_r.append(r)

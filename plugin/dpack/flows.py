@@ -1,22 +1,35 @@
 """Bidirectional flow table: groups packets into flows and hands out each flow's prefix frames.
 
-Flow rules (the same as the lab's labelling tool, so verdicts can be matched to labels):
-  * TCP and UDP: bidirectional 5-tuple; the first packet's sender is the initiator.
-  * ICMP/ICMPv6 queries (echo, timestamp, ...): address pair + identifier; other ICMP: pair + type + code.
-  * Other protocols and non-first fragments: protocol + address pair.
-  * A flow ends after ``idle_timeout`` seconds without packets; a TCP flow that has seen FIN or RST also
-    ends when a new SYN (without ACK) arrives on the same 5-tuple.
+dpack's flows are Zeek's connections, so that a capture scored offline gives the verdicts a sensor gives
+live (Zeek decides what a connection is there; ``tools/zeeklab.py`` and ``tests/test_zeek_flows.py`` hold
+the two equal on real Zeek). The rules, with Zeek's defaults (``FlowRules``):
+  * TCP and UDP: bidirectional 5-tuple; the first packet's sender is the originator.
+  * ICMP/ICMPv6: Zeek's key - the address pair with the message type and its counterpart (echo request
+    8 and reply 0 are one connection; the echo identifier is not part of it), or, for messages without a
+    counterpart (errors), type and code in one direction. ``dport`` holds the counterpart or the code,
+    as Zeek's ``resp_p`` does.
+  * Other IP protocols: protocol + address pair (Zeek's ``unknown_transport`` connections); tunnels that
+    Zeek decapsulates (IP-in-IP, IPv6-in-IPv4, GRE) and fragments of fragmented datagrams (Zeek
+    reassembles them, and the reassembled packet is not a captured frame) are counted and left out.
+  * A connection ends after ``tcp_timeout`` (300 s), ``udp_timeout`` or ``icmp_timeout`` (60 s) without
+    packets; a UDP connection to a DNS port ends as Zeek's DNS analyzer ends it (checks every
+    ``dns_timeout`` = 10 s after its start, ends it when idle for 9 s of them); a TCP connection that
+    has seen FIN or RST also ends when a new SYN (without ACK) arrives on the same 5-tuple.
 
 A flow is handed out (``FlowSample``) as soon as its prefix is complete (early detection: the verdict does
-not wait for the flow to end) or, with fewer packets, when it ends. The table then keeps only a small
-record of the flow so that its later packets are not mistaken for a new flow.
+not wait for the flow to end), ``spec.max_wait`` seconds after its first packet with what it has then
+(Zeek's ``DPack::max_wait``), or when it ends before either. The table then keeps only a small record of
+the flow so that its later packets are not mistaken for a new flow.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import heapq
 import ipaddress
+import math
 import socket
 import struct
 import zlib
@@ -50,7 +63,39 @@ from .packets import (
     tcp_seq_ack,
 )
 
-DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_IDLE_TIMEOUT = 60.0  # Zeek's udp_inactivity_timeout and icmp_inactivity_timeout
+DNS_PORTS = frozenset({53, 137, 5353, 5355})  # UDP ports Zeek's DNS analyzer takes (base/protocols/dns)
+TUNNEL_PROTOS = frozenset({4, 41, 47})  # IP-in-IP, IPv6-in-IPv4, GRE: Zeek decapsulates them
+
+
+@dataclass(frozen=True)
+class FlowRules:
+    """Where one flow ends and the next begins: Zeek's connection timeouts (``init-bare.zeek``). A site
+    that changes them in Zeek sets the same values here (config ``flows:``)."""
+
+    tcp_timeout: float = 300.0  # tcp_inactivity_timeout
+    udp_timeout: float = DEFAULT_IDLE_TIMEOUT  # udp_inactivity_timeout
+    icmp_timeout: float = DEFAULT_IDLE_TIMEOUT  # icmp_inactivity_timeout
+    other_timeout: float = DEFAULT_IDLE_TIMEOUT  # unknown_ip_inactivity_timeout
+    dns_timeout: float = 10.0  # dns_session_timeout
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not 0 < v <= 86400:
+                raise ValueError(f"flows.{f.name} must be in (0, 86400] seconds, got {v}")
+
+    def timeout(self, proto: int) -> float:
+        if proto == PROTO_TCP:
+            return self.tcp_timeout
+        if proto == PROTO_UDP:
+            return self.udp_timeout
+        if proto in (PROTO_ICMP, PROTO_ICMP6):
+            return self.icmp_timeout
+        return self.other_timeout
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(slots=True)
@@ -67,6 +112,7 @@ class FlowSample:
     uid: str = ""  # Zeek's connection uid, when the sample came from Zeek
     community_id: str = ""
     handshake: bool | None = None  # TCP handshake demonstrably completed (None: not computed yet)
+    ready: float = 0.0  # when Zeek would hand it out: Nth prefix packet, first + max_wait, or the flow's end
     # (frame number at which the sample became ready, frame number of the flow's first packet): the
     # order ``FlowTable`` hands samples out in, so that shards of one capture merge back into it
     order: tuple[int, int] = (0, 0)
@@ -81,7 +127,8 @@ class FlowStats:
     frames: int = 0
     non_ip: int = 0
     malformed: int = 0
-    fragments: int = 0
+    fragments: int = 0  # pieces of fragmented datagrams (left out, as Zeek reassembles them)
+    tunnels: int = 0  # IP-in-IP, IPv6-in-IPv4, GRE packets (left out, as Zeek decapsulates them)
     flows: int = 0
 
 
@@ -96,6 +143,8 @@ class _Flow:
     dst: bytes
     dport: int
     frames: list[Frame] | None = field(default_factory=list)  # None once handed out
+    timeout: float = DEFAULT_IDLE_TIMEOUT  # idle seconds after which it ends (FlowRules)
+    dns: bool = False  # a UDP flow to a DNS port (ends as Zeek's DNS analyzer ends it)
     closing: bool = False  # TCP FIN or RST seen
     synack_seq: int = -1  # the responder's SYN-ACK sequence number, while the prefix is collected
     handshake: bool = False  # the initiator acknowledged that SYN-ACK (its address is not spoofed)
@@ -108,23 +157,55 @@ class _Flow:
     rib: int = 0
     hist: str = ""
 
+    def ended_by(self, ts: float, dns_timeout: float) -> float | None:
+        """When Zeek would have ended this flow before a packet at ``ts`` (None: it is still open then).
 
-def _flow_key(p: Packet) -> tuple[object, ...]:
-    if p.fragment:
-        a, b = (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
-        return (p.proto, a, b)
+        Inactivity: at ``last + timeout``. DNS over UDP: Zeek's DNS analyzer checks at start + k *
+        ``dns_timeout`` and ends the connection if it has been idle for ``dns_timeout`` - 1 s then; the
+        latest check before ``ts`` is the one that can end it."""
+        if ts - self.last >= self.timeout:
+            return self.last + self.timeout
+        if self.dns and ts - self.ts >= dns_timeout:
+            check = self.ts + dns_timeout * math.floor((ts - self.ts) / dns_timeout)
+            if check > self.last and check - self.last >= dns_timeout - 1.0:
+                return check
+        return None
+
+
+def icmp_counterpart(proto: int, itype: int, code: int) -> tuple[int, bool]:
+    """Zeek's ``ICMP4_counterpart``/``ICMP6_counterpart``: (the counterpart type, False) for messages
+    with a reply type, else (the code, True: one-way)."""
+    pairs = ICMP_QUERY_PAIRS if proto == PROTO_ICMP else ICMP6_QUERY_PAIRS
+    other = pairs.get(itype)
+    return (other, False) if other is not None else (code, True)
+
+
+def _flow_key(p: Packet) -> tuple[object, ...] | None:
+    """The flow a packet belongs to, as Zeek keys connections; None for what Zeek makes no connection of
+    from a captured frame (fragments, decapsulated tunnels)."""
+    if p.fragmented or p.proto in TUNNEL_PROTOS:
+        return None
     if p.proto in (PROTO_TCP, PROTO_UDP):
         # address + port as bytes (the same key ``FlowTable.add``'s fast path builds from raw frames)
         a, b = p.src + p.sport.to_bytes(2, "big"), p.dst + p.dport.to_bytes(2, "big")
         return (p.proto, a, b) if a <= b else (p.proto, b, a)
     if p.proto in (PROTO_ICMP, PROTO_ICMP6):
-        a2, b2 = (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
-        pairs = ICMP_QUERY_PAIRS if p.proto == PROTO_ICMP else ICMP6_QUERY_PAIRS
-        if p.sport in pairs:
-            return (p.proto, a2, b2, "q", p.ident)
-        return (p.proto, a2, b2, p.sport, p.dport)
+        other, one_way = icmp_counterpart(p.proto, p.sport, p.dport)
+        a, b = p.src + p.sport.to_bytes(2, "big"), p.dst + other.to_bytes(2, "big")
+        if one_way:
+            return (p.proto, a, b, 1)
+        return (p.proto, a, b) if a <= b else (p.proto, b, a)
     a3, b3 = (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
     return (p.proto, a3, b3)
+
+
+def _ports(p: Packet) -> tuple[int, int]:
+    """The flow's (orig_p, resp_p) as Zeek's conn_id has them, from its first packet."""
+    if p.proto in (PROTO_TCP, PROTO_UDP):
+        return p.sport, p.dport
+    if p.proto in (PROTO_ICMP, PROTO_ICMP6):
+        return p.sport, icmp_counterpart(p.proto, p.sport, p.dport)[0]
+    return 0, 0
 
 
 def _from_initiator(f: _Flow, p: Packet) -> bool:
@@ -152,18 +233,48 @@ class FlowTable:
     for continuation packets off, so it is for offline record extraction, not for the prefix scorer.
     """
 
-    def __init__(
-        self, spec: PrefixSpec, idle_timeout: float = DEFAULT_IDLE_TIMEOUT, records: bool = False
-    ) -> None:
+    def __init__(self, spec: PrefixSpec, rules: FlowRules | None = None, records: bool = False) -> None:
         self.spec = spec
-        self.idle_timeout = idle_timeout
-        self.flows: OrderedDict[tuple[object, ...], _Flow] = OrderedDict()  # oldest activity first
+        self.rules = rules if rules is not None else FlowRules()
+        # One table per timeout class, oldest activity first: in each, flows end in the order of their last
+        # packet, so expiry stops at the first one still open (DNS flows end at their checks: see expire).
+        # Every sample is handed out at the frame at which it is due whatever else is in the table, so
+        # that shards of a capture hand out their samples exactly as one whole table would.
+        self._tcp: OrderedDict[tuple[object, ...], _Flow] = OrderedDict()
+        self._udp: OrderedDict[tuple[object, ...], _Flow] = OrderedDict()
+        self._dns: OrderedDict[tuple[object, ...], _Flow] = OrderedDict()  # UDP flows to DNS ports
+        self._icmp: OrderedDict[tuple[object, ...], _Flow] = OrderedDict()
+        self._ip: OrderedDict[tuple[object, ...], _Flow] = OrderedDict()  # other IP protocols
+        self._tables = (self._tcp, self._udp, self._dns, self._icmp, self._ip)
+        self._waiting: list[tuple[float, int, _Flow]] = []  # heap: (first packet + max_wait, first frame)
         self.stats = FlowStats()
-        self._now = 0.0
+        self._now = 0.0  # capture time of the last expiry pass
+        self._ts = 0.0  # capture time of the last frame
         self.index = 0  # frames seen, ``add``ed or ``tick``ed
         self.records: list[ConnRecord] | None = [] if records else None
 
-    def _ended(self, f: _Flow) -> None:
+    def _find(
+        self, p: Packet, key: tuple[object, ...]
+    ) -> tuple[OrderedDict[tuple[object, ...], _Flow], _Flow | None]:
+        """The table of a packet's flow, and the flow if it is there."""
+        if p.proto == PROTO_TCP:
+            return self._tcp, self._tcp.get(key)
+        if p.proto == PROTO_UDP:
+            if p.sport in DNS_PORTS or p.dport in DNS_PORTS:
+                f = self._dns.get(key)
+                if f is not None:
+                    return self._dns, f
+            return self._udp, self._udp.get(key)
+        table = self._icmp if p.proto in (PROTO_ICMP, PROTO_ICMP6) else self._ip
+        return table, table.get(key)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._tables))
+
+    def _ended(self, f: _Flow, out: list[FlowSample], at: float) -> None:
+        """``f`` ended at ``at``: its sample if not handed out yet, its record."""
+        if f.frames is not None:
+            out.append(self._sample(f, at))
         if self.records is None:
             return
         proto = PROTO_NAMES.get(f.proto, str(f.proto))
@@ -179,7 +290,7 @@ class FlowTable:
         is_orig = _from_initiator(f, p)
         size = _ip_len(frame, off, p.version)
         letter = ""
-        if p.proto == PROTO_TCP and not p.fragment:
+        if p.proto == PROTO_TCP:
             letter = tcp_history_letter(p.tcp_flags, p.payload_len)
         elif p.proto == PROTO_UDP and p.payload_len > 0:
             letter = "D"
@@ -206,7 +317,7 @@ class FlowTable:
         elif from_orig and p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK and f.synack_seq >= 0:
             f.handshake = sa[1] == (f.synack_seq + 1) & 0xFFFFFFFF
 
-    def _sample(self, f: _Flow) -> FlowSample:
+    def _sample(self, f: _Flow, ready: float) -> FlowSample:
         frames = f.frames or []
         f.frames = None
         src, dst = addr_text(f.src), addr_text(f.dst)
@@ -214,7 +325,7 @@ class FlowTable:
             f.ts, f.proto, src, f.sport, dst, f.dport, frames,
             community_id=community_id(f.proto, f.src, f.dst, f.sport, f.dport),
             handshake=f.handshake if f.proto == PROTO_TCP else False,
-            order=(self.index, f.first),
+            ready=ready, order=(self.index, f.first),
         )  # fmt: skip
 
     def add(self, ts: float, linktype: int, frame: bytes) -> list[FlowSample]:
@@ -239,39 +350,55 @@ class FlowTable:
         if p is None:
             self.stats.malformed += 1
             return out
-        if p.fragment:
-            self.stats.fragments += 1
         key = _flow_key(p)
-        f = self.flows.get(key)
-        if f is not None and (
-            ts - f.last > self.idle_timeout
-            or (f.closing and p.proto == PROTO_TCP and p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
-        ):
-            del self.flows[key]
-            if f.frames is not None:
-                out.append(self._sample(f))
-            self._ended(f)
-            f = None
+        if key is None:
+            if p.fragmented:
+                self.stats.fragments += 1
+            else:
+                self.stats.tunnels += 1
+            return out
+        table, f = self._find(p, key)
+        if f is not None:
+            end = f.ended_by(ts, self.rules.dns_timeout)
+            if end is None and (
+                f.closing and p.proto == PROTO_TCP and p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            ):
+                end = ts  # Zeek's connection reuse: the old connection ends with the new SYN
+            if end is not None:
+                del table[key]
+                self._ended(f, out, end)
+                f = None
         if f is None:
             self.stats.flows += 1
-            f = _Flow(ts, ts, self.index, p.proto, p.src, p.sport, p.dst, p.dport)
-            self.flows[key] = f
+            sport, dport = _ports(p)
+            f = _Flow(ts, ts, self.index, p.proto, p.src, sport, p.dst, dport)
+            f.timeout = self.rules.timeout(p.proto)
+            f.dns = p.proto == PROTO_UDP and dport in DNS_PORTS
+            if f.dns:
+                table = self._dns
+            elif p.proto == PROTO_UDP:
+                table = self._udp
+            table[key] = f
+            if self.spec.max_wait < math.inf:
+                heapq.heappush(self._waiting, (ts + self.spec.max_wait, f.first, f))
             first = True
         else:
+            if f.frames is not None and ts >= f.ts + self.spec.max_wait:
+                out.append(self._sample(f, f.ts + self.spec.max_wait))  # waited long enough
             f.last = ts
-            self.flows.move_to_end(key)
+            table.move_to_end(key)
             first = False
         if self.records is not None:
             self._count(f, p, frame, off)
         if p.proto == PROTO_TCP:
             if p.tcp_flags & (TCP_FIN | TCP_RST):
                 f.closing = True
-            if f.frames is not None and p.tcp_flags & TCP_ACK and not f.handshake and not p.fragment:
+            if f.frames is not None and p.tcp_flags & TCP_ACK and not f.handshake:
                 self._track_handshake(f, p, frame, off)
         if f.frames is not None and counts_for_prefix(p, first, self.spec.policy):
             f.frames.append(Frame(linktype, frame, _from_initiator(f, p)))
             if len(f.frames) >= self.spec.n_packets:
-                out.append(self._sample(f))
+                out.append(self._sample(f, ts))
         if len(out) > 1:
             out.sort(key=_order)
         return out
@@ -281,6 +408,7 @@ class FlowTable:
         with it; a shard calls it alone for frames of other shards, so that every shard hands its samples
         out at the same frame numbers as one whole table."""
         self.index += 1
+        self._ts = ts
         if ts - self._now >= 1.0 or ts < self._now:
             self._now = ts
             out = self.expire(ts)
@@ -294,15 +422,21 @@ class FlowTable:
 
         Only for plain Ethernet + IPv4 (no options, not a fragment) + TCP/UDP frames (the caller checks);
         it builds the same key as ``_flow_key`` straight from the bytes and only refreshes the flow's
-        activity. Anything that could start a new flow (idle too long, a SYN after FIN/RST) takes the
-        full path.
+        activity. Anything that could start a new flow (idle too long, a SYN after FIN/RST, a DNS flow)
+        takes the full path.
         """
         proto = frame[23]
         a = frame[26:30] + frame[34:36]
         b = frame[30:34] + frame[36:38]
         key = (proto, a, b) if a <= b else (proto, b, a)
-        f = self.flows.get(key)
-        if f is None or f.frames is not None or ts - f.last > self.idle_timeout:
+        if proto == PROTO_TCP:
+            table = self._tcp
+        elif (frame[34] << 8 | frame[35]) in DNS_PORTS or (frame[36] << 8 | frame[37]) in DNS_PORTS:
+            return False  # DNS flows end by their own rule (the full path knows it)
+        else:
+            table = self._udp
+        f = table.get(key)
+        if f is None or f.frames is not None or ts - f.last >= f.timeout:
             return False
         if proto == PROTO_TCP:
             if len(frame) < 48:
@@ -313,20 +447,39 @@ class FlowTable:
             if flags & (TCP_FIN | TCP_RST):
                 f.closing = True
         f.last = ts
-        self.flows.move_to_end(key)
+        table.move_to_end(key)
         return True
 
     def expire(self, now: float) -> list[FlowSample]:
-        """Hand out flows idle for longer than the timeout (with fewer than N packets) and forget them."""
-        out = []
-        while self.flows:
-            key, f = next(iter(self.flows.items()))
-            if now - f.last <= self.idle_timeout:
-                break
-            del self.flows[key]
+        """Hand out flows that waited ``max_wait`` for their prefix, and flows that ended (idle for longer
+        than their timeout: they are forgotten)."""
+        out: list[FlowSample] = []
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= now:
+            due, _, f = heapq.heappop(waiting)
             if f.frames is not None:
-                out.append(self._sample(f))
-            self._ended(f)
+                out.append(self._sample(f, due))
+        dns = self.rules.dns_timeout
+        for table in (self._tcp, self._udp, self._icmp, self._ip):
+            while table:
+                key, f = next(iter(table.items()))
+                end = f.ended_by(now, dns)
+                if end is None:  # the oldest activity of this table: every later flow is younger
+                    break
+                del table[key]
+                self._ended(f, out, end)
+        # A DNS flow ends at one of its own checks, not in the order of last activity; but none that has
+        # been idle for less than dns_timeout - 1 s can have ended, and those are at the end of the table.
+        ended = []
+        for key, f in self._dns.items():
+            if now - f.last < dns - 1.0:
+                break
+            end = f.ended_by(now, dns)
+            if end is not None:
+                ended.append((key, f, end))
+        for key, f, end in ended:
+            del self._dns[key]
+            self._ended(f, out, end)
         return out
 
     def samples(self, frames: Iterable[tuple[float, int, bytes]]) -> Iterator[FlowSample]:
@@ -382,12 +535,15 @@ class FlowTable:
         yield from self.flush()
 
     def flush(self) -> list[FlowSample]:
-        """End of input: hand out every flow that has not been handed out yet, in order of first packet."""
+        """End of input: hand out every flow that has not been handed out yet (Zeek does at termination),
+        in order of first packet."""
         self.index += 1
-        out = [self._sample(f) for f in self.flows.values() if f.frames is not None]
-        for f in self.flows.values():
-            self._ended(f)
-        self.flows.clear()
+        out: list[FlowSample] = []
+        for table in self._tables:
+            for f in table.values():
+                self._ended(f, out, min(f.ts + self.spec.max_wait, max(self._ts, f.last)))
+            table.clear()
+        self._waiting.clear()
         out.sort(key=_order)
         return out
 
@@ -437,6 +593,8 @@ def shard_of(linktype: int, frame: bytes, shards: int) -> int:
     if p is None:
         return 0
     key = _flow_key(p)
+    if key is None:  # fragments, tunnels: counted by shard 0
+        return 0
     a, b = key[1], key[2]
     assert isinstance(a, bytes) and isinstance(b, bytes)
     if len(a) == 6:  # IPv4 address + port, as the fast path
@@ -498,10 +656,10 @@ def shard_array(
 
 
 def flows_from_frames(
-    frames: Iterable[tuple[float, int, bytes]], spec: PrefixSpec, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    frames: Iterable[tuple[float, int, bytes]], spec: PrefixSpec, rules: FlowRules | None = None
 ) -> Iterator[FlowSample]:
     """All flow samples of a frame stream, in the order they become ready."""
-    return FlowTable(spec, idle_timeout).samples(frames)
+    return FlowTable(spec, rules).samples(frames)
 
 
 # --- Community ID v1 (https://github.com/corelight/community-id-spec) -------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -122,7 +123,8 @@ def load_model(path: str | os.PathLike[str], expect: PrefixSpec | None = None) -
     blob = load_blob(p, FORMAT, FORMAT_VERSION, "dpack model")
     try:
         cfg = ModelConfig(**blob["config"])
-        spec = PrefixSpec(**blob["prefix"])
+        # files from before max_wait existed read flows without a time limit
+        spec = PrefixSpec(**{"max_wait": math.inf, **blob["prefix"]})
         net = DPackNet(cfg)
         net.load_state_dict(blob["state_dict"])
         threshold = float(blob["threshold"])
@@ -132,9 +134,8 @@ def load_model(path: str | os.PathLike[str], expect: PrefixSpec | None = None) -
         raise ModelError(f"{path}: damaged dpack model (prefix and network disagree)")
     if expect is not None and expect != spec:
         raise ModelError(
-            f"{path}: model expects packets={spec.n_packets} bytes={spec.n_bytes} policy={spec.policy} "
-            f"masking={spec.masking}, but the export is configured as packets={expect.n_packets} "
-            f"bytes={expect.n_bytes} policy={expect.policy} masking={expect.masking}"
+            f"{path}: model expects {spec.describe()} masking={spec.masking}, but the export is "
+            f"configured as {expect.describe()} masking={expect.masking}"
         )
     net.eval()
     meta = {k: v for k, v in blob.items() if k not in ("state_dict",)}

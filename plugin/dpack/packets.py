@@ -123,6 +123,7 @@ class Packet(NamedTuple):
     tcp_flags: int
     payload_len: int  # transport payload length (from the IP length fields, not the captured length)
     fragment: bool  # a non-first fragment: no transport header
+    fragmented: bool = False  # any piece of a fragmented datagram (more-fragments flag or an offset)
 
 
 def ip_offset(frame: bytes, linktype: int) -> int:
@@ -178,6 +179,7 @@ def parse_ip(buf: bytes, off: int = 0) -> Packet | None:
         proto = buf[off + 9]
         frag = _u16(buf, off + 6)[0]
         nonfirst = (frag & 0x1FFF) != 0
+        pieces = (frag & 0x3FFF) != 0  # MF or an offset
         src = buf[off + 12 : off + 16]
         dst = buf[off + 16 : off + 20]
         l4 = off + ihl
@@ -191,7 +193,7 @@ def parse_ip(buf: bytes, off: int = 0) -> Packet | None:
         dst = buf[off + 24 : off + 40]
         l4 = off + 40
         l4_len = plen
-        nonfirst = False
+        nonfirst = pieces = False
         for _ in range(_MAX_IPV6_EXT):
             if proto not in _IPV6_EXT:
                 break
@@ -199,8 +201,9 @@ def parse_ip(buf: bytes, off: int = 0) -> Packet | None:
                 return None
             nxt = buf[l4]
             if proto == 44:  # fragment header: fixed 8 bytes
-                if _u16(buf, l4 + 2)[0] & 0xFFF8:
-                    nonfirst = True
+                fo = _u16(buf, l4 + 2)[0]
+                nonfirst = (fo & 0xFFF8) != 0
+                pieces = (fo & 0xFFF9) != 0  # M flag or an offset (an atomic fragment header is neither)
                 hlen = 8
             elif proto == 51:  # AH: length in 4-byte units, minus 2
                 hlen = (buf[l4 + 1] + 2) * 4
@@ -243,7 +246,9 @@ def parse_ip(buf: bytes, off: int = 0) -> Packet | None:
             if sport in pairs and have >= 6:
                 ident = _u16(buf, l4 + 4)[0]
             payload = max(l4_len - 8, 0)
-    return Packet(version, proto, bytes(src), bytes(dst), sport, dport, ident, flags, payload, nonfirst)
+    return Packet(
+        version, proto, bytes(src), bytes(dst), sport, dport, ident, flags, payload, nonfirst, pieces
+    )
 
 
 def counts_for_prefix(pkt: Packet, first_in_flow: bool, policy: str) -> bool:
@@ -253,14 +258,22 @@ def counts_for_prefix(pkt: Packet, first_in_flow: bool, policy: str) -> bool:
     return pkt.payload_len > 0 or bool(pkt.tcp_flags & (TCP_FIN | TCP_RST))
 
 
+DEFAULT_MAX_WAIT = 5.0  # seconds; Zeek's DPack::max_wait
+
+
 @dataclass(frozen=True)
 class PrefixSpec:
-    """What the model reads of a flow. Stored in the model file; a mismatch with the export is refused."""
+    """What the model reads of a flow. Stored in the model file; a mismatch with the export is refused.
+
+    ``max_wait``: a flow whose prefix is not complete this many seconds after its first packet is handed
+    out with what it has (Zeek's ``DPack::max_wait``): packets after that never reach the model, live or
+    offline. ``inf`` for models trained before it existed (they are refused by an exporter that waits)."""
 
     n_packets: int = 2
     n_bytes: int = 80
     policy: str = "payload"
     masking: str = "v1"  # the masking rules in this module's docstring; bump when they change
+    max_wait: float = DEFAULT_MAX_WAIT
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_packets <= 64:
@@ -273,14 +286,21 @@ class PrefixSpec:
             raise ValueError(
                 f"masking {self.masking!r} is not supported (this dpack masks as {MASKING_VERSION})"
             )
+        if not self.max_wait > 0:  # also refuses NaN
+            raise ValueError(f"max_wait must be a positive number of seconds, got {self.max_wait}")
 
-    def as_dict(self) -> dict[str, int | str]:
+    def as_dict(self) -> dict[str, int | str | float]:
         return {
             "n_packets": self.n_packets,
             "n_bytes": self.n_bytes,
             "policy": self.policy,
             "masking": self.masking,
+            "max_wait": self.max_wait,
         }
+
+    def describe(self) -> str:
+        return (f"packets={self.n_packets} bytes={self.n_bytes} policy={self.policy} "
+                f"max_wait={self.max_wait:g}s")  # fmt: skip
 
 
 MASKING_VERSION = "v1"

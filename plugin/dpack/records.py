@@ -28,7 +28,7 @@ import numpy as np
 from .capture import CaptureStats, read_capture
 from .conn import HISTORY_LETTERS, ConnRecord
 from .evaluate import read_labels
-from .flows import DEFAULT_IDLE_TIMEOUT, FlowTable
+from .flows import FlowRules, FlowTable
 from .packets import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, PrefixSpec
 from .profiles import CLASS_NAMES, profile_class
 from .tables import Table
@@ -124,11 +124,9 @@ def record_table(
     return t
 
 
-def records_from_capture(
-    path: str | os.PathLike[str], idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-) -> list[ConnRecord]:
+def records_from_capture(path: str | os.PathLike[str], rules: FlowRules | None = None) -> list[ConnRecord]:
     """Every connection of a capture as a ``ConnRecord`` (the engine's flow table, counting all packets)."""
-    table = FlowTable(PrefixSpec(), idle_timeout, records=True)
+    table = FlowTable(PrefixSpec(), rules, records=True)
     for _ in table.samples(read_capture(path, CaptureStats())):
         pass
     assert table.records is not None

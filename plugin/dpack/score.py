@@ -21,7 +21,7 @@ import torch
 from .capture import CaptureStats, read_blocks, read_capture
 from .dataset import encode_samples
 from .errors import DpackError
-from .flows import DEFAULT_IDLE_TIMEOUT, FlowSample, FlowStats, FlowTable
+from .flows import FlowRules, FlowSample, FlowStats, FlowTable
 from .model import to_input
 from .modelfile import LoadedModel
 from .packets import FIELD_NAMES, PrefixSpec, field_layout, tcp_handshake_completed
@@ -286,7 +286,7 @@ def _chunks(it: Iterable[FlowSample], size: int) -> Iterator[list[FlowSample]]:
 def _encoded_chunks(
     path: str | os.PathLike[str],
     spec: PrefixSpec,
-    idle_timeout: float,
+    rules: FlowRules | None,
     size: int,
     run: ScoreRun,
     shard: int = 0,
@@ -294,7 +294,7 @@ def _encoded_chunks(
 ) -> Iterator[tuple[list[FlowSample], np.ndarray, np.ndarray]]:
     """Read, group into flows and encode a capture: chunks of (samples without frames, data, direction).
     With ``shards`` > 1, only the flows of ``shard`` (``flows.shard_of``)."""  # fmt: skip
-    table = FlowTable(spec, idle_timeout)
+    table = FlowTable(spec, rules)
     run.flow_stats = table.stats
     for chunk in _chunks(table.block_samples(read_blocks(path, run.capture), shard, shards), size):
         data, direction = encode_samples(chunk, spec)
@@ -314,7 +314,7 @@ def score_capture(
     scorer: Scorer,
     out: IO[str] | None = None,
     batch_size: int = 4096,
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    rules: FlowRules | None = None,
     keep_top: int = 10,
     on_verdicts: Any = None,
     workers: int = 1,
@@ -340,12 +340,10 @@ def score_capture(
             on_verdicts(vs)
 
     if workers <= 1 or "fork" not in mp.get_all_start_methods():
-        for samples, data, direction in _encoded_chunks(
-            path, scorer.model.spec, idle_timeout, batch_size, run
-        ):
+        for samples, data, direction in _encoded_chunks(path, scorer.model.spec, rules, batch_size, run):
             emit(scorer.verdicts_encoded(samples, data, direction))
         return run
-    _score_sharded(path, scorer, emit, batch_size, idle_timeout, workers, on_verdicts is not None, run)
+    _score_sharded(path, scorer, emit, batch_size, rules, workers, on_verdicts is not None, run)
     return run
 
 
@@ -353,7 +351,7 @@ def score_capture(
 
 
 def _shard_worker(
-    conn: Connection, path: str | os.PathLike[str], scorer: Scorer, size: int, idle_timeout: float,
+    conn: Connection, path: str | os.PathLike[str], scorer: Scorer, size: int, rules: FlowRules | None,
     shard: int, shards: int, send_all: bool,
 ) -> None:  # fmt: skip
     """One shard of ``score_capture``: sends ("chunk", orders, JSON lines, [(i, verdict)]) per batch (the
@@ -363,7 +361,7 @@ def _shard_worker(
     run = ScoreRun()
     try:
         spec = scorer.model.spec
-        for samples, data, direction in _encoded_chunks(path, spec, idle_timeout, size, run, shard, shards):
+        for samples, data, direction in _encoded_chunks(path, spec, rules, size, run, shard, shards):
             vs = scorer.verdicts_encoded(samples, data, direction)
             keep = [(i, v) for i, v in enumerate(vs) if send_all or v.anomalous]
             conn.send(("chunk", [s.order for s in samples], [_verdict_line(v) for v in vs], keep))
@@ -375,7 +373,7 @@ def _shard_worker(
 
 
 def _score_sharded(
-    path: str | os.PathLike[str], scorer: Scorer, emit: Any, size: int, idle_timeout: float, shards: int,
+    path: str | os.PathLike[str], scorer: Scorer, emit: Any, size: int, rules: FlowRules | None, shards: int,
     send_all: bool, run: ScoreRun,
 ) -> None:  # fmt: skip
     next(iter(read_capture(path)), None)  # a file that cannot be read fails here, with its one-line error
@@ -384,7 +382,7 @@ def _score_sharded(
     for shard in range(shards):
         parent, child = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_shard_worker, daemon=True, name=f"dpack-score-{shard}",
-                           args=(child, path, scorer, size, idle_timeout, shard, shards, send_all))  # fmt: skip
+                           args=(child, path, scorer, size, rules, shard, shards, send_all))  # fmt: skip
         proc.start()
         child.close()
         conns.append(parent)

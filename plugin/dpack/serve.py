@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import sys
 import threading
@@ -34,6 +35,7 @@ from .codec import (
     Ack,
     CodecError,
     ConnectionBatch,
+    ContractMismatch,
     ErrorReply,
     Event,
     SampleBatch,
@@ -346,6 +348,9 @@ class Service:
                 await self._accept_connections(conns)
                 return
             batch = parse_samples(msg)  # refuses any other event with a reason
+        except ContractMismatch as err:
+            await self._refuse(err.reply_topic, self._version_reason(err))
+            return
         except CodecError as err:
             self.metrics.inc("messages_malformed")
             self.ratelog(logging.WARNING, "malformed", "message from Zeek skipped: %s", err)
@@ -402,10 +407,12 @@ class Service:
         h, spec = batch.header, self.model.spec
         if h.version != C.CONTRACT_VERSION:
             return self._version_reason(h)
-        if (h.policy, h.packets, h.bytes) != (spec.policy, spec.n_packets, spec.n_bytes):
-            return (f"model {self.model.name} expects policy={spec.policy} packets={spec.n_packets} "
-                    f"bytes={spec.n_bytes}, node {h.node} sends policy={h.policy} packets={h.packets} "
-                    f"bytes={h.bytes}; set DPack::policy/packets/packet_bytes or use a matching model")  # fmt: skip
+        if (h.policy, h.packets, h.bytes) != (spec.policy, spec.n_packets, spec.n_bytes) or not math.isclose(
+            h.max_wait, spec.max_wait, abs_tol=1e-6
+        ):
+            return (f"model {self.model.name} expects {spec.describe()}, node {h.node} sends "
+                    f"packets={h.packets} bytes={h.bytes} policy={h.policy} max_wait={h.max_wait:g}s; set "
+                    "DPack::policy/packets/packet_bytes/max_wait or use a matching model")  # fmt: skip
         return None
 
     async def _accept(self, batch: SampleBatch, now: float) -> None:

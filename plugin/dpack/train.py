@@ -26,6 +26,7 @@ from torch import nn
 
 from . import __version__
 from .dataset import FlowSet, extract
+from .flows import FlowRules
 from .model import DPackNet, ModelConfig, to_input
 from .modelfile import save_model, sha256_file
 from .packets import PrefixSpec
@@ -50,6 +51,7 @@ class TrainOptions:
     lr: float = 1e-3
     seed: int = 1
     name: str = ""
+    rules: FlowRules = field(default_factory=FlowRules)  # how packets form flows (Zeek's timeouts)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 0.9:
@@ -212,7 +214,7 @@ def train(
 ) -> dict[str, Any]:
     """Train from benign capture files and write the model file; returns the summary."""
     t0 = time.time()
-    flows = extract(paths, opts.spec)
+    flows = extract(paths, opts.spec, opts.rules)
     if progress:
         progress(f"encoded {len(flows)} flows from {len(paths)} file(s)", 1)
     net, summary = fit(flows, opts, progress)
@@ -227,6 +229,7 @@ def train(
         "seed": opts.seed,
         "epochs": {"cnn": opts.cnn_epochs, "autoencoder": opts.ae_epochs},
         "seconds": round(time.time() - t0, 1),
+        "flow_rules": opts.rules.as_dict(),
     }
     save_model(out, net, opts.spec, name=name, provenance=provenance, **summary)
     summary["provenance"] = provenance

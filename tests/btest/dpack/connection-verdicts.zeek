@@ -1,7 +1,7 @@
 # @TEST-DOC: Connection verdicts become dpack.log entries with detector and category; anomalous ones raise DPack::Anomalous_Connection.
 # @TEST-REQUIRES: which zeek
 # @TEST-EXEC: zeek -b $PACKAGE %INPUT
-# @TEST-EXEC: zeek-cut uid resp_p anomalous detector category < dpack.log > dpack.cut
+# @TEST-EXEC: zeek-cut uid id.resp_p anomalous detector category < dpack.log > dpack.cut
 # @TEST-EXEC: btest-diff dpack.cut
 # @TEST-EXEC: zeek-cut note uid id.resp_p msg sub < notice.log > notice.cut
 # @TEST-EXEC: btest-diff notice.cut

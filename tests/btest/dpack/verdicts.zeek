@@ -1,7 +1,7 @@
 # @TEST-DOC: Verdicts from the scorer become dpack.log entries; anomalous ones raise DPack::Anomalous_Flow.
 # @TEST-REQUIRES: which zeek
 # @TEST-EXEC: zeek -b $PACKAGE %INPUT
-# @TEST-EXEC: zeek-cut uid orig_h resp_p anomalous model explanation < dpack.log > dpack.cut
+# @TEST-EXEC: zeek-cut uid id.orig_h id.resp_p anomalous model explanation < dpack.log > dpack.cut
 # @TEST-EXEC: btest-diff dpack.cut
 # @TEST-EXEC: zeek-cut note uid id.orig_h id.resp_p msg sub < notice.log > notice.cut
 # @TEST-EXEC: btest-diff notice.cut
