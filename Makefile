@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SAMPLE := samples/lab-sample.pcap.gz
+LINT   := plugin tests benchmarks tools
 
 .PHONY: install demo test lint bench model clean
 
@@ -20,23 +21,32 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/dpack score $(SAMPLE) --verdicts verdicts.jsonl
 
+# Zeek: tools/find-zeek.sh finds a working zeek (on PATH, or ../shared/zeek beside the repository) and
+# puts it first on PATH for pytest and btest; DPACK_REQUIRE_ZEEK=1 then makes a Zeek test that would
+# skip fail instead. Without a Zeek the Zeek tests skip, visibly.
 test: install
 	bash tools/install-suricata.sh
-	bash tools/link-broker.sh $(VENV)
-	$(BIN)/ruff check plugin tests benchmarks tools
-	$(BIN)/ruff format --check plugin tests benchmarks tools
-	$(BIN)/python -m pytest -q
-	cd tests/btest && PATH="$(abspath $(BIN)):$$PATH" btest -d
+	@zb=$$(bash tools/find-zeek.sh $(VENV)); \
+	if [ -n "$$zb" ]; then echo "test: Zeek $$("$$zb/zeek" --version | awk '{print $$NF}') from $$zb"; \
+	  export DPACK_REQUIRE_ZEEK=1; else echo "test: no Zeek found: the Zeek tests will be skipped"; fi; \
+	export PATH="$${zb:+$$zb:}$(abspath $(BIN)):$$PATH"; \
+	set -e; \
+	bash tools/link-broker.sh $(VENV); \
+	$(BIN)/ruff check $(LINT); \
+	$(BIN)/ruff format --check $(LINT); \
+	$(BIN)/python -m pytest -q; \
+	bash tools/run-btest.sh
 
 lint: install
-	$(BIN)/ruff check plugin tests benchmarks tools
-	$(BIN)/ruff format --check plugin tests benchmarks tools
+	$(BIN)/ruff check $(LINT)
+	$(BIN)/ruff format --check $(LINT)
 
 bench: install
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_score.py
 	$(BIN)/python benchmarks/bench_live.py
+	PATH="$$(bash tools/find-zeek.sh $(VENV)):$$PATH" $(BIN)/python benchmarks/bench_zeek.py
 
 # Rebuild the shipped default model from lab-dev benign-train (see models/MODEL_CARD.md).
 DATA ?= ../shared/datasets/lab-dev
