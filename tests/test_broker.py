@@ -1,18 +1,22 @@
-"""``dpack serve`` over native Broker: a real Broker endpoint (the bindings' own, listening on 127.0.0.1)
-plays Zeek - it publishes ``DPack::samples`` events with the typed values main.zeek sends (count, addr,
-port, time, vectors) and receives ``DPack::verdicts`` - and goes away and comes back.
+"""``dpack serve`` over native Broker.
 
-Needs Zeek's Broker Python bindings (``make test`` installs Debian's python3-broker, Broker 1.4, and
-exposes it to the venv); skipped, visibly, where they are missing."""
+With a real Zeek at hand (``make test`` puts ../shared/zeek on PATH and links its own Broker 2.8
+bindings into the venv), real Zeek processes are the peers: a hostile Zeek node (wrong argument types,
+an unknown event, a batch of an older contract) that then goes away, and a Zeek running dpack's package
+on a trace that takes its place on the same port. Without one, a Broker endpoint of the bindings at hand
+(Debian's python3-broker, Broker 1.4) plays Zeek for the same faults. The live sensor over Broker is in
+``test_zeek_live.py``. Skipped, visibly, where no bindings are installed."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import subprocess
 import time
 
 import pytest
-from conftest import DEFAULT_MODEL, SAMPLE
+import zeeklab
+from conftest import DEFAULT_MODEL, ROOT, SAMPLE
 from test_serve import Running, free_port, wait_for
 from zeekpeer import samples_from_pcap
 
@@ -45,10 +49,10 @@ def b_time(ts):
 def samples_event(recs, packets=3, version=C.CONTRACT_VERSION):
     """``DPack::samples(hdr, batch)`` as main.zeek publishes it, in Broker's own types."""
     hdr = [broker.Count(version), "zeek", "dpack/verdicts", "payload", broker.Count(packets), broker.Count(80),
-           b_time(time.time())]  # fmt: skip
+           5.0, b_time(time.time())]  # fmt: skip
     batch = [[r["uid"], ipaddress.ip_address(r["orig_h"]), b_port(r["orig_p"]), ipaddress.ip_address(r["resp_h"]),
-              b_port(r["resp_p"]), r["proto"], b_time(r["ts"]), broker.Count(r["link"]), list(r["pkts"]),
-              list(r["is_orig"])] for r in recs]  # fmt: skip
+              b_port(r["resp_p"]), broker.Count(r["proto"]), b_time(r["ts"]), b_time(r["ready"]),
+              broker.Count(r["link"]), list(r["pkts"]), list(r["is_orig"])] for r in recs]  # fmt: skip
     return broker.zeek.Event(C.SAMPLES_EVENT, hdr, batch)
 
 
@@ -57,8 +61,13 @@ class FakeZeek:
 
     def __init__(self, port=0):
         self.ep = broker.Endpoint()
-        self.port = self.ep.listen("127.0.0.1", port)
-        assert self.port > 0
+        want = port or free_port()  # (Broker 2.8's listen on port 0 returns 0, not the port it took)
+        for _ in range(100):  # a restarted peer may wait for the old socket to go (Broker 2.8)
+            self.port = self.ep.listen("127.0.0.1", want)
+            if self.port == want:
+                break
+            time.sleep(0.1)
+        assert self.port == want
         self.sub = self.ep.make_subscriber("dpack/verdicts")
         self.status = self.ep.make_status_subscriber(True)
         self.events = []
@@ -127,8 +136,99 @@ def test_verdicts_over_native_broker_equal_offline_scoring(tmp_path, sample_recs
         zeek.close()
 
 
+NODE = """\
+# A Zeek node that is not a dpack one: it listens for dpack serve, publishes {what}, and terminates.
+redef exit_only_after_terminate = T;
+module DPack;
+export {{
+{decl}
+	global scorer_refused: event(reason: string);
+}}
+global done: event();
+event zeek_init()
+	{{
+	Broker::subscribe("dpack/verdicts");
+	Broker::listen("127.0.0.1", {port}/tcp);
+	}}
+event Broker::peer_added(endpoint: Broker::EndpointInfo, msg: string)
+	{{
+{publish}
+	schedule 2sec {{ done() }};
+	}}
+event done()
+	{{
+	terminate();
+	}}
+event scorer_refused(reason: string)
+	{{
+	print fmt("refused: %s", reason);
+	terminate();
+	}}
+"""
+HOSTILE = {  # wrong argument types and an event dpack does not know
+    "what": "garbage",
+    "decl": "\tglobal samples: event(hdr: string, batch: vector of count);\n\tglobal nope: event(x: count);",
+    "publish": '\tBroker::publish("dpack/samples/0", samples, "not a header", vector(1, 2));\n'
+    '\tBroker::publish("dpack/samples/0", nope, 7);',
+}
+OLD_CONTRACT = {  # what a node with the contract-2 package sends: its header had no max_wait
+    "what": "a contract-2 batch",
+    "decl": "\ttype Header: record { version: count; node: string; reply_topic: string; policy: string;\n"
+    "\t    packets: count; bytes: count; sent: time; };\n"
+    "\tglobal samples: event(hdr: Header, batch: vector of count);",
+    "publish": '\tBroker::publish("dpack/samples/0", samples, Header($version=2, $node="zeek", '
+    '$reply_topic="dpack/verdicts",\n\t    $policy="payload", $packets=3, $bytes=80, $sent=current_time()), vector());',
+}
+
+
+def _node(tmp_path, name, port, spec):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "node.zeek").write_text(NODE.format(port=port, **spec))
+    return subprocess.run(["zeek", "-b", "node.zeek"], cwd=d, capture_output=True, text=True, timeout=60)
+
+
+def _real_zeek_peers(tmp_path, workers):
+    """Zeek nodes that send garbage or an older contract are counted and refused, never fatal; each goes
+    away and the next takes its port; the last one runs dpack's package on a trace and logs one verdict
+    per connection: dpack serve peered again every time."""
+    if broker.Version.string().startswith("1."):
+        pytest.fail(
+            "a Zeek is on PATH but the venv has Debian's Broker 1.4 bindings: run tools/link-broker.sh"
+        )
+    port = free_port()
+    run = Running(broker_cfg(tmp_path, port, workers))
+    try:
+        r = _node(tmp_path, "hostile", port, HOSTILE)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: run.m["messages_malformed"] >= 2, what="garbage counted")
+        r = _node(tmp_path, "old", port, OLD_CONTRACT)
+        assert "refused: contract version 2 from node zeek, dpack speaks 3" in r.stdout, r.stdout + r.stderr
+        assert run.m["batches_refused"] == 1
+        site = zeeklab.site_dir(tmp_path)
+        real = tmp_path / "real"
+        real.mkdir()
+        trace = ROOT / "tests" / "btest" / "Traces" / "mixed.pcap"
+        r = subprocess.run(["zeek", "-C", "-r", str(trace), "dpack", "DPack::score_traces=T", "DPack::listen_websocket=F",
+                            "DPack::listen_broker=T", f"DPack::broker_port={port}/tcp"],
+                           cwd=real, env=zeeklab.zeek_env(site), capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        logged = zeeklab.read_zeek_log(real / "dpack.log")
+        conns = zeeklab.read_zeek_log(real / "conn.log")
+        assert len(logged) == len(conns) == 4 and {v["uid"] for v in logged} == {c["uid"] for c in conns}
+        assert run.m["reconnects"] == 3 and run.error is None
+    finally:
+        run.stop()
+
+
 @pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
 def test_broker_peer_restart_hostile_events_and_version_refusal(tmp_path, sample_recs, workers):
+    """Real Zeek nodes where a Zeek is at hand (``_real_zeek_peers``); else a Broker 1.4 endpoint."""
+    if zeeklab.zeek_bin() is not None:
+        _real_zeek_peers(tmp_path, workers)
+        return
+    if not broker.Version.string().startswith("1."):
+        pytest.skip("no Zeek here, and Broker 2.x cannot listen again in one process for the stand-in")
     zeek = FakeZeek()
     port = zeek.port
     run = Running(broker_cfg(tmp_path, port, workers))

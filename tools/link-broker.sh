@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# Exposes Zeek's Broker Python bindings to the venv, for `zeek.transport: broker` and tests/test_broker.py:
-# `zeek-config --python_dir` where Zeek is installed (the bindings must match the Zeek that dpack peers
-# with), else the system Python's `broker` module (Debian: python3-broker, Broker 1.4). Only the `broker`
+# Exposes Broker's Python bindings to the venv, for `zeek.transport: broker` and the Broker tests:
+# `zeek-config --python_dir` where a Zeek is on PATH (Broker only peers within one version, so the
+# bindings must come from the Zeek that dpack peers with), else the system Python's `broker` module
+# (Debian: python3-broker, Broker 1.4; the fault tests' peer where no Zeek is at hand). Only the `broker`
 # package is linked into <venv>/zeek-broker (a .pth file puts that directory after the venv's own
-# packages), so no other system package leaks into the venv. Does nothing if the venv imports broker.
+# packages), so no other system package leaks into the venv. Re-links when the choice changes.
 set -euo pipefail
 venv=${1:-.venv}
 py="$venv/bin/python"
-"$py" -c "import broker" 2>/dev/null && exit 0
 dir=""
 if command -v zeek-config >/dev/null 2>&1; then
   dir=$(zeek-config --python_dir 2>/dev/null || true)
 fi
 if [ -z "$dir" ] || [ ! -d "$dir/broker" ]; then
-  dir=$(python3 -c 'import broker, os; print(os.path.dirname(os.path.dirname(broker.__file__)))' 2>/dev/null \
-        || /usr/bin/python3 -c 'import broker, os; print(os.path.dirname(os.path.dirname(broker.__file__)))' 2>/dev/null \
+  dir=$(/usr/bin/python3 -c 'import broker, os; print(os.path.dirname(os.path.dirname(broker.__file__)))' 2>/dev/null \
         || true)
 fi
 if [ -z "$dir" ] || [ ! -d "$dir/broker" ]; then

@@ -507,10 +507,11 @@ def agreement(run: LiveRun, offline: Sequence[dict[str, Any]]) -> Agreement:
     live: dict[tuple[Any, ...], list[dict[str, str]]] = defaultdict(list)
     for v in sorted(verdicts, key=lambda v: start.get(v["uid"], float(v["ts"]))):
         p = proto.get(v["uid"], "")
-        live[_key(p, v["orig_h"], int(v["orig_p"]), v["resp_h"], int(v["resp_p"]))].append(v)
+        live[_key(p, v["id.orig_h"], int(v["id.orig_p"]), v["id.resp_h"], int(v["id.resp_p"]))].append(v)
     off: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-    for o in offline:
-        off[_key(o["proto"], o["src"], o["sport"], o["dst"], o["dport"])].append(o)
+    for o in offline:  # conn.log says icmp for ICMPv6 too
+        p = "icmp" if o["proto"] == "icmp6" else o["proto"]
+        off[_key(p, o["src"], o["sport"], o["dst"], o["dport"])].append(o)
     for k, lv in live.items():
         ov = off.get(k, [])
         a.live_unmatched += max(0, len(lv) - len(ov))
