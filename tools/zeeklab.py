@@ -440,6 +440,162 @@ def run_live(
     return run
 
 
+# --- a real cluster ------------------------------------------------------------------------------------
+
+CLUSTER_LAYOUT = """\
+redef Cluster::manager_is_logger = F;
+redef Cluster::nodes = {{
+	["logger-1"] = [$node_type=Cluster::LOGGER, $ip=127.0.0.1, $p={log_port}/tcp],
+	["manager"] = [$node_type=Cluster::MANAGER, $ip=127.0.0.1],
+	["proxy-1"] = [$node_type=Cluster::PROXY, $ip=127.0.0.1, $manager="manager"],
+	["worker-1"] = [$node_type=Cluster::WORKER, $ip=127.0.0.1, $manager="manager"],
+	["worker-2"] = [$node_type=Cluster::WORKER, $ip=127.0.0.1, $manager="manager"],
+}};
+"""
+
+CLUSTER_SITE = """\
+@load policy/frameworks/cluster/backend/zeromq/connect
+@load dpack
+redef exit_only_after_terminate = T;  # the proxy has nothing else to keep it running
+redef Log::default_rotation_interval = 0secs;  # (no zeekctl to archive rotated logs)
+redef DPack::scorer_shards = 2;
+redef DPack::notice_suppression = 0secs;
+redef Cluster::Backend::ZeroMQ::listen_xpub_endpoint = "tcp://127.0.0.1:{xpub}";
+redef Cluster::Backend::ZeroMQ::listen_xsub_endpoint = "tcp://127.0.0.1:{xsub}";
+redef Cluster::Backend::ZeroMQ::connect_xpub_endpoint = "tcp://127.0.0.1:{xsub}";
+redef Cluster::Backend::ZeroMQ::connect_xsub_endpoint = "tcp://127.0.0.1:{xpub}";
+
+@if ( Cluster::local_node_type() == Cluster::MANAGER )
+event zeek_init()
+	{{
+	Cluster::listen_websocket(Cluster::WebSocketServerOptions($listen_addr=127.0.0.1, $listen_port={ws}/tcp));
+	}}
+@endif
+
+event zeek_done()
+	{{
+	local f = open(fmt("zeromq-drops-%s.txt", Cluster::node));
+	for ( _, m in Telemetry::collect_metrics("zeek", "cluster_zeromq_*drops*") )
+		print f, fmt("%s %s", m$opts$name, m?$value ? m$value : 0.0);
+	close(f);
+	}}
+"""
+
+
+@dataclass
+class ClusterRun(LiveRun):
+    drops: dict[str, dict[str, float]] = field(default_factory=dict)  # node -> ZeroMQ drop counter -> value
+    shard_sources: list[set[str]] = field(default_factory=list)  # per dpack serve shard: originators seen
+
+
+def split_by_flow(capture: Path, outs: Sequence[Path]) -> None:
+    """Deal a capture's frames to ``len(outs)`` captures by a hash of each frame's flow (both directions of
+    a flow together, as a NIC's symmetric flow hashing spreads traffic over a cluster's workers); records
+    keep their wire lengths."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import pcaprec
+
+    from dpack.flows import shard_of
+
+    linktype, snaplen, records = pcaprec.read(capture)
+    parts: list[list[Any]] = [[] for _ in outs]
+    for r in records:
+        parts[shard_of(linktype, r.data, len(outs))].append(r)
+    for part, out in zip(parts, outs, strict=True):
+        pcaprec.write(out, part, linktype, snaplen)
+
+
+def run_cluster(capture: Path, workdir: Path, settle: float = 8.0) -> ClusterRun:
+    """Manager (with the WebSocket listener and the ZeroMQ proxy thread), proxy, two workers and a logger
+    on Zeek 8's ZeroMQ backend, started without zeekctl (a cluster layout and CLUSTER_NODE), each worker
+    on its own veth with half of the capture (dealt by flow); two ``dpack serve`` shards on the manager's
+    WebSocket listener. (A logger of its own: a manager that is also the logger binds the log socket in
+    every WebSocket client's backend too, and the second bind fails - Zeek 8.0.10.)"""
+    workdir.mkdir(parents=True, exist_ok=True)
+    site = site_dir(workdir)
+    halves = [workdir / f"half-{i}.pcap" for i in range(2)]
+    split_by_flow(capture, halves)
+    padded = [padded_copy(h, workdir / f"replay-{i}.pcap") for i, h in enumerate(halves)]
+    ws, log_port, xpub, xsub = (free_port() for _ in range(4))
+    (site / "cluster-layout.zeek").write_text(CLUSTER_LAYOUT.format(log_port=log_port))
+    (site / "local-cluster.zeek").write_text(CLUSTER_SITE.format(ws=ws, xpub=xpub, xsub=xsub))
+    mports = [free_port(), free_port()]
+    run = ClusterRun(workdir, workdir / "logger-1", 2)
+    env = zeek_env(site)
+    with namespaces(2) as (sensor, wires):
+        procs: dict[str, subprocess.Popen[Any]] = {}
+        serves: list[subprocess.Popen[Any]] = []
+        files = []
+        try:
+            for name in ("manager", "logger-1", "proxy-1", "worker-1", "worker-2"):
+                d = workdir / name
+                d.mkdir(exist_ok=True)
+                argv = ["zeek"]
+                if name.startswith("worker"):
+                    argv += ["-i", wires[int(name[-1]) - 1].sensor_dev]
+                out = open(d / "stdout", "w")  # noqa: SIM115
+                files.append(out)
+                procs[name] = subprocess.Popen(in_ns(sensor, [*argv, "local-cluster"]), cwd=d,
+                                               env={**env, "CLUSTER_NODE": name}, stdout=out,
+                                               stderr=subprocess.STDOUT)  # fmt: skip
+                if name == "manager":
+                    time.sleep(2.0)  # its XPUB/XSUB proxy and log endpoint first
+            for i in range(2):
+                cfg = {"zeek": {"url": f"ws://127.0.0.1:{ws}/v1/messages/json", "topic": f"dpack/samples/{i}",
+                                "reconnect_max": 1.0},
+                       "serve": {"metrics_port": mports[i], "alerts": str(workdir / f"alerts-{i}.jsonl"),
+                                 "alerts_all": True, "log_interval": 5.0}}  # fmt: skip
+                (workdir / f"dpack-{i}.yaml").write_text(json.dumps(cfg))
+                log = open(workdir / f"serve-{i}.log", "w")  # noqa: SIM115
+                files.append(log)
+                serves.append(subprocess.Popen(in_ns(sensor, [*dpack_cmd(), "serve", "--config",
+                                                              str(workdir / f"dpack-{i}.yaml")]),
+                                               cwd=workdir, stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+
+            def ready() -> bool:
+                for name, p in procs.items():
+                    if p.poll() is not None:
+                        raise RuntimeError(
+                            f"{name} exited: {(workdir / name / 'stdout').read_text()[-2000:]}"
+                        )
+                return all(metrics(sensor, m).get("dpack_connected") == 1 for m in mports)
+
+            wait_for(ready, 120, "the cluster and both dpack serve shards", step=0.5)
+            time.sleep(3.0)  # the workers' subscriptions reach the proxy thread
+            replays = [subprocess.Popen(in_ns(w.replay_ns, ["tcpreplay", "-q", "-i", w.replay_dev, str(p)]),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       for w, p in zip(wires, padded, strict=True)]  # fmt: skip
+            for r in replays:
+                r.wait(timeout=3600)
+            time.sleep(settle)
+            run.metrics = [metrics(sensor, m) for m in mports]
+        finally:
+            for name in ("worker-1", "worker-2", "proxy-1"):
+                stop(procs.get(name), signal.SIGTERM, 60)
+            time.sleep(2.0)  # the workers' last log writes reach the logger
+            stop(procs.get("manager"), signal.SIGTERM, 60)
+            stop(procs.get("logger-1"), signal.SIGTERM, 60)
+            for p in serves:
+                stop(p, signal.SIGTERM, 60)
+            for fh in files:
+                fh.close()
+    run.zeek_stderr = "".join((workdir / n / "stdout").read_text() for n in procs)
+    run.serve_logs = [(workdir / f"serve-{i}.log").read_text() for i in range(2)]
+    for name in procs:
+        path = workdir / name / f"zeromq-drops-{name}.txt"
+        if path.exists():
+            run.drops[name] = {
+                k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in path.read_text().splitlines())
+            }
+    for i in range(2):
+        alerts = workdir / f"alerts-{i}.jsonl"
+        lines = alerts.read_text().splitlines() if alerts.exists() else []
+        run.shard_sources.append({json.loads(line)["source"]["ip"] for line in lines})
+    for p in (*halves, *padded):
+        p.unlink()
+    return run
+
+
 # --- comparing live with offline ------------------------------------------------------------------------
 
 
@@ -547,7 +703,7 @@ def labels_of(captures: Sequence[Path]) -> dict[tuple[Any, ...], str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=("live", "flows"))
+    ap.add_argument("mode", choices=("live", "flows", "cluster"))
     ap.add_argument("captures", nargs="+", type=Path)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--transport", choices=("websocket", "broker"), default="websocket")
@@ -575,7 +731,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         t = time.monotonic()
-        run = run_live(args.captures, work, args.transport, args.workers, pad=not args.no_pad)
+        if args.mode == "cluster":
+            run = run_cluster(args.captures[0], work)
+            print("ZeroMQ drop counters:", run.drops)
+            print("originators per shard:", [len(x) for x in run.shard_sources], "shared:",
+                  len(run.shard_sources[0] & run.shard_sources[1]))  # fmt: skip
+        else:
+            run = run_live(args.captures, work, args.transport, args.workers, pad=not args.no_pad)
         print(f"replayed in {time.monotonic() - t:.0f} s; zeek stderr: {run.zeek_stderr.strip()[-500:]}")
         offline = offline_verdicts(args.captures, work / "offline.jsonl")
         a = agreement(run, offline)

@@ -256,7 +256,8 @@ function shard_of(a: addr): count
 	local h = 0;
 	for ( i in v )
 		h = ( ( h % 1000003 ) * 2654435761 + v[i] ) % 4294967296;
-	return ( ( h * 2654435761 ) % 4294967296 ) % scorer_shards;
+	# the high half of the product: its low bits would follow the address's own low bits
+	return ( ( ( h * 2654435761 ) % 4294967296 ) / 65536 ) % scorer_shards;
 	}
 
 function publish_samples(shard: count, batch: vector of Sample)
