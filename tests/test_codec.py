@@ -139,6 +139,14 @@ ZEEK_TYPES = {"count": "count", "string": "string", "addr": "address", "port": "
 def test_zeek_and_python_contracts_agree():
     recs, events, version = zeek_records()
     assert version == C.CONTRACT_VERSION
+    from dpack.packets import SCAN_PACKETS
+
+    main = (ROOT / "zeek_scripts" / "main.zeek").read_text()
+    assert f"const scan_packets = {SCAN_PACKETS};" in main
+    thresholds = re.search(r"generic_packet_thresholds \+= \{([^}]*)\}", main).group(1)
+    assert sorted(int(x) for x in thresholds.replace("\n", " ").split(",")) == list(
+        range(2, SCAN_PACKETS + 1)
+    )
     for zname, pyfields in (("BatchHeader", C.BATCH_HEADER), ("Sample", C.SAMPLE), ("Verdict", C.VERDICT),
                             ("Connection", C.CONNECTION), ("ConnectionVerdict", C.CONNECTION_VERDICT)):  # fmt: skip
         assert [(n, ZEEK_TYPES[t]) for n, t in recs[zname]] == list(pyfields), zname

@@ -84,6 +84,13 @@ def edge_cases() -> list[tuple[float, bytes]]:
             at(base + i * 0.001, eth(p))
         at(base + 0.01, eth(ip4(CLIENT, SERVER, tcp(40300, 8080, F | A, seq=200, ack=1000))))
         at(base + 0.011, eth(ip4(SERVER, CLIENT, tcp(8080, 40300, F | A, seq=1000, ack=201))))
+    # a connection whose data comes after 20 bare ACKs: only its first 16 packets are looked at
+    hs = handshake(sport=40500, dport=2000)
+    for i, p in enumerate(hs[:3]):
+        at(10.0 + i * 0.001, eth(p))
+    for i in range(20):
+        at(10.01 + i * 0.001, eth(ip4(SERVER, CLIENT, tcp(2000, 40500, A, seq=1000, ack=112))))
+    at(10.05, eth(ip4(CLIENT, SERVER, tcp(40500, 2000, A | P, b"data", seq=112, ack=1000))))
     # VLAN-tagged and IPv6 connections
     for i, p in enumerate(handshake(sport=40400, dport=443, request=b"\x16\x03\x01" + b"t" * 40)):
         at(8.0 + i * 0.001, eth(p, vlans=[100]))
@@ -104,6 +111,7 @@ def test_offline_flows_are_the_connections_zeek_exports(zeek, tmp_path):
     assert sum(1 for z in zs if z["orig_p"]["port"] == 5353) == 2  # DNS: a new connection 15 s later
     assert (2, CLIENT, 0) in by and not any(z["proto"] == 47 for z in zs)  # IGMP yes, GRE no
     assert not any(z["orig_p"]["port"] == 6000 for z in zs)  # the reassembled datagram takes no slot
+    assert len(by[(6, CLIENT, 40500)]["pkts"]) == 1  # its data was packet 24: beyond the first 16
 
 
 def test_offline_flows_are_zeek_connections_on_the_lab_sample(zeek, tmp_path):

@@ -72,5 +72,9 @@ def test_package_conventions():
     # flow keys travel as separate fields, never as a conn_id record; bytes as base64
     contract = (ROOT / "zeek_scripts" / "contract.zeek").read_text()
     assert "conn_id" not in contract and "encode_base64" in main
-    # no site policy changes: nothing redefs another module's settings
-    assert not re.search(r"^redef (?!record connection|enum|DPack::)", main + contract, re.M)
+    # no site policy changes: nothing redefs another module's settings - but for the packet thresholds
+    # that hand dpack a connection's first packets, added to (never replacing) Zeek's set
+    assert re.findall(r"^redef (?!record connection|enum|DPack::)(\S+)", main + contract, re.M) == [
+        "ConnThreshold::generic_packet_thresholds"
+    ]
+    assert "redef ConnThreshold::generic_packet_thresholds += {" in main

@@ -50,6 +50,7 @@ from .packets import (
     PROTO_NAMES,
     PROTO_TCP,
     PROTO_UDP,
+    SCAN_PACKETS,
     TCP_ACK,
     TCP_FIN,
     TCP_RST,
@@ -143,6 +144,7 @@ class _Flow:
     dst: bytes
     dport: int
     frames: list[Frame] | None = field(default_factory=list)  # None once handed out
+    packets: int = 1  # packets seen so far (counted while the prefix is collected)
     timeout: float = DEFAULT_IDLE_TIMEOUT  # idle seconds after which it ends (FlowRules)
     dns: bool = False  # a UDP flow to a DNS port (ends as Zeek's DNS analyzer ends it)
     closing: bool = False  # TCP FIN or RST seen
@@ -395,7 +397,13 @@ class FlowTable:
                 f.closing = True
             if f.frames is not None and p.tcp_flags & TCP_ACK and not f.handshake:
                 self._track_handshake(f, p, frame, off)
-        if f.frames is not None and counts_for_prefix(p, first, self.spec.policy):
+        if f.frames is not None and not first:
+            f.packets += 1
+        if (
+            f.frames is not None
+            and f.packets <= SCAN_PACKETS
+            and counts_for_prefix(p, first, self.spec.policy)
+        ):
             f.frames.append(Frame(linktype, frame, _from_initiator(f, p)))
             if len(f.frames) >= self.spec.n_packets:
                 out.append(self._sample(f, ts))

@@ -259,6 +259,9 @@ def counts_for_prefix(pkt: Packet, first_in_flow: bool, policy: str) -> bool:
 
 
 DEFAULT_MAX_WAIT = 5.0  # seconds; Zeek's DPack::max_wait
+# A flow's prefix is chosen among its first SCAN_PACKETS packets (Zeek's DPack::scan_packets: the
+# packet-count thresholds through which Zeek hands dpack a connection's first packets).
+SCAN_PACKETS = 16
 
 
 @dataclass(frozen=True)
