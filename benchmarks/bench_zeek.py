@@ -87,6 +87,18 @@ def part_cost(capture: Path, runs: int, work: Path) -> None:
     print(f"(scorer attached: {conns} verdicts in dpack.log)")
 
 
+def _moved(data: bytes, linktype: int, copy: int) -> bytes:
+    """A frame whose lab client address (10.201.1.x, 10.201.66.x) is moved to 10.<64 + copy>.x.y."""
+    from dpack.packets import ip_offset
+
+    off = ip_offset(data, linktype)
+    b = bytearray(data)
+    for at in (off + 12, off + 16):
+        if b[at] == 10 and b[at + 1] == 201 and b[at + 2] != 0:
+            b[at + 1] = 64 + copy % 128
+    return bytes(b)
+
+
 def rate_capture(src: Path, dst: Path, rate: float, seconds: float, keep: int = 6) -> int:
     """``src``'s connections, each cut to its first ``keep`` packets, copied with other client addresses
     (10.<64+copy>.x.y) and started ``rate`` per second; checksums recomputed by tcprewrite."""
@@ -109,15 +121,7 @@ def rate_capture(src: Path, dst: Path, rate: float, seconds: float, keep: int = 
         copy = i // len(groups)
         t0 = i / rate
 
-        def moved(data: bytes) -> bytes:
-            off = ip_offset(data, linktype)
-            b = bytearray(data)
-            for at in (off + 12, off + 16):  # a lab client (10.201.1.x / 10.201.66.x) gets copy's net
-                if b[at] == 10 and b[at + 1] == 201 and b[at + 2] != 0:
-                    b[at + 1] = 64 + copy % 128
-            return bytes(b)
-
-        out += [pcaprec.Record(t0 + (r.ts - g[0].ts), moved(r.data), r.wire_len) for r in g]
+        out += [pcaprec.Record(t0 + (r.ts - g[0].ts), _moved(r.data, linktype, copy), r.wire_len) for r in g]
     out.sort(key=lambda r: r.ts)
     raw = dst.with_suffix(".raw.pcap")
     pcaprec.write(raw, out, linktype, snaplen)
