@@ -21,9 +21,9 @@ from pathlib import Path
 
 import dpkt
 
-from dpack.capture import read_capture
-from dpack.flows import FlowTable
-from dpack.packets import PrefixSpec, encode_flow
+from dpack.traffic.capture import read_capture
+from dpack.traffic.encode import PrefixSpec, encode_flow
+from dpack.traffic.flows import FlowTable
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT.parent / "shared" / "datasets" / "lab-dev"

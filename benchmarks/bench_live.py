@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from zeekpeer import ZeekPeer, samples_frame, samples_from_pcap  # noqa: E402
 
 from dpack.config import usable_cores  # noqa: E402
-from dpack.modelfile import load_model  # noqa: E402
-from dpack.score import Scorer, score_capture  # noqa: E402
+from dpack.offline.score import score_capture  # noqa: E402
+from dpack.prefix.modelfile import load_model  # noqa: E402
+from dpack.prefix.scorer import Scorer  # noqa: E402
 
 LAB = ROOT.parent / "shared" / "datasets" / "lab-dev"
 

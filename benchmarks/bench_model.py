@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpack.dataset import extract
-from dpack.model import DPackNet, ModelConfig, flops_per_flow, to_input
-from dpack.modelfile import load_model
-from dpack.packets import PrefixSpec
+from dpack.prefix.dataset import extract
+from dpack.prefix.model import DPackNet, ModelConfig, flops_per_flow, to_input
+from dpack.prefix.modelfile import load_model
+from dpack.traffic.encode import PrefixSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -89,7 +89,7 @@ def part_cost(capture: Path, runs: int, work: Path) -> None:
 
 def _moved(data: bytes, linktype: int, copy: int) -> bytes:
     """A frame whose lab client address (10.201.1.x, 10.201.66.x) is moved to 10.<64 + copy>.x.y."""
-    from dpack.packets import ip_offset
+    from dpack.traffic.packets import ip_offset
 
     off = ip_offset(data, linktype)
     b = bytearray(data)
@@ -102,15 +102,15 @@ def _moved(data: bytes, linktype: int, copy: int) -> bytes:
 def rate_capture(src: Path, dst: Path, rate: float, seconds: float, keep: int = 6) -> int:
     """``src``'s connections, each cut to its first ``keep`` packets, copied with other client addresses
     (10.<64+copy>.x.y) and started ``rate`` per second; checksums recomputed by tcprewrite."""
-    import dpack.flows as flows
-    from dpack.packets import ip_offset, parse_ip
+    import dpack.traffic.keys as flows
+    from dpack.traffic.packets import ip_offset, parse_ip
 
     linktype, snaplen, records = pcaprec.read(src)
     conns: dict[tuple[object, ...], list[pcaprec.Record]] = {}
     for r in records:
         off = ip_offset(r.data, linktype)
         p = parse_ip(r.data, off) if off >= 0 else None
-        key = flows._flow_key(p) if p is not None else None
+        key = flows.flow_key(p) if p is not None else None
         if key is not None and len(conns.setdefault(key, [])) < keep:
             conns[key].append(r)
     groups = [g for g in conns.values() if g]

@@ -18,7 +18,7 @@ LAB_DEV = ROOT.parent / "shared" / "datasets" / "lab-dev"
 
 @pytest.fixture(scope="session")
 def default_model():
-    from dpack.modelfile import load_model
+    from dpack.prefix.modelfile import load_model
 
     return load_model(DEFAULT_MODEL)
 
@@ -26,8 +26,8 @@ def default_model():
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """A small fast model trained for real on the sample capture's benign flows (a few seconds)."""
-    from dpack.packets import PrefixSpec
-    from dpack.train import TrainOptions, train
+    from dpack.prefix.train import TrainOptions, train
+    from dpack.traffic.encode import PrefixSpec
 
     out = tmp_path_factory.mktemp("model") / "tiny.pt"
     opts = TrainOptions(
@@ -40,8 +40,8 @@ def tiny_model_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def records_model_path(tmp_path_factory):
     """A flow-record autoencoder trained for real on the sample capture's benign records (seconds)."""
-    from dpack.recordae import RecordAEOptions, fit_record_ae, save_record_model
-    from dpack.records import labelled_records, record_table
+    from dpack.records.features import labelled_records, record_table
+    from dpack.records.recordae import RecordAEOptions, fit_record_ae, save_record_model
 
     out = tmp_path_factory.mktemp("records") / "records-ae.pt"
     lr = labelled_records([SAMPLE])
@@ -53,8 +53,8 @@ def records_model_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def classifier_model_path(tmp_path_factory):
     """A CNN-BiLSTM trained for real on the labelled sample capture (its labels CSV is beside it)."""
-    from dpack.classifier import FitOptions
-    from dpack.detectors import train_classifier
+    from dpack.records.classifier import FitOptions
+    from dpack.records.detectors import train_classifier
 
     out = tmp_path_factory.mktemp("classifier") / "classifier.pt"
     train_classifier([SAMPLE], out, FitOptions(epochs=12, patience=4, batch_size=64))

@@ -20,11 +20,12 @@ from conftest import DEFAULT_MODEL, ROOT, SAMPLE
 from test_serve import Running, free_port, wait_for
 from zeekpeer import samples_from_pcap
 
-from dpack import contract as C
 from dpack.config import load_config
 from dpack.errors import DpackError
-from dpack.modelfile import load_model
-from dpack.score import Scorer, score_capture
+from dpack.offline.score import score_capture
+from dpack.prefix.modelfile import load_model
+from dpack.prefix.scorer import Scorer
+from dpack.zeek import contract as C
 
 broker = pytest.importorskip("broker", reason="Zeek's Broker Python bindings are not installed")
 
@@ -253,7 +254,7 @@ def test_broker_peer_restart_hostile_events_and_version_refusal(tmp_path, sample
 
 
 def test_broker_transport_needs_a_tcp_url(tmp_path):
-    from dpack.serve import Service
+    from dpack.serve.service import Service
 
     cfg = broker_cfg(tmp_path, 9999)
     cfg.zeek.url = "ws://127.0.0.1:27759/v1/messages/json"

@@ -8,8 +8,8 @@ import struct
 import pytest
 from pcaps import eth, handshake, sll, write_pcap, write_pcapng
 
-from dpack.capture import CaptureStats, read_capture
 from dpack.errors import CaptureError
+from dpack.traffic.capture import CaptureStats, read_capture
 
 
 def frames_of(path):

@@ -131,7 +131,7 @@ def test_masking_rewritten_addresses_give_the_same_verdicts(tmp_path, capsys):
 
 
 def test_train_then_score_with_the_new_model(tmp_path, capsys, tiny_model_path):
-    from dpack.modelfile import load_model
+    from dpack.prefix.modelfile import load_model
 
     m = load_model(tiny_model_path)
     assert m.spec.n_packets == 2 and m.meta["provenance"]["files"][0]["name"] == SAMPLE.name

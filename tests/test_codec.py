@@ -12,10 +12,12 @@ import re
 import pytest
 from conftest import ROOT
 
-from dpack import contract as C
-from dpack.codec import (
+from dpack.errors import CodecError
+from dpack.verdict import Verdict
+from dpack.zeek import contract as C
+from dpack.zeek.codec import encode_verdicts, parse_samples
+from dpack.zeek.wire import (
     Ack,
-    CodecError,
     ErrorReply,
     Event,
     Port,
@@ -23,10 +25,7 @@ from dpack.codec import (
     encode_event,
     encode_record,
     encode_value,
-    encode_verdicts,
-    parse_samples,
 )
-from dpack.score import Verdict
 
 # A byte-for-byte copy of shared/zeek-wire (its README says how they were recorded), so the contract
 # tests run wherever the repository is; the copy is checked against the original where that is beside it.
@@ -139,7 +138,7 @@ ZEEK_TYPES = {"count": "count", "string": "string", "addr": "address", "port": "
 def test_zeek_and_python_contracts_agree():
     recs, events, version = zeek_records()
     assert version == C.CONTRACT_VERSION
-    from dpack.packets import SCAN_PACKETS
+    from dpack.traffic.encode import SCAN_PACKETS
 
     main = (ROOT / "zeek_scripts" / "main.zeek").read_text()
     assert f"const scan_packets = {SCAN_PACKETS};" in main
@@ -281,7 +280,7 @@ def test_encode_verdicts_shape():
 )  # fmt: skip
 def test_text_built_records_equal_json_dumps(t, v):
     """The hot-path record writer produces exactly what json.dumps of encode_record writes."""
-    from dpack.codec import _record_json
+    from dpack.zeek.wire import _record_json
 
     fields = (("a", t), ("b", "string"))
     values = {"a": v, "b": "x"}

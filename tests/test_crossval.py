@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from dpack.classifier import FitOptions, oversample
 from dpack.cli import main
-from dpack.crossval import crossval, folds, metrics
-from dpack.tables import Table
+from dpack.records.classifier import FitOptions, oversample
+from dpack.records.crossval import crossval, folds, metrics
+from dpack.records.tables import Table
 
 NSL = ROOT.parent / "shared" / "datasets" / "nsl-kdd"
 UNSW = ROOT.parent / "shared" / "datasets" / "unsw-nb15"
@@ -91,7 +91,7 @@ def test_crossval_command_on_nsl_kdd_subset(tmp_path, capsys):
 
 @pytest.mark.skipif(not UNSW.is_dir(), reason="shared/datasets/unsw-nb15 is not beside the repository")
 def test_unsw_partition_reads_as_documented():
-    from dpack.tables import read_dataset
+    from dpack.records.tables import read_dataset
 
     t = read_dataset(UNSW)
     assert len(t) == 82332 and int(t.y_binary.sum()) == 45332
@@ -115,7 +115,7 @@ def test_crossval_command_errors(tmp_path, capsys, argv, message):
 
 
 def test_holdout_scores_a_second_table():
-    from dpack.crossval import holdout
+    from dpack.records.crossval import holdout
 
     res = holdout(synthetic(seed=0), synthetic(seed=1), "multiclass", ["random_forest"])
     assert res.rows == 1200 and res.per_model["random_forest"]["accuracy"] > 0.9

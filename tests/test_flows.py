@@ -9,8 +9,9 @@ import dpkt
 import pytest
 from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, a4, a6, eth, handshake, ip4, ip6, tcp, udp
 
-from dpack.flows import FlowRules, FlowTable, community_id, flows_from_frames
-from dpack.packets import PrefixSpec
+from dpack.traffic.encode import PrefixSpec
+from dpack.traffic.flows import FlowRules, FlowTable, flows_from_frames
+from dpack.traffic.keys import community_id
 
 FIRST2 = PrefixSpec(2, 80, "first")
 
@@ -169,23 +170,31 @@ def test_community_id_matches_reference_implementation(proto, src, dst, sport, d
     assert community_id(proto, raw(src), raw(dst), sport, dport) == ref.calc(tup)
 
 
-def test_handshake_is_recorded_only_when_the_initiator_acknowledges_the_syn_ack():
-    from dpack.packets import Frame, tcp_handshake_completed
+def test_handshake_evidence_comes_from_the_prefix_frames_alone():
+    """One handshake check (``traffic.handshake.from_frames``), on the frames of a flow's prefix: what Zeek
+    exports and the flow table hands out alike, so the rules' require_handshake decides the same live and
+    offline. The flow table records nothing itself."""
+    from dpack.traffic.encode import Frame
+    from dpack.traffic.handshake import from_frames, from_history
 
     pk = handshake()  # SYN seq 111; SYN-ACK seq 999; ACK ack 1000; data; server ACK
+    (s,) = feed(pk, PrefixSpec(3, 80, "first"))
+    assert s.handshake is None and from_frames(s.frames)  # SYN, SYN-ACK, the ACK of it
     (s,) = feed(pk, PrefixSpec(3, 80, "payload"))
-    assert s.handshake is True
+    assert not from_frames(s.frames)  # SYN and the client's data: no responder packet to tie it to
     blind = pk[:2] + [ip4(CLIENT, SERVER, tcp(40000, 22, 0x10, seq=112, ack=0x80000000)),
                       ip4(CLIENT, SERVER, tcp(40000, 22, 0x18, b"SSH-2.0-x\r\n", seq=112, ack=0x80000000))]  # fmt: skip
-    (s,) = feed(blind, PrefixSpec(3, 80, "payload"))
-    assert not s.handshake
-    assert not feed([pk[0]], PrefixSpec(3, 80, "payload"))[0].handshake  # a lone SYN (scan, flood)
-    # from the prefix frames alone (what Zeek sends): the initiator's ACK covers the responder's data
+    (s,) = feed(blind, PrefixSpec(3, 80, "first"))
+    assert not from_frames(s.frames)
+    assert not from_frames(feed([pk[0]], PrefixSpec(3, 80, "payload"))[0].frames)  # a lone SYN (scan, flood)
+    # the initiator's ACK covers the responder's data
     frames = [Frame(101, p, o) for p, o in [(pk[0], True), (pk[3], True), (pk[4], False)]]
-    assert tcp_handshake_completed(frames)  # the client acknowledged 1000: the server's ISN + 1
+    assert from_frames(frames)  # the client acknowledged 1000: the server's ISN + 1
     frames = [Frame(101, p, o) for p, o in [(pk[0], True), (blind[3], True), (pk[4], False)]]
-    assert not tcp_handshake_completed(frames)  # a blind guess at the server's sequence space
+    assert not from_frames(frames)  # a blind guess at the server's sequence space
     resp_data = ip4(SERVER, CLIENT, tcp(22, 40000, 0x18, b"SSH-2.0-x\r\n", seq=1000, ack=133))
     client_ack = ip4(CLIENT, SERVER, tcp(40000, 22, 0x10, seq=133, ack=1011))
     frames = [Frame(101, p, o) for p, o in [(pk[0], True), (resp_data, False), (client_ack, True)]]
-    assert tcp_handshake_completed(frames)
+    assert from_frames(frames)
+    # a connection summary: Zeek's history letters
+    assert from_history("ShADadFf") and not from_history("S") and not from_history("Sr")

@@ -9,11 +9,11 @@ import random
 import pytest
 from conftest import DEFAULT_MODEL, SAMPLE
 
-from dpack.capture import CaptureStats, read_capture
 from dpack.errors import CaptureError, ModelError
-from dpack.flows import FlowTable
-from dpack.modelfile import load_model
-from dpack.packets import PrefixSpec, encode_flow
+from dpack.prefix.modelfile import load_model
+from dpack.traffic.capture import CaptureStats, read_capture
+from dpack.traffic.encode import PrefixSpec, encode_flow
+from dpack.traffic.flows import FlowTable
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_mutated_model_file_is_refused_or_loads(tmp_path, seed):
 def test_remembered_addresses_and_ports_stay_bounded_and_right():
     """The codec remembers parsed addresses, their text and ports (the same hosts and services come back);
     hostile traffic with ever new ones cannot grow that without limit, and what comes back is right."""
-    from dpack import codec
-    from dpack.codec import CodecError
+    from dpack.errors import CodecError
+    from dpack.zeek import wire as codec
 
     for i in range(70_000):
         a = codec._address(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}")

@@ -8,10 +8,10 @@ import torch
 from conftest import DEFAULT_MODEL
 
 from dpack.errors import ModelError
-from dpack.model import DPackNet, ModelConfig, PaperCNN, flops_per_flow, to_input
-from dpack.modelfile import load_model, save_model
-from dpack.packets import PrefixSpec
-from dpack.train import threshold_from
+from dpack.prefix.model import DPackNet, ModelConfig, PaperCNN, flops_per_flow, to_input
+from dpack.prefix.modelfile import load_model, save_model
+from dpack.prefix.train import threshold_from
+from dpack.traffic.encode import PrefixSpec
 
 
 def test_paper_architecture_shapes():

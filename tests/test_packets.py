@@ -9,18 +9,15 @@ import numpy as np
 import pytest
 from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, a4, eth, handshake, ip4, ip6, sll, tcp, udp
 
-from dpack.packets import (
+from dpack.traffic.encode import Frame, PrefixSpec, encode_flow, mask_packet
+from dpack.traffic.fields import field_names
+from dpack.traffic.packets import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_NULL,
     LINKTYPE_RAW,
-    Frame,
-    PrefixSpec,
-    encode_flow,
-    field_names,
     ip_offset,
-    mask_packet,
     parse_ip,
 )
 

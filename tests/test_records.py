@@ -11,12 +11,12 @@ import torch
 from conftest import SAMPLE, SAMPLE_LABELS
 from pcaps import CLIENT, SERVER, eth, ip4, tcp, udp, write_pcap
 
-from dpack.classifier import load_record_classifier
-from dpack.conn import ConnRecord, conn_state
 from dpack.errors import ModelError
-from dpack.recordae import cmd, load_record_model
-from dpack.records import SegmentState, labelled_records, record_table, records_from_capture
-from dpack.tables import TableEncoder, TableError, read_nsl_kdd, read_unsw_nb15
+from dpack.records.classifier import load_record_classifier
+from dpack.records.features import SegmentState, labelled_records, record_table, records_from_capture
+from dpack.records.recordae import cmd, load_record_model
+from dpack.records.tables import TableEncoder, TableError, read_nsl_kdd, read_unsw_nb15
+from dpack.traffic.conn import ConnRecord, conn_state
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,9 @@ import pytest
 from conftest import SAMPLE
 
 from dpack.cli import main
-from dpack.rules import Policy, Rule, RuleBook, RulesError, metadata_for
-from dpack.score import Verdict
+from dpack.errors import RulesError
+from dpack.sinks.rules import Policy, Rule, RuleBook, metadata_for
+from dpack.verdict import Verdict
 
 SURICATA = shutil.which("suricata")
 needs_suricata = pytest.mark.skipif(

@@ -21,14 +21,16 @@ import torch
 from conftest import DEFAULT_MODEL, SAMPLE
 from zeekpeer import ZeekPeer, connections_from_pcap, samples_frame, samples_from_pcap
 
-from dpack import contract as C
-from dpack.codec import decode_message, parse_connections
 from dpack.config import load_config
-from dpack.detectors import RecordScorer
-from dpack.modelfile import load_model
-from dpack.rules import Rule
-from dpack.score import Scorer, score_capture
-from dpack.serve import Service
+from dpack.offline.score import score_capture
+from dpack.prefix.modelfile import load_model
+from dpack.prefix.scorer import Scorer
+from dpack.records.detectors import RecordScorer
+from dpack.serve.service import Service
+from dpack.sinks.rules import Rule
+from dpack.zeek import contract as C
+from dpack.zeek.codec import parse_connections
+from dpack.zeek.wire import decode_message
 
 WIRE = Path(__file__).resolve().parent / "zeek-wire"  # recorded from Zeek 8.0.10 (see its README)
 # The tests of what Zeek sees, run with scoring in the serving process and with 2 scoring workers.
@@ -369,8 +371,8 @@ def test_idle_workers_share_a_batch_and_count_it_once(start, peer, sample_recs):
 def test_what_the_parent_reads_of_a_message_it_does_not_parse(sample_recs, conn_recs):
     """The serving process only peeks at messages: which worker takes connection summaries, and how many
     entries a message it drops held; anything else (junk, a Broker link's CodecError) is no batch."""
-    from dpack.codec import CodecError
-    from dpack.workers import count_dropped, is_connections
+    from dpack.errors import CodecError
+    from dpack.serve.workers import count_dropped, is_connections
 
     samples = samples_frame(sample_recs[:5], time.time())
     conns = samples_frame(conn_recs[:3], time.time(), event=C.CONNECTIONS_EVENT)

@@ -14,13 +14,15 @@ import torch
 from conftest import SAMPLE
 from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, eth, handshake, ip4, ip6, sll, tcp, udp, write_pcap
 
-from dpack.capture import CaptureStats, read_capture
-from dpack.dataset import encode_samples
 from dpack.errors import DpackError
-from dpack.flows import FlowTable, shard_of
-from dpack.model import to_input
-from dpack.packets import PrefixSpec
-from dpack.score import Scorer, _distinct_rows, explain_rows, score_capture
+from dpack.offline.score import score_capture
+from dpack.prefix.dataset import encode_samples
+from dpack.prefix.model import to_input
+from dpack.prefix.scorer import Scorer, _distinct_rows, explain_rows
+from dpack.traffic.capture import CaptureStats, read_capture
+from dpack.traffic.encode import PrefixSpec
+from dpack.traffic.flows import FlowTable
+from dpack.traffic.sharding import shard_of
 
 
 def _fragments(src: str, dst: str, ident: int) -> list[bytes]:
@@ -94,8 +96,9 @@ def test_shard_of_agrees_across_link_layers():
 def test_shard_array_agrees_with_shard_of_for_every_frame(tmp_path, shards):
     """The array form the sharded reader uses picks the same shard as ``shard_of`` for every frame
     (plain and VLAN Ethernet, IPv6, ICMP, fragments, ARP, cut frames, frames shorter than 38 bytes)."""
-    from dpack.capture import read_blocks
-    from dpack.flows import _plain_ipv4_tcp_udp, plain_mask, shard_array
+    from dpack.traffic.capture import read_blocks
+    from dpack.traffic.sharding import plain_mask, shard_array
+    from dpack.traffic.sharding import plain_tcp_udp as _plain_ipv4_tcp_udp
 
     frames = mixed_frames() + [(2e9, eth(ip4(CLIENT, SERVER, udp(1, 2, b""))))[:30], (2e9 + 1, b"\x00" * 5)]
     path = write_pcap(tmp_path / "mixed.pcap", frames)
@@ -112,7 +115,7 @@ def test_blocks_of_empty_frames_are_counted_not_fatal(default_model):
     """A block whose frames are all empty (a hostile pcapng can hold zero-length packets)."""
     import numpy as np
 
-    from dpack.capture import FrameBlock
+    from dpack.traffic.capture import FrameBlock
 
     empty = FrameBlock(1, b"", np.zeros(3, np.int64), np.zeros(3, np.int64), np.array([1.0, 2.0, 3.0]))
     for shards in (1, 2):
@@ -223,7 +226,7 @@ def test_text_built_verdict_lines_equal_json_dumps(fields):
     """The verdict line ``dpack score`` writes is exactly ``json.dumps`` of the verdict's dict."""
     import json
 
-    from dpack.score import Verdict
+    from dpack.verdict import Verdict
 
     base = {"ts": 1_700_000_000.123456789, "proto": "tcp", "src": "10.0.0.1", "sport": 40000,
             "dst": "2001:db8::1", "dport": 22, "community_id": "1:abc/+=", "score": 0.001234567891,
@@ -236,7 +239,7 @@ def test_text_built_verdict_lines_equal_json_dumps(fields):
 def test_many_small_blocks_give_the_same_flows_as_one_stream(tmp_path, monkeypatch, default_model):
     """Blocks cut anywhere (here: every few records) and shards that skip whole runs of frames still
     build the flows, expiry order and all, of one table fed frame by frame."""
-    import dpack.capture as capture
+    import dpack.traffic.capture as capture
 
     path = write_pcap(tmp_path / "mixed.pcap", mixed_frames())
     spec = PrefixSpec(3, 80, "first")

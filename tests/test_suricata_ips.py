@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from dpack.rules import Policy, RuleBook
-from dpack.score import Verdict
-from dpack.suricata import SuricataError, SuricataSocket
+from dpack.sinks.rules import Policy, RuleBook
+from dpack.sinks.suricata import SuricataError, SuricataSocket
+from dpack.verdict import Verdict
 
 TOOLS = all(shutil.which(t) for t in ("ip", "ethtool", "suricata")) and os.geteuid() == 0
 pytestmark = pytest.mark.skipif(

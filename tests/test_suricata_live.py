@@ -15,10 +15,12 @@ import time
 import pytest
 from conftest import SAMPLE
 
-from dpack.modelfile import load_model
-from dpack.rules import Policy, RuleBook, RulesError
-from dpack.score import Scorer, score_capture
-from dpack.suricata import SuricataError, SuricataSocket
+from dpack.errors import RulesError
+from dpack.offline.score import score_capture
+from dpack.prefix.modelfile import load_model
+from dpack.prefix.scorer import Scorer
+from dpack.sinks.rules import Policy, RuleBook
+from dpack.sinks.suricata import SuricataError, SuricataSocket
 
 SURICATA = shutil.which("suricata")
 SYSTEM_YAML = "/etc/suricata/suricata.yaml"

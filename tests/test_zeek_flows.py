@@ -20,7 +20,7 @@ import zeeklab
 from conftest import SAMPLE
 from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, eth, handshake, ip4, ip6, tcp, udp, write_pcap
 
-from dpack.packets import PrefixSpec
+from dpack.traffic.encode import PrefixSpec
 
 SPEC = PrefixSpec(3, 80, "payload")
 A, P, S, F = dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH, dpkt.tcp.TH_SYN, dpkt.tcp.TH_FIN

@@ -68,7 +68,7 @@ def test_zkg_installs_tests_and_loads_the_package(zeek, tmp_path):
     r = subprocess.run(["zeek", "-C", "-r", str(trace), "local.zeek"], cwd=site, env=env, capture_output=True,
                        text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    from dpack import contract
+    from dpack.zeek import contract
 
     assert f"dpack contract {contract.CONTRACT_VERSION}" in r.stdout
     assert len(zeeklab.read_zeek_log(site / "conn.log")) == 4

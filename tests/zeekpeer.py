@@ -22,11 +22,11 @@ from typing import Any
 
 from websockets.asyncio.server import serve
 
-from dpack import contract as C
-from dpack.capture import read_capture
-from dpack.codec import Port, _ts_to_iso, decode_message, encode_record
-from dpack.flows import FlowTable
-from dpack.packets import PrefixSpec
+from dpack.traffic.capture import read_capture
+from dpack.traffic.encode import PrefixSpec
+from dpack.traffic.flows import FlowTable
+from dpack.zeek import contract as C
+from dpack.zeek.wire import Port, _ts_to_iso, decode_message, encode_record
 
 ERR_EVENT = {"type": "error", "code": "deserialization_failed", "context": "failed to create Zeek event"}
 ERR_JSON = {"type": "error", "code": "deserialization_failed", "context": "failed to decode JSON object"}
@@ -89,10 +89,10 @@ def sample_node(rec: dict[str, Any]) -> dict[str, Any]:
 def connections_from_pcap(path: str) -> list[dict[str, Any]]:
     """Connection records as main.zeek's connection_state_remove handler builds them (the counts from the
     engine's flow table stand in for Zeek's own; the wire format is the point here)."""
-    from dpack.records import records_from_capture
+    from dpack.records.features import records_from_capture
 
     out = []
-    from dpack.records import PROTO_NUMBERS
+    from dpack.records.features import PROTO_NUMBERS
 
     for r in records_from_capture(path):
         number = PROTO_NUMBERS.get(r.proto, 0)

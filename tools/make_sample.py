@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 import pcaprec  # noqa: E402
 
-from dpack.capture import read_capture  # noqa: E402
-from dpack.flows import FlowSample, flows_from_frames  # noqa: E402
-from dpack.packets import PrefixSpec  # noqa: E402
+from dpack.traffic.capture import read_capture
+from dpack.traffic.encode import PrefixSpec
+from dpack.traffic.flows import FlowSample, flows_from_frames
 
 WINDOW = 40.0
 START = 60.0  # seconds into benign-val
@@ -39,7 +39,7 @@ def read_labels(path: Path) -> dict[tuple, str]:
 
 def _pair(rec: pcaprec.Record) -> object:
     """Direction-free 5-tuple of a frame (None for non-IP)."""
-    from dpack.packets import ip_offset, parse_ip
+    from dpack.traffic.packets import ip_offset, parse_ip
 
     off = ip_offset(rec.data, 1)
     p = parse_ip(rec.data, off) if off >= 0 else None
@@ -74,8 +74,8 @@ def main(src: Path, dst: Path) -> None:
         if left.get(fam, 0) > 0:
             left[fam] -= 1
             wanted[(s.proto, frozenset({(s.src, s.sport), (s.dst, s.dport)}))] = fam
-    from dpack.flows import addr_text
-    from dpack.packets import ip_offset, parse_ip
+    from dpack.traffic.keys import addr_text
+    from dpack.traffic.packets import ip_offset, parse_ip
 
     picked: dict[str, list[pcaprec.Record]] = {}
     for r in attack:

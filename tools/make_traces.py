@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 import pcaprec  # noqa: E402
 
-from dpack.flows import _flow_key  # noqa: E402
-from dpack.packets import ip_offset, parse_ip  # noqa: E402
+from dpack.traffic.keys import flow_key
+from dpack.traffic.packets import ip_offset, parse_ip
 
 WANT = [("10.201.66.31", 22), ("10.201.66.11", None), ("10.201.1.15", 53), ("10.201.1.11", 80)]
 
@@ -30,7 +30,7 @@ def main() -> None:
         p = parse_ip(buf, ip_offset(buf, 1)) if ip_offset(buf, 1) >= 0 else None
         if p is None:
             continue
-        key = _flow_key(p)
+        key = flow_key(p)
         if key not in chosen:
             sa = ".".join(map(str, p.src))
             for i, (host, port) in enumerate(WANT):

@@ -16,9 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dpack.crossval import crossval
-from dpack.recordae import RecordAEOptions, fit_record_ae
-from dpack.records import SEGMENT_NUMERIC, lab_table, labelled_records, record_table, records_from_capture
+from dpack.records.crossval import crossval
+from dpack.records.features import (
+    SEGMENT_NUMERIC,
+    lab_table,
+    labelled_records,
+    record_table,
+    records_from_capture,
+)
+from dpack.records.recordae import RecordAEOptions, fit_record_ae
 
 
 def split_gap(folder: Path) -> None:

@@ -169,9 +169,9 @@ def compare_flows(
     import base64
     import bisect
 
-    from dpack.capture import read_capture
-    from dpack.flows import FlowTable
-    from dpack.packets import PrefixSpec
+    from dpack.traffic.capture import read_capture
+    from dpack.traffic.encode import PrefixSpec
+    from dpack.traffic.flows import FlowTable
 
     spec = spec or PrefixSpec(3, 80, "payload")
     zs = zeek_samples(capture, workdir)
@@ -495,7 +495,7 @@ def split_by_flow(capture: Path, outs: Sequence[Path]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import pcaprec
 
-    from dpack.flows import shard_of
+    from dpack.traffic.sharding import shard_of
 
     linktype, snaplen, records = pcaprec.read(capture)
     parts: list[list[Any]] = [[] for _ in outs]

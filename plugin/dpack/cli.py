@@ -126,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from .config import load_config
-    from .serve import Service
+    from .serve.service import Service
 
     zeek = {k: v for k, v in (("url", args.url), ("topic", args.topic)) if v is not None}
     serve = {k: v for k, v in (("alerts", args.alerts), ("metrics_port", args.metrics_port)) if v is not None}
@@ -150,7 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from .config import load_config
-    from .modelfile import load_model
+    from .prefix.modelfile import load_model
 
     cfg = load_config(args.config, overrides={"model": args.model} if args.model else None)
     expect = cfg.export.spec() if cfg.export is not None else None
@@ -158,9 +158,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_train_records(args: argparse.Namespace) -> int:
-    from .classifier import FitOptions
-    from .detectors import train_classifier, train_records
-    from .recordae import RecordAEOptions
+    from .records.classifier import FitOptions
+    from .records.detectors import train_classifier, train_records
+    from .records.recordae import RecordAEOptions
 
     if not args.verbose:
         logging.getLogger("dpack").setLevel(logging.INFO)
@@ -191,8 +191,8 @@ def cmd_train_records(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .packets import PrefixSpec
-    from .train import TrainOptions, train
+    from .prefix.train import TrainOptions, train
+    from .traffic.encode import PrefixSpec
 
     if args.detector != "prefix":
         return cmd_train_records(args)
@@ -239,7 +239,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .score import Scorer, score_capture
+    from .offline.score import score_capture
+    from .prefix.scorer import Scorer
 
     cfg, model = _load(args)
     scorer = Scorer(
@@ -301,7 +302,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _write_offline_rules(path: str, cfg: Any, verdicts: list[Any], info: Any) -> None:
-    from .rules import book_from_config
+    from .sinks.rules import book_from_config
 
     book = book_from_config(cfg, path)
     policy = book.policy
@@ -316,7 +317,8 @@ def _write_offline_rules(path: str, cfg: Any, verdicts: list[Any], info: Any) ->
 
 def cmd_rules(args: argparse.Namespace) -> int:
     from .config import load_config, repo_root
-    from .rules import RulesError, book_from_config
+    from .errors import RulesError
+    from .sinks.rules import book_from_config
 
     cfg = load_config(args.config)
     path = args.file or cfg.rules.get("file") or str(repo_root() / "suricata_rules" / "dpack.rules")
@@ -345,8 +347,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_table, labelled_pcap, labelled_sets, write_report
-    from .score import Scorer
+    from .offline.evaluate import evaluate, format_table, labelled_pcap, labelled_sets, write_report
+    from .prefix.scorer import Scorer
 
     if args.pcap or args.labels:
         if not (args.pcap and args.labels) or args.benign or args.attack:
@@ -368,9 +370,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"note: {data.unlabelled} flows had no label row and were left out")
     print(format_table(m, attack_fams))
     if args.records_model:
-        from .detectors import format_side_by_side, side_by_side
-        from .evaluate import sample_key
-        from .recordae import load_record_model
+        from .records.detectors import format_side_by_side, side_by_side
+        from .records.recordae import load_record_model
+        from .traffic.labels import sample_key
 
         det = load_record_model(args.records_model)
         flags = {
@@ -386,7 +388,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(format_side_by_side(rows, attack_fams))
         m["side_by_side"] = rows
     if args.json:
-        from .modelfile import atomic_write_bytes
+        from .fileio import atomic_write_bytes
 
         atomic_write_bytes(args.json, (json.dumps(m, indent=1) + "\n").encode())
     if args.report:
@@ -398,9 +400,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_crossval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .classifier import FitOptions
-    from .crossval import crossval, format_table, holdout
-    from .tables import read_dataset
+    from .records.classifier import FitOptions
+    from .records.crossval import crossval, format_table, holdout
+    from .records.tables import read_dataset
 
     if not args.verbose:
         logging.getLogger("dpack").setLevel(logging.INFO)
@@ -425,7 +427,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     print(format_table(res))
     print(f"({time.time() - t0:.0f} s)")
     if args.json:
-        from .modelfile import atomic_write_bytes
+        from .fileio import atomic_write_bytes
 
         atomic_write_bytes(args.json, (json.dumps(res.as_json(), indent=1) + "\n").encode())
     return 0

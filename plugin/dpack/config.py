@@ -52,9 +52,9 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .flows import FlowRules
-from .packets import DEFAULT_MAX_WAIT, POLICIES, PrefixSpec
-from .score import EXPLAIN_MODES
+from .traffic.encode import DEFAULT_MAX_WAIT, POLICIES, PrefixSpec
+from .traffic.flows import FlowRules
+from .verdict import EXPLAIN_MODES
 
 DEFAULT_MODEL_NAME = "dpack-default.pt"
 
@@ -163,7 +163,8 @@ class Config:
     rules: dict[str, Any] = field(default_factory=dict)
 
     def rules_policy(self) -> Any:
-        from .rules import Policy, RulesError
+        from .errors import RulesError
+        from .sinks.rules import Policy
 
         known = {f.name for f in dataclasses.fields(Policy)}
         extra = {"file", "state", "suricata", "suricata_config", "socket", "tick"}

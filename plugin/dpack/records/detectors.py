@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
+from ..fileio import sha256_file
+from ..traffic.conn import ConnRecord
+from ..verdict import Verdict
 from .classifier import (
     FitOptions,
     RecordClassifier,
@@ -24,10 +27,7 @@ from .classifier import (
     load_record_classifier,
     save_record_classifier,
 )
-from .conn import ConnRecord
-from .modelfile import sha256_file
-from .recordae import RecordAEOptions, RecordDetector, fit_record_ae, load_record_model, save_record_model
-from .records import (
+from .features import (
     SEGMENT_NUMERIC,
     SegmentState,
     labelled_records,
@@ -35,7 +35,7 @@ from .records import (
     record_table,
     records_from_capture,
 )
-from .score import Verdict
+from .recordae import RecordAEOptions, RecordDetector, fit_record_ae, load_record_model, save_record_model
 from .tables import Table, TableEncoder
 
 

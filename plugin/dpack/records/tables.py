@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DpackError
+from ..errors import DpackError
 
 
 class TableError(DpackError):
@@ -215,7 +215,7 @@ def read_dataset(path: str | Path) -> Table:
             if (p / name).is_file():
                 return read_nsl_kdd(p / name)
         if (p / "attack-dev.pcap.gz").is_file():
-            from .records import lab_table  # records builds on tables; import here, not at the top
+            from .features import lab_table
 
             return lab_table(p)
         found = sorted(p.glob("UNSW_NB15_*.csv*"))

@@ -222,7 +222,7 @@ def fit_record_classifier(
 
 
 def save_record_classifier(path: str | os.PathLike[str], clf: RecordClassifier, **meta: Any) -> None:
-    from .modelfile import save_blob
+    from ..prefix.modelfile import save_blob
 
     save_blob(path, {
         "format": FORMAT,
@@ -237,8 +237,9 @@ def save_record_classifier(path: str | os.PathLike[str], clf: RecordClassifier, 
 
 
 def load_record_classifier(path: str | os.PathLike[str]) -> RecordClassifier:
-    from .errors import ModelError
-    from .modelfile import load_blob, sha256_file
+    from ..errors import ModelError
+    from ..fileio import sha256_file
+    from ..prefix.modelfile import load_blob
 
     blob = load_blob(path, FORMAT, FORMAT_VERSION, "dpack record-classifier model")
     try:

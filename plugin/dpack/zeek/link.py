@@ -22,17 +22,13 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .codec import CodecError, Event, Port
-from .errors import DpackError
+from ..errors import CodecError, TransportError
+from .wire import Event, Port
 
 log = logging.getLogger(__name__)
 
 OnMessage = Callable[[Any], Awaitable[None]]  # WebSocket: str | bytes; Broker: codec.Event | CodecError
 OnState = Callable[[bool], None]
-
-
-class TransportError(DpackError):
-    """The link to Zeek cannot be set up (bad URL, missing bindings)."""
 
 
 class Backoff:

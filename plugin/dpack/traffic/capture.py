@@ -20,7 +20,7 @@ from typing import BinaryIO
 import dpkt
 import numpy as np
 
-from .errors import CaptureError
+from ..errors import CaptureError
 from .packets import SUPPORTED_LINKTYPES
 
 log = logging.getLogger(__name__)

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import DpackError
-from .modelfile import atomic_write_bytes
-from .score import Verdict
+from .. import __version__
+from ..errors import DpackError, RulesError
+from ..fileio import atomic_write_bytes
+from ..verdict import Verdict
 from .suricata import SuricataSocket
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,6 @@ _META_PATTERNS = {
     "community_id": re.compile(r"1:[A-Za-z0-9+/]{27}="),
     "expires": re.compile(r"[0-9]{10}"),
 }
-
-
-class RulesError(DpackError):
-    """A rule, a rules file or the rules state that cannot be used."""
 
 
 def _addr(text: str) -> str:

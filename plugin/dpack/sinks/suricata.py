@@ -13,7 +13,7 @@ import socket
 import time
 from typing import Any
 
-from .errors import DpackError
+from ..errors import DpackError
 
 PROTOCOL_VERSION = "0.2"
 _MAX_REPLY = 16 * 1024 * 1024

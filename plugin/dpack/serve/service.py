@@ -30,28 +30,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import contract as C
-from .codec import (
-    Ack,
-    CodecError,
+from ..config import Config, load_config
+from ..errors import CodecError, DpackError, ModelError
+from ..prefix.modelfile import LoadedModel, load_model
+from ..prefix.scorer import Scorer
+from ..records.detectors import RecordScorer
+from ..sinks.siem import AlertFeed
+from ..traffic.flows import FlowSample
+from ..verdict import Verdict
+from ..zeek import contract as C
+from ..zeek.codec import (
     ConnectionBatch,
     ContractMismatch,
-    ErrorReply,
-    Event,
     SampleBatch,
-    decode_message,
     encode_refusal,
     encode_verdicts,
     parse_connections,
     parse_samples,
 )
-from .config import Config, load_config
-from .detectors import RecordScorer
-from .errors import DpackError, ModelError
-from .flows import FlowSample
-from .modelfile import LoadedModel, load_model
-from .score import Scorer, Verdict
-from .siem import AlertFeed
+from ..zeek.wire import Ack, ErrorReply, Event, decode_message
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +219,7 @@ class Service:
         self.outbox_verdicts: deque[int] = deque()  # verdicts per outbox message
         self.refusals_sent: set[tuple[str, str]] = set()
         if link is None:
-            from .link import BrokerLink, WebSocketLink
+            from ..zeek.link import BrokerLink, WebSocketLink
 
             kind = BrokerLink if cfg.zeek.transport == "broker" else WebSocketLink
             link = kind(cfg.zeek.url, cfg.zeek.topic, cfg.zeek.reconnect_max, self._on_link)
@@ -240,8 +237,8 @@ class Service:
         """Suricata rules for anomalous verdicts, when ``rules.file`` is configured."""
         if not cfg.rules.get("file"):
             return None
-        from .rules import RulesWorker, book_from_config
-        from .suricata import SuricataSocket
+        from ..sinks.rules import RulesWorker, book_from_config
+        from ..sinks.suricata import SuricataSocket
 
         book = book_from_config(cfg)
         sock = SuricataSocket(cfg.rules["socket"]) if cfg.rules.get("socket") else None

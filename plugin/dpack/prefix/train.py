@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from .. import __version__
+from ..fileio import sha256_file
+from ..traffic.encode import PrefixSpec
+from ..traffic.flows import FlowRules
+from ..traffic.profiles import CLASS_NAMES, N_CLASSES, profile_class
 from .dataset import FlowSet, extract
-from .flows import FlowRules
 from .model import DPackNet, ModelConfig, to_input
-from .modelfile import save_model, sha256_file
-from .packets import PrefixSpec
-from .profiles import CLASS_NAMES, N_CLASSES, profile_class
+from .modelfile import save_model
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .capture import CaptureStats, read_capture
-from .conn import HISTORY_LETTERS, ConnRecord
-from .evaluate import read_labels
-from .flows import FlowRules, FlowTable
-from .packets import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, PrefixSpec
-from .profiles import CLASS_NAMES, profile_class
+from ..traffic.capture import CaptureStats, read_capture
+from ..traffic.conn import HISTORY_LETTERS, ConnRecord
+from ..traffic.encode import PrefixSpec
+from ..traffic.flows import FlowRules, FlowTable
+from ..traffic.labels import read_labels
+from ..traffic.packets import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP
+from ..traffic.profiles import CLASS_NAMES, profile_class
 from .tables import Table
 
 PROTO_NUMBERS = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP, "icmp6": PROTO_ICMP6}
@@ -157,7 +158,7 @@ def labelled_records(
 ) -> LabelledRecords:
     """Records of lab-dev style captures, labelled by ``labels_csv`` (one per capture) or else by the
     ``NAME.labels.csv`` beside each; records without a label row are left out and counted."""
-    from .evaluate import _labels_beside
+    from ..traffic.labels import labels_beside as _labels_beside
 
     recs: list[ConnRecord] = []
     attack: list[bool] = []

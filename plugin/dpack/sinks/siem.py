@@ -15,8 +15,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
-from .score import Verdict
+from .. import __version__
+from ..verdict import Verdict
 
 log = logging.getLogger(__name__)
 

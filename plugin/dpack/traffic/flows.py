@@ -24,15 +24,9 @@ the flow so that its later packets are not mistaken for a new flow.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import heapq
-import ipaddress
 import math
-import socket
-import struct
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,32 +35,27 @@ import numpy as np
 
 from .capture import FrameBlock
 from .conn import ConnRecord, conn_state, tcp_history_letter
+from .encode import SCAN_PACKETS, Frame, PrefixSpec, counts_for_prefix
+from .keys import addr_text, community_id, flow_key, flow_ports
 from .packets import (
-    ICMP6_QUERY_PAIRS,
-    ICMP_QUERY_PAIRS,
     LINKTYPE_ETHERNET,
     PROTO_ICMP,
     PROTO_ICMP6,
     PROTO_NAMES,
     PROTO_TCP,
     PROTO_UDP,
-    SCAN_PACKETS,
     TCP_ACK,
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
-    Frame,
     Packet,
-    PrefixSpec,
-    counts_for_prefix,
     ip_offset,
     parse_ip,
-    tcp_seq_ack,
 )
+from .sharding import _first_bytes, plain_mask, plain_tcp_udp, shard_array
 
 DEFAULT_IDLE_TIMEOUT = 60.0  # Zeek's udp_inactivity_timeout and icmp_inactivity_timeout
 DNS_PORTS = frozenset({53, 137, 5353, 5355})  # UDP ports Zeek's DNS analyzer takes (base/protocols/dns)
-TUNNEL_PROTOS = frozenset({4, 41, 47})  # IP-in-IP, IPv6-in-IPv4, GRE: Zeek decapsulates them
 
 
 @dataclass(frozen=True)
@@ -112,7 +101,9 @@ class FlowSample:
     frames: list[Frame]
     uid: str = ""  # Zeek's connection uid, when the sample came from Zeek
     community_id: str = ""
-    handshake: bool | None = None  # TCP handshake demonstrably completed (None: not computed yet)
+    # TCP handshake demonstrably completed (``handshake.from_frames`` of ``frames``; None: not worked out
+    # yet - it is for the anomalous ones only, or before the frames are dropped offline)
+    handshake: bool | None = None
     ready: float = 0.0  # when Zeek would hand it out: Nth prefix packet, first + max_wait, or the flow's end
     # (frame number at which the sample became ready, frame number of the flow's first packet): the
     # order ``FlowTable`` hands samples out in, so that shards of one capture merge back into it
@@ -148,8 +139,6 @@ class _Flow:
     timeout: float = DEFAULT_IDLE_TIMEOUT  # idle seconds after which it ends (FlowRules)
     dns: bool = False  # a UDP flow to a DNS port (ends as Zeek's DNS analyzer ends it)
     closing: bool = False  # TCP FIN or RST seen
-    synack_seq: int = -1  # the responder's SYN-ACK sequence number, while the prefix is collected
-    handshake: bool = False  # the initiator acknowledged that SYN-ACK (its address is not spoofed)
     # connection-summary counters, kept only when the table was made with records=True
     opk: int = 0
     rpk: int = 0
@@ -174,50 +163,9 @@ class _Flow:
         return None
 
 
-def icmp_counterpart(proto: int, itype: int, code: int) -> tuple[int, bool]:
-    """Zeek's ``ICMP4_counterpart``/``ICMP6_counterpart``: (the counterpart type, False) for messages
-    with a reply type, else (the code, True: one-way)."""
-    pairs = ICMP_QUERY_PAIRS if proto == PROTO_ICMP else ICMP6_QUERY_PAIRS
-    other = pairs.get(itype)
-    return (other, False) if other is not None else (code, True)
-
-
-def _flow_key(p: Packet) -> tuple[object, ...] | None:
-    """The flow a packet belongs to, as Zeek keys connections; None for what Zeek makes no connection of
-    from a captured frame (fragments, decapsulated tunnels)."""
-    if p.fragmented or p.proto in TUNNEL_PROTOS:
-        return None
-    if p.proto in (PROTO_TCP, PROTO_UDP):
-        # address + port as bytes (the same key ``FlowTable.add``'s fast path builds from raw frames)
-        a, b = p.src + p.sport.to_bytes(2, "big"), p.dst + p.dport.to_bytes(2, "big")
-        return (p.proto, a, b) if a <= b else (p.proto, b, a)
-    if p.proto in (PROTO_ICMP, PROTO_ICMP6):
-        other, one_way = icmp_counterpart(p.proto, p.sport, p.dport)
-        a, b = p.src + p.sport.to_bytes(2, "big"), p.dst + other.to_bytes(2, "big")
-        if one_way:
-            return (p.proto, a, b, 1)
-        return (p.proto, a, b) if a <= b else (p.proto, b, a)
-    a3, b3 = (p.src, p.dst) if p.src <= p.dst else (p.dst, p.src)
-    return (p.proto, a3, b3)
-
-
-def _ports(p: Packet) -> tuple[int, int]:
-    """The flow's (orig_p, resp_p) as Zeek's conn_id has them, from its first packet."""
-    if p.proto in (PROTO_TCP, PROTO_UDP):
-        return p.sport, p.dport
-    if p.proto in (PROTO_ICMP, PROTO_ICMP6):
-        return p.sport, icmp_counterpart(p.proto, p.sport, p.dport)[0]
-    return 0, 0
-
-
 def _from_initiator(f: _Flow, p: Packet) -> bool:
     """Sent by the flow's initiator (ports decide when both ends share an address)."""
     return p.src == f.src and (p.sport == f.sport or p.proto not in (PROTO_TCP, PROTO_UDP))
-
-
-def addr_text(raw: bytes) -> str:
-    """An address as Zeek and ``ipaddress`` write it (inet_ntop for IPv4: 5x faster, same text)."""
-    return socket.inet_ntop(socket.AF_INET, raw) if len(raw) == 4 else str(ipaddress.ip_address(raw))
 
 
 def _ip_len(frame: bytes, off: int, version: int) -> int:
@@ -308,17 +256,6 @@ class FlowTable:
         if letter and letter not in f.hist:
             f.hist += letter
 
-    @staticmethod
-    def _track_handshake(f: _Flow, p: Packet, frame: bytes, off: int) -> None:
-        sa = tcp_seq_ack(frame, off)
-        if sa is None:
-            return
-        from_orig = p.src == f.src and p.sport == f.sport
-        if not from_orig and p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
-            f.synack_seq = sa[0]
-        elif from_orig and p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK and f.synack_seq >= 0:
-            f.handshake = sa[1] == (f.synack_seq + 1) & 0xFFFFFFFF
-
     def _sample(self, f: _Flow, ready: float) -> FlowSample:
         frames = f.frames or []
         f.frames = None
@@ -326,20 +263,19 @@ class FlowTable:
         return FlowSample(
             f.ts, f.proto, src, f.sport, dst, f.dport, frames,
             community_id=community_id(f.proto, f.src, f.dst, f.sport, f.dport),
-            handshake=f.handshake if f.proto == PROTO_TCP else False,
             ready=ready, order=(self.index, f.first),
         )  # fmt: skip
 
     def add(self, ts: float, linktype: int, frame: bytes) -> list[FlowSample]:
         """Account one frame; return the samples that became ready (usually none or one), in ``order``."""
         out = self.tick(ts)
-        plain = linktype == LINKTYPE_ETHERNET and _plain_ipv4_tcp_udp(frame)
+        plain = linktype == LINKTYPE_ETHERNET and plain_tcp_udp(frame)
         return self._place(ts, linktype, frame, plain, out)
 
     def _place(
         self, ts: float, linktype: int, frame: bytes, plain: bool, out: list[FlowSample]
     ) -> list[FlowSample]:
-        """``add`` after its ``tick``; ``plain``: ``_plain_ipv4_tcp_udp`` of an Ethernet frame (the block
+        """``add`` after its ``tick``; ``plain``: ``plain_tcp_udp`` of an Ethernet frame (the block
         reader knows it from ``plain_mask``), appending to ``out``."""
         self.stats.frames += 1
         if plain and self.records is None and self._known_continuation(ts, frame):
@@ -352,7 +288,7 @@ class FlowTable:
         if p is None:
             self.stats.malformed += 1
             return out
-        key = _flow_key(p)
+        key = flow_key(p)
         if key is None:
             if p.fragmented:
                 self.stats.fragments += 1
@@ -372,7 +308,7 @@ class FlowTable:
                 f = None
         if f is None:
             self.stats.flows += 1
-            sport, dport = _ports(p)
+            sport, dport = flow_ports(p)
             f = _Flow(ts, ts, self.index, p.proto, p.src, sport, p.dst, dport)
             f.timeout = self.rules.timeout(p.proto)
             f.dns = p.proto == PROTO_UDP and dport in DNS_PORTS
@@ -395,8 +331,6 @@ class FlowTable:
         if p.proto == PROTO_TCP:
             if p.tcp_flags & (TCP_FIN | TCP_RST):
                 f.closing = True
-            if f.frames is not None and p.tcp_flags & TCP_ACK and not f.handshake:
-                self._track_handshake(f, p, frame, off)
         if f.frames is not None and not first:
             f.packets += 1
         if (
@@ -429,7 +363,7 @@ class FlowTable:
         """Fast path for the bulk of a capture: a later packet of a flow whose prefix is already handed out.
 
         Only for plain Ethernet + IPv4 (no options, not a fragment) + TCP/UDP frames (the caller checks);
-        it builds the same key as ``_flow_key`` straight from the bytes and only refreshes the flow's
+        it builds the same key as ``keys.flow_key`` straight from the bytes and only refreshes the flow's
         activity. Anything that could start a new flow (idle too long, a SYN after FIN/RST, a DNS flow)
         takes the full path.
         """
@@ -556,111 +490,8 @@ class FlowTable:
         return out
 
 
-def _plain_ipv4_tcp_udp(frame: bytes) -> bool:
-    """An Ethernet frame (no VLAN tag) with IPv4 without options, not a fragment, carrying TCP or UDP with
-    its ports captured: the layout the fast paths read straight from the bytes."""
-    return (
-        len(frame) >= 38
-        and frame[12] == 8
-        and frame[13] == 0
-        and frame[14] == 0x45
-        and (frame[23] == PROTO_TCP or frame[23] == PROTO_UDP)
-        and not frame[20] & 0x3F
-        and not frame[21]
-    )
-
-
 def _order(s: FlowSample) -> tuple[int, int]:
     return s.order
-
-
-_M64 = (1 << 64) - 1
-_MIX_A, _MIX_B = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F
-
-
-def _mix48(lo: int, hi: int) -> int:
-    """Hash of a flow's sorted pair of 48-bit endpoints (IPv4 address + port); ``shard_array`` computes
-    the same with numpy's wrapping uint64 arithmetic."""
-    return (((lo * _MIX_A & _M64) ^ hi) * _MIX_B & _M64) >> 33
-
-
-def shard_of(linktype: int, frame: bytes, shards: int) -> int:
-    """Which of ``shards`` flow tables a frame belongs to: the same for every packet of a flow (both
-    directions), so shards can build their flows independently. Frames that belong to no flow (not IP,
-    malformed) go to shard 0, which counts them.
-
-    A hash that mixes every byte of the flow's sorted address(+port) pair keeps the shards' *packet*
-    counts even (an XOR of a few low bytes left 43%/57% of lab-dev's packets in two shards, and a
-    worker's cost follows its packets, not its flows)."""
-    if linktype == LINKTYPE_ETHERNET and _plain_ipv4_tcp_udp(frame):
-        a = int.from_bytes(frame[26:30] + frame[34:36], "big")
-        b = int.from_bytes(frame[30:34] + frame[36:38], "big")
-        return _mix48(a, b) % shards if a <= b else _mix48(b, a) % shards
-    off = ip_offset(frame, linktype)
-    p = parse_ip(frame, off) if off >= 0 else None
-    if p is None:
-        return 0
-    key = _flow_key(p)
-    if key is None:  # fragments, tunnels: counted by shard 0
-        return 0
-    a, b = key[1], key[2]
-    assert isinstance(a, bytes) and isinstance(b, bytes)
-    if len(a) == 6:  # IPv4 address + port, as the fast path
-        return _mix48(int.from_bytes(a, "big"), int.from_bytes(b, "big")) % shards
-    return zlib.crc32(a + b) % shards  # IPv6, or an address pair only (fragments, ICMP, other)
-
-
-_PLAIN_BYTES = np.arange(38)
-
-
-def _first_bytes(block: FrameBlock) -> np.ndarray:
-    """(n, 38) uint8: the first 38 bytes of every frame (garbage past the end of shorter frames)."""
-    raw = np.frombuffer(block.buf, np.uint8)
-    if not len(raw):  # only empty frames
-        return np.zeros((len(block), len(_PLAIN_BYTES)), dtype=np.uint8)
-    return raw[np.minimum(block.start[:, None] + _PLAIN_BYTES, len(raw) - 1)]
-
-
-def plain_mask(block: FrameBlock, first: np.ndarray | None = None) -> np.ndarray:
-    """``_plain_ipv4_tcp_udp`` of every frame of a block, as a bool array (all False unless Ethernet).
-    ``first``: the block's ``_first_bytes``, if the caller has them."""
-    if block.linktype != LINKTYPE_ETHERNET or not len(block.buf):
-        return np.zeros(len(block), dtype=bool)
-    h = _first_bytes(block) if first is None else first
-    return (
-        (block.end - block.start >= 38)
-        & (h[:, 12] == 8)
-        & (h[:, 13] == 0)
-        & (h[:, 14] == 0x45)
-        & ((h[:, 23] == PROTO_TCP) | (h[:, 23] == PROTO_UDP))
-        & (h[:, 20] & 0x3F == 0)
-        & (h[:, 21] == 0)
-    )
-
-
-def shard_array(
-    block: FrameBlock, shards: int, plain: np.ndarray | None = None, first: np.ndarray | None = None
-) -> np.ndarray:
-    """``shard_of`` for every frame of a block: plain Ethernet/IPv4/TCP-UDP frames (``plain_mask``) in
-    array operations, the others one by one. ``plain`` and ``first`` (``_first_bytes``): if the caller
-    has them already."""
-    n = len(block)
-    out = np.zeros(n, dtype=np.int64)
-    if plain is None:
-        plain = plain_mask(block, first)
-    if plain.any():
-        h = _first_bytes(block) if first is None else first
-        ends = np.zeros((n, 2, 8), dtype=np.uint8)  # big-endian uint64: 0, 0, address, port
-        ends[:, 0, 2:6], ends[:, 0, 6:8] = h[:, 26:30], h[:, 34:36]
-        ends[:, 1, 2:6], ends[:, 1, 6:8] = h[:, 30:34], h[:, 36:38]
-        pair = ends.view(">u8").reshape(n, 2).astype(np.uint64)
-        lo, hi = pair.min(axis=1), pair.max(axis=1)
-        mixed = ((lo * np.uint64(_MIX_A)) ^ hi) * np.uint64(_MIX_B) >> np.uint64(33)
-        out[plain] = (mixed[plain] % np.uint64(shards)).astype(np.int64)
-    buf, lt = block.buf, block.linktype
-    for i in np.flatnonzero(~plain).tolist():
-        out[i] = shard_of(lt, buf[block.start[i] : block.end[i]], shards)
-    return out
 
 
 def flows_from_frames(
@@ -668,35 +499,3 @@ def flows_from_frames(
 ) -> Iterator[FlowSample]:
     """All flow samples of a frame stream, in the order they become ready."""
     return FlowTable(spec, rules).samples(frames)
-
-
-# --- Community ID v1 (https://github.com/corelight/community-id-spec) -------------------------------
-
-_ICMP4_CID = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}
-_ICMP6_CID = {
-    128: 129,
-    129: 128,
-    133: 134,
-    134: 133,
-    135: 136,
-    136: 135,
-    130: 131,
-    131: 130,
-    139: 140,
-    140: 139,
-}
-
-
-def community_id(proto: int, src: bytes, dst: bytes, sport: int, dport: int, seed: int = 0) -> str:
-    """Community ID v1 of a flow; ``sport``/``dport`` hold ICMP type/code for ICMP."""
-    one_way = False
-    if proto in (PROTO_ICMP, PROTO_ICMP6):
-        table = _ICMP4_CID if proto == PROTO_ICMP else _ICMP6_CID
-        if sport in table:
-            dport = table[sport]
-        else:
-            one_way = True
-    if not one_way and (src, sport) > (dst, dport):
-        src, dst, sport, dport = dst, src, dport, sport
-    h = hashlib.sha1(struct.pack("!H", seed) + src + dst + struct.pack("!BBHH", proto, 0, sport, dport))
-    return "1:" + base64.b64encode(h.digest()).decode("ascii")

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .capture import CaptureStats, read_blocks
-from .flows import FlowRules, FlowSample, FlowStats, FlowTable
-from .packets import PrefixSpec, encode_flow_into
+from ..traffic.capture import CaptureStats, read_blocks
+from ..traffic.encode import PrefixSpec, encode_flow_into
+from ..traffic.flows import FlowRules, FlowSample, FlowStats, FlowTable
 
 
 @dataclass

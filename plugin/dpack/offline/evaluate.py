@@ -7,7 +7,6 @@ beside each capture when there is one, else the file name) or from a labels CSV 
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import logging
@@ -19,63 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import FlowSet, extract
-from .errors import LabelsError
-from .flows import FlowSample
-from .score import Scorer
+from ..prefix.dataset import FlowSet, extract
+from ..prefix.scorer import Scorer
+from ..traffic.labels import labels_beside, read_labels, sample_key
 
 log = logging.getLogger(__name__)
-
-LabelKey = tuple[str, str, str, int, str, int]
-LABEL_COLUMNS = ("ts_first", "proto", "src", "sport", "dst", "dport", "label", "family")
-
-
-def sample_key(s: FlowSample) -> LabelKey:
-    return (f"{s.ts:.6f}", s.proto_name, s.src, s.sport, s.dst, s.dport)
-
-
-def read_labels(path: str | os.PathLike[str]) -> dict[LabelKey, tuple[bool, str]]:
-    """``key -> (is_attack, family)`` from a lab-dev style labels CSV."""
-    out: dict[LabelKey, tuple[bool, str]] = {}
-    try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise LabelsError(f"{path}: labels CSV lacks column(s) {', '.join(missing)}")
-            for lineno, row in enumerate(reader, start=2):
-                try:
-                    key = (
-                        row["ts_first"],
-                        row["proto"],
-                        row["src"],
-                        int(row["sport"]),
-                        row["dst"],
-                        int(row["dport"]),
-                    )
-                except (TypeError, ValueError):
-                    raise LabelsError(f"{path}:{lineno}: bad port value") from None
-                label = row["label"].strip().lower()
-                if label not in ("benign", "attack"):
-                    raise LabelsError(
-                        f"{path}:{lineno}: label must be benign or attack, got {row['label']!r}"
-                    )
-                out[key] = (label == "attack", row["family"] or label)
-    except FileNotFoundError:
-        raise LabelsError(f"{path}: no such labels file") from None
-    except UnicodeDecodeError:
-        raise LabelsError(f"{path}: not a text CSV file") from None
-    return out
-
-
-def _labels_beside(capture: str | os.PathLike[str]) -> Path | None:
-    p = Path(capture)
-    stem = p.name
-    for suffix in (".gz", ".pcapng", ".pcap"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-    cand = p.with_name(stem + ".labels.csv")
-    return cand if cand.is_file() else None
 
 
 @dataclass
@@ -92,7 +39,7 @@ def labelled_sets(benign: Sequence[str], attack: Sequence[str], spec: Any) -> La
     for paths, is_attack in ((benign, False), (attack, True)):
         for p in paths:
             fs = extract([p], spec)
-            beside = _labels_beside(p)
+            beside = labels_beside(p)
             labels = read_labels(beside) if beside else {}
             default = ("attack" if is_attack else "benign") if not labels else None
             keep = []

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import ModelError
+from .. import __version__
+from ..errors import ModelError
+from ..fileio import sha256_file
+from ..prefix.modelfile import load_blob, save_blob
 from .fitting import EarlyStopping
-from .modelfile import load_blob, save_blob, sha256_file
 from .tables import Table, TableEncoder
 
 FORMAT = "dpack-record-model"

@@ -34,12 +34,13 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from .codec import CodecError, Event, batch_entries, decode_message, split_batch
-from .config import Config, usable_cores
-from .contract import CONNECTIONS_EVENT, SAMPLES_EVENT
-from .modelfile import LoadedModel
-from .score import Verdict
-from .serve import Service
+from ..config import Config, usable_cores
+from ..errors import CodecError
+from ..prefix.modelfile import LoadedModel
+from ..verdict import Verdict
+from ..zeek.contract import CONNECTIONS_EVENT, SAMPLES_EVENT
+from ..zeek.wire import Event, batch_entries, decode_message, split_batch
+from .service import Service
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ class WorkerPool:
 
     async def _spawn(self, index: int, restarts: int) -> None:
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["dpack.workers"])  # the workers fork from a process that has torch
+        ctx.set_forkserver_preload(["dpack.serve.workers"])  # the workers fork from a process that has torch
         parent, child = ctx.Pipe()
         proc = ctx.Process(
             target=_worker_main, name=f"dpack-serve-worker-{index}", daemon=True,

@@ -9,21 +9,19 @@ half a model.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
+from ..fileio import atomic_write_bytes, sha256_file
+from ..traffic.encode import PrefixSpec
 from .model import DPackNet, ModelConfig
-from .packets import PrefixSpec
 
 FORMAT = "dpack-model"
 FORMAT_VERSION = 1
@@ -42,38 +40,6 @@ class LoadedModel:
     def name(self) -> str:
         """Short name for verdicts and rules: the stored name and the first 12 hex digits of the file hash."""
         return f"{self.meta.get('name', Path(self.path).stem)}@{self.sha256[:12]}"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(
-    path: str | os.PathLike[str], payload: bytes, check: Callable[[Path], None] | None = None
-) -> None:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same directory, fsync, ``check``
-    on it (raise to abandon the write: the old file stays), rename over the target."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if check is not None:
-            check(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_model(path: str | os.PathLike[str], net: DPackNet, spec: PrefixSpec, **meta: Any) -> None:
