@@ -54,7 +54,7 @@ def records_model_path(tmp_path_factory):
 def classifier_model_path(tmp_path_factory):
     """A CNN-BiLSTM trained for real on the labelled sample capture (its labels CSV is beside it)."""
     from dpack.records.classifier import FitOptions
-    from dpack.records.detectors import train_classifier
+    from dpack.records.train import train_classifier
 
     out = tmp_path_factory.mktemp("classifier") / "classifier.pt"
     train_classifier([SAMPLE], out, FitOptions(epochs=12, patience=4, batch_size=64))

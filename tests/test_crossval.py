@@ -91,7 +91,7 @@ def test_crossval_command_on_nsl_kdd_subset(tmp_path, capsys):
 
 @pytest.mark.skipif(not UNSW.is_dir(), reason="shared/datasets/unsw-nb15 is not beside the repository")
 def test_unsw_partition_reads_as_documented():
-    from dpack.records.tables import read_dataset
+    from dpack.records.crossval import read_dataset
 
     t = read_dataset(UNSW)
     assert len(t) == 82332 and int(t.y_binary.sum()) == 45332

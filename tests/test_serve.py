@@ -25,7 +25,7 @@ from dpack.config import load_config
 from dpack.offline.score import score_capture
 from dpack.prefix.modelfile import load_model
 from dpack.prefix.scorer import Scorer
-from dpack.records.detectors import RecordScorer
+from dpack.records.scorer import RecordScorer
 from dpack.serve.service import Service
 from dpack.sinks.rules import Rule
 from dpack.zeek import contract as C
@@ -78,7 +78,7 @@ class Running:
 
     @property
     def m(self):
-        return self.service.metrics.c
+        return self.service.metrics.counts
 
     def stop(self):
         self.service.loop.call_soon_threadsafe(self.service.stop.set)
@@ -272,13 +272,13 @@ def test_verdicts_made_while_zeek_is_away_are_delivered_after_it_returns(
 
 def test_flood_beyond_capacity_drops_are_counted_and_memory_bounded(start, peer, sample_recs):
     def slow(service):  # fault injection: a scorer that needs 50 ms per call
-        real = service.scorer.verdicts
+        real = service.scoring.pipeline.scorer.verdicts
 
         def verdicts(samples):
             time.sleep(0.05)
             return real(samples)
 
-        service.scorer.verdicts = verdicts
+        service.scoring.pipeline.scorer.verdicts = verdicts
 
     run = start(scorer_wrap=slow, queue_size=200, batch_size=64, watch=False)
     depth = []
@@ -296,7 +296,7 @@ def test_flood_beyond_capacity_drops_are_counted_and_memory_bounded(start, peer,
 
 
 def _worker_pids(run):
-    return [w.proc.pid for w in run.service.pool.workers]
+    return [w.proc.pid for w in run.service.scoring.workers]
 
 
 def test_stalled_workers_flood_is_dropped_at_the_parent_counted_and_bounded(start, peer, sample_recs):
@@ -304,7 +304,7 @@ def test_stalled_workers_flood_is_dropped_at_the_parent_counted_and_bounded(star
     The parent keeps reading Zeek, holds at most its backlog limit per worker, drops the rest counted in
     flows; once the workers run again every accepted flow gets its verdict."""
     run = start(workers=2, queue_size=200, batch_size=64, watch=False)
-    pool = run.service.pool
+    pool = run.service.scoring
     limit = pool.backlog_limit
     pids = _worker_pids(run)
     buffered = []
@@ -332,10 +332,10 @@ def test_a_killed_worker_is_restarted_and_its_loss_counted(start, peer, sample_r
     run = start(workers=2, watch=False)
     send_batches(peer, sample_recs[:40], size=20)  # one message to each worker
     wait_for(lambda: len(peer.verdicts()) == 40, what="first verdicts")
-    victim = run.service.pool.workers[0].proc
+    victim = run.service.scoring.workers[0].proc
     os.kill(victim.pid, signal.SIGKILL)
     wait_for(lambda: run.m["worker_restarts"] == 1, what="restart")
-    wait_for(lambda: run.service.pool.workers[0].proc is not victim, what="a new worker")
+    wait_for(lambda: run.service.scoring.workers[0].proc is not victim, what="a new worker")
     assert run.m["flows_dropped"] == 0  # it held nothing when it died
     send_batches(peer, sample_recs[40:120], size=20)  # both workers again, the new one included
     wait_for(lambda: len(peer.verdicts()) == 120, what="verdicts after the restart")
@@ -347,7 +347,7 @@ def test_idle_workers_share_a_batch_and_count_it_once(start, peer, sample_recs):
     """With both workers idle, a batch goes to each with a part number and each scores its share: every
     flow gets exactly one verdict, and a refused or malformed batch is counted once, not once per part."""
     run = start(workers=2, watch=False)
-    pool = run.service.pool
+    pool = run.service.scoring
     pool.max_parts = 2  # on by default only with more cores than 2 (one stays for the link)
     wait_for(lambda: all(w.idle for w in pool.workers), what="idle workers")
     peer.send(samples_frame(sample_recs[:64], time.time()))
@@ -392,14 +392,14 @@ def test_a_backlog_is_taken_in_between_batches(start, peer, sample_recs):
     sizes: list[int] = []
 
     def record(service):
-        real = service.scorer.verdicts
+        real = service.scoring.pipeline.scorer.verdicts
 
         def verdicts(samples):
             sizes.append(len(samples))
             time.sleep(0.02)  # slow enough that the burst piles up behind the first batch
             return real(samples)
 
-        service.scorer.verdicts = verdicts
+        service.scoring.pipeline.scorer.verdicts = verdicts
 
     run = start(scorer_wrap=record, batch_size=64, max_delay_ms=0, watch=False)
     for i in range(0, 300, 30):

@@ -159,8 +159,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def cmd_train_records(args: argparse.Namespace) -> int:
     from .records.classifier import FitOptions
-    from .records.detectors import train_classifier, train_records
     from .records.recordae import RecordAEOptions
+    from .records.train import train_classifier, train_records
 
     if not args.verbose:
         logging.getLogger("dpack").setLevel(logging.INFO)
@@ -370,8 +370,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"note: {data.unlabelled} flows had no label row and were left out")
     print(format_table(m, attack_fams))
     if args.records_model:
-        from .records.detectors import format_side_by_side, side_by_side
         from .records.recordae import load_record_model
+        from .records.train import format_side_by_side, side_by_side
         from .traffic.labels import sample_key
 
         det = load_record_model(args.records_model)
@@ -401,8 +401,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .records.classifier import FitOptions
-    from .records.crossval import crossval, format_table, holdout
-    from .records.tables import read_dataset
+    from .records.crossval import crossval, format_table, holdout, read_dataset
 
     if not args.verbose:
         logging.getLogger("dpack").setLevel(logging.INFO)

@@ -222,7 +222,7 @@ def fit_record_classifier(
 
 
 def save_record_classifier(path: str | os.PathLike[str], clf: RecordClassifier, **meta: Any) -> None:
-    from ..prefix.modelfile import save_blob
+    from ..modelio import save_blob
 
     save_blob(path, {
         "format": FORMAT,
@@ -239,7 +239,7 @@ def save_record_classifier(path: str | os.PathLike[str], clf: RecordClassifier, 
 def load_record_classifier(path: str | os.PathLike[str]) -> RecordClassifier:
     from ..errors import ModelError
     from ..fileio import sha256_file
-    from ..prefix.modelfile import load_blob
+    from ..modelio import load_blob
 
     blob = load_blob(path, FORMAT, FORMAT_VERSION, "dpack record-classifier model")
     try:

@@ -19,12 +19,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .classifier import MODELS, FitOptions, fit_predict
-from .tables import Table, TableEncoder
+from .features import lab_table
+from .tables import Table, TableEncoder, TableError, read_nsl_kdd, read_unsw_nb15
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +177,25 @@ def format_table(res: CrossvalResult) -> str:
             f"{100 * r['fpr']:>8.3f}% ±{100 * r['fpr_std']:5.3f} {res.seconds[m]:>7.0f}"
         )
     return "\n".join(lines)
+
+
+def read_dataset(path: str | Path) -> Table:
+    """A dataset folder (as in ``shared/datasets``) or one table file. Folders: NSL-KDD -> ``KDDTrain+``
+    (the training table the published k-fold figures use); UNSW-NB15 -> the one partition present;
+    lab-dev -> connection records of benign-train + attack-dev (``records.lab_table``)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("KDDTrain+.txt.gz", "KDDTrain+.txt"):
+            if (p / name).is_file():
+                return read_nsl_kdd(p / name)
+        if (p / "attack-dev.pcap.gz").is_file():
+            return lab_table(p)
+        found = sorted(p.glob("UNSW_NB15_*.csv*"))
+        if found:
+            return read_unsw_nb15(found[0])
+        raise TableError(f"{p}: neither an NSL-KDD nor a UNSW-NB15 folder")
+    if not p.is_file():
+        raise TableError(f"{p}: no such file or folder")
+    if p.name.startswith("UNSW") or ".csv" in p.suffixes:
+        return read_unsw_nb15(p)
+    return read_nsl_kdd(p)

@@ -30,7 +30,7 @@ from torch import nn
 from .. import __version__
 from ..errors import ModelError
 from ..fileio import sha256_file
-from ..prefix.modelfile import load_blob, save_blob
+from ..modelio import load_blob, save_blob
 from .fitting import EarlyStopping
 from .tables import Table, TableEncoder
 

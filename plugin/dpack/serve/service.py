@@ -1,14 +1,13 @@
 """``dpack serve``: the live scorer between Zeek and the verdict sinks.
 
-Data path: link (WebSocket) -> ``codec.parse_samples`` -> bounded queue -> micro-batches (``batch_size``
-flows or ``max_delay_ms`` after the first, whichever comes first) -> ``Scorer`` on the event loop
-(receiving catches up between batches) -> verdict events back to each batch's reply topic, the SIEM
-feed, and the anomaly hooks (Suricata rules).
+The ``Service`` holds what exists once: the link to Zeek (``zeek.link``), the outbox of verdicts waiting
+for it, refusals said once per topic and reason, the rule writer, the metrics endpoint and summary line,
+and the watch that reloads the model and config files. Scoring is a backend it holds: the ``Pipeline``
+in this process (``serve.workers: 0``), or a ``WorkerPool`` of scoring processes, each running the same
+pipeline (``workers.py``). The service is the in-process pipeline's ``Output``.
 
-Nothing a peer sends can stop the service: undecodable frames, wrong events, bad samples and refused
-batches are counted and logged (rate-limited). Flows that do not fit the queue are dropped and counted;
-verdicts that cannot be sent while Zeek is away wait in a bounded outbox and go out after reconnecting.
-On SIGTERM the queue is scored and sent before the link closes.
+Verdicts that cannot be sent while Zeek is away wait in a bounded outbox and go out after reconnecting.
+On SIGTERM what is queued is scored and sent before the link closes.
 """
 
 from __future__ import annotations
@@ -16,184 +15,75 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import math
 import os
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from ..config import Config, load_config
 from ..errors import CodecError, DpackError, ModelError
 from ..prefix.modelfile import LoadedModel, load_model
-from ..prefix.scorer import Scorer
-from ..records.detectors import RecordScorer
-from ..sinks.siem import AlertFeed
-from ..traffic.flows import FlowSample
 from ..verdict import Verdict
-from ..zeek import contract as C
-from ..zeek.codec import (
-    ConnectionBatch,
-    ContractMismatch,
-    SampleBatch,
-    encode_refusal,
-    encode_verdicts,
-    parse_connections,
-    parse_samples,
-)
-from ..zeek.wire import Ack, ErrorReply, Event, decode_message
+from ..zeek.codec import encode_refusal
+from ..zeek.wire import Event
+from .metrics import Metrics, RateLimitedLog, serve_metrics
+from .pipeline import Pipeline, valid_topic
 
 log = logging.getLogger(__name__)
 
 AnomalyHook = Callable[[Sequence[Verdict], Sequence[str]], None]
 
 
-class RateLimitedLog:
-    """At most one line per ``key`` every ``every`` seconds, with the count of what was held back."""
+class Scoring(Protocol):
+    """What the service scores with: ``InProcess`` or ``workers.WorkerPool``."""
 
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self.last: dict[str, tuple[float, int]] = {}
+    async def start(self) -> None: ...
+    async def on_message(self, raw: Any, received: float) -> None: ...
+    def use_model(self, model: LoadedModel) -> None: ...
+    def apply_config(self, new: Config) -> None: ...
+    async def run(self) -> None:
+        """Score until told to stop, then finish what is queued."""
 
-    def __call__(self, level: int, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        t, held = self.last.get(key, (-1e9, 0))
-        if now - t >= self.every:
-            suffix = f" (+{held} more like it)" if held else ""
-            log.log(level, msg + suffix, *args)
-            self.last[key] = (now, 0)
-        else:
-            self.last[key] = (t, held + 1)
-        if len(self.last) > 1000:
-            self.last.clear()
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
 
 
-@dataclass
-class Item:
-    sample: FlowSample
-    reply_topic: str
-    node: str
-    sent: float  # batch header time (Zeek's wall clock)
-    received: float  # our monotonic clock
+class InProcess:
+    """``serve.workers: 0``: the pipeline on this process's event loop, its output the service."""
 
+    def __init__(self, service: Service) -> None:
+        self.pipeline = Pipeline(service.cfg, service.model, service, service.metrics, service.ratelog)
 
-class Metrics:
-    """Operational counters, exported in Prometheus text format and summarised in a periodic log line."""
+    async def start(self) -> None:
+        pass
 
-    COUNTERS = {
-        "messages_received": "WebSocket messages received from Zeek",
-        "messages_malformed": "messages that did not decode or did not fit the contract",
-        "zeek_errors": "error replies from Zeek (a message of ours it could not use)",
-        "batches_refused": "batches refused (contract version or prefix mismatch)",
-        "flows_received": "flow samples accepted into the queue",
-        "samples_skipped": "samples left out of a batch because they were malformed",
-        "flows_dropped": "flow samples dropped because the queue was full",
-        "flows_scored": "flows scored",
-        "flows_flagged": "flows scored as anomalous",
-        "inputs_from_cache": "distinct flow inputs whose score and explanation came from the scorer's cache",
-        "flows_ignored": "flow samples ignored because detectors.prefix is off",
-        "connections_received": "connection summaries accepted for the record detectors",
-        "connections_skipped": "connection summaries left out of a batch because they were malformed",
-        "connections_ignored": "connection summaries ignored (no record detector configured, or stopping)",
-        "connections_dropped": "connection summaries dropped because the scoring worker was behind",
-        "connections_scored": "connection summaries scored",
-        "connections_flagged": "connection summaries scored as anomalous",
-        "verdicts_sent": "verdicts sent back to Zeek",
-        "verdicts_dropped": "verdicts dropped because the outbox was full while Zeek was away",
-        "alerts_written": "records written to the SIEM feed",
-        "alert_write_errors": "failed writes to the SIEM feed",
-        "hook_errors": "exceptions raised by anomaly hooks (rule writers)",
-        "reconnects": "connections made to Zeek",
-        "model_reloads": "models swapped in while serving",
-        "model_reload_failures": "new model files refused (the old model kept serving)",
-        "config_reload_failures": "changed config files refused",
-        "worker_restarts": "scoring workers that ended unexpectedly (restarted; their queued flows counted as dropped)",
-    }
+    async def on_message(self, raw: Any, received: float) -> None:
+        await self.pipeline.on_message(raw, received)
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.c = dict.fromkeys(self.COUNTERS, 0)
-        self.latency: deque[float] = deque(maxlen=20_000)  # seconds, receipt -> verdict sent
-        self.queue_depth = 0
-        self.outbox_depth = 0
-        self.connected = 0
-        self.extra: Callable[[], dict[str, int]] = dict  # more counters (the rules worker's)
+    def use_model(self, model: LoadedModel) -> None:
+        self.pipeline.use_model(model)
 
-    def inc(self, name: str, n: int = 1) -> None:
-        with self.lock:
-            self.c[name] += n
+    def apply_config(self, new: Config) -> None:
+        self.pipeline.apply_config(new)
 
-    def percentiles(self) -> tuple[float, float, float]:
-        with self.lock:
-            lat = np.array(self.latency) if self.latency else np.zeros(1)
-        p50, p99, pmax = np.percentile(lat, [50, 99, 100])
-        return float(p50), float(p99), float(pmax)
+    async def run(self) -> None:
+        await self.pipeline.run()
 
-    def prometheus(self) -> str:
-        lines = []
-        with self.lock:
-            c = dict(self.c)
-        for name, help_ in self.COUNTERS.items():
-            lines += [f"# HELP dpack_{name}_total {help_}", f"# TYPE dpack_{name}_total counter",
-                      f"dpack_{name}_total {c[name]}"]  # fmt: skip
-        for name, value in self.extra().items():
-            lines += [f"# TYPE dpack_{name}_total counter", f"dpack_{name}_total {value}"]
-        for name, value, help_ in (
-            ("queue_depth", self.queue_depth, "flow samples waiting to be scored"),
-            ("outbox_depth", self.outbox_depth, "verdicts waiting for a Zeek connection"),
-            ("connected", self.connected, "1 while connected to Zeek"),
-        ):
-            lines += [f"# HELP dpack_{name} {help_}", f"# TYPE dpack_{name} gauge", f"dpack_{name} {value}"]
-        p50, p99, pmax = self.percentiles()
-        lines += ["# HELP dpack_verdict_latency_seconds receipt of a sample to its verdict being sent",
-                  "# TYPE dpack_verdict_latency_seconds summary",
-                  f'dpack_verdict_latency_seconds{{quantile="0.5"}} {p50:.6f}',
-                  f'dpack_verdict_latency_seconds{{quantile="0.99"}} {p99:.6f}',
-                  f'dpack_verdict_latency_seconds{{quantile="1"}} {pmax:.6f}']  # fmt: skip
-        return "\n".join(lines) + "\n"
+    def stop(self) -> None:
+        self.pipeline.stop.set()
+        self.pipeline.wakeup.set()
 
-    def summary(self) -> str:
-        p50, p99, _ = self.percentiles()
-        c = self.c
-        return (f"scored={c['flows_scored']} flagged={c['flows_flagged']} dropped={c['flows_dropped']} "
-                f"malformed={c['messages_malformed']} skipped={c['samples_skipped']} "
-                f"refused={c['batches_refused']} queue={self.queue_depth} outbox={self.outbox_depth} "
-                f"connected={self.connected} latency_p50={p50 * 1e3:.2f}ms p99={p99 * 1e3:.2f}ms")  # fmt: skip
-
-
-async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.base_events.Server:
-    """A minimal HTTP endpoint for Prometheus: ``GET /metrics`` (anything else: 404)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
-                pass
-            ok = line.split(b" ")[1:2] == [b"/metrics"]
-            body = metrics.prometheus().encode() if ok else b"not found\n"
-            status = b"200 OK" if ok else b"404 Not Found"
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                         + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)  # fmt: skip
-            await writer.drain()
-        except (TimeoutError, ConnectionError, IndexError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port)
+    def close(self) -> None:
+        pass
 
 
 class Service:
-    """One running ``dpack serve``: owns the model, the queues, the link and the outputs."""
-
-    LOG_SUMMARY = True  # the periodic and the final summary line (a scoring worker leaves them to its parent)
+    """One running ``dpack serve``."""
 
     def __init__(
         self,
@@ -206,15 +96,12 @@ class Service:
         self.metrics = Metrics()
         self.ratelog = RateLimitedLog()
         self.model = model if model is not None else self._load_model(cfg)
-        self.scorer = self._scorer(self.model)
-        self.record_scorer = RecordScorer.load(cfg.detectors.records_model, cfg.detectors.classifier_model)
         self.hooks = list(hooks)
         self.rules_worker = self._rules_worker(cfg)
         if self.rules_worker is not None:
             self.hooks.append(self.rules_worker)
-            self.metrics.extra = lambda: dict(self.rules_worker.counts)
-        self.feed = AlertFeed(cfg.serve.alerts, cfg.serve.alerts_all) if cfg.serve.alerts else None
-        self.queue: deque[Item] = deque()
+            rules = self.rules_worker
+            self.metrics.extra = lambda: dict(rules.counts)
         self.outbox: deque[str] = deque()
         self.outbox_verdicts: deque[int] = deque()  # verdicts per outbox message
         self.refusals_sent: set[tuple[str, str]] = set()
@@ -226,11 +113,17 @@ class Service:
         self.link = link
         self.stop = asyncio.Event()  # set by SIGTERM: stop taking samples, drain, then close the link
         self.link_stop = asyncio.Event()
-        self.wakeup = asyncio.Event()
+        self.link_up = asyncio.Event()  # set when Zeek (re)connects: the outbox goes out
         self.reload_requested: set[str] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.flush_lock = asyncio.Lock()  # one outbox flush at a time (else a message could go out twice)
-        self.pool: Any = None  # workers.WorkerPool while serve.workers > 0
+        self.scoring: Scoring
+        if cfg.serve.workers:
+            from .workers import WorkerPool
+
+            self.scoring = WorkerPool(self, cfg.serve.workers)
+        else:
+            self.scoring = InProcess(self)
 
     @staticmethod
     def _rules_worker(cfg: Config) -> Any:
@@ -244,11 +137,71 @@ class Service:
         sock = SuricataSocket(cfg.rules["socket"]) if cfg.rules.get("socket") else None
         return RulesWorker(book, sock, tick=float(cfg.rules.get("tick", 30.0)))
 
-    # --- model -------------------------------------------------------------------------------------------
+    # --- the pipeline's output (in-process; a pool hands its workers' results to these too) ----------------
 
-    def _scorer(self, model: LoadedModel) -> Scorer:
-        sc = self.cfg.scoring
-        return Scorer(model, explain=sc.explain, top_k=sc.top_k, cache_size=sc.cache_size)
+    def post(self, text: str, n: int) -> None:
+        self.outbox.append(text)
+        self.outbox_verdicts.append(n)
+        while sum(self.outbox_verdicts) > self.cfg.serve.outbox_size and len(self.outbox) > 1:
+            self.outbox.popleft()
+            lost = self.outbox_verdicts.popleft()
+            self.metrics.inc("verdicts_dropped", lost)
+            self.ratelog(logging.ERROR, "outbox", "Zeek away too long: %d verdict(s) not delivered", lost)
+        self.metrics.outbox_depth = sum(self.outbox_verdicts)
+
+    async def flush(self) -> None:
+        async with self.flush_lock:  # two flushes sending outbox[0] while one awaits would send it twice
+            while self.outbox and self.link.connected:
+                if not await self.link.send(self.outbox[0]):
+                    break
+                self.outbox.popleft()
+                self.metrics.inc("verdicts_sent", self.outbox_verdicts.popleft())
+            self.metrics.outbox_depth = sum(self.outbox_verdicts)
+
+    async def refuse(self, topic: str, reason: str) -> None:
+        """Tell Zeek why its batches are refused: once per topic and reason while connected."""
+        key = (topic, reason)
+        if key not in self.refusals_sent and valid_topic(topic):
+            self.refusals_sent.add(key)
+            await self.link.send(encode_refusal(topic, reason))
+
+    def flagged(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
+        """Anomalous verdicts to the anomaly hooks (the rule writer); a failing hook is counted, logged."""
+        for hook in self.hooks:
+            try:
+                hook(verdicts, nodes)
+            except Exception:  # noqa: BLE001 - a rule writer must not take the scorer down
+                self.metrics.inc("hook_errors")
+                log.exception("anomaly hook %r failed", hook)
+
+    def report(self) -> None:
+        pass
+
+    # --- the link ------------------------------------------------------------------------------------------
+
+    def _on_link(self, up: bool) -> None:
+        self.metrics.connected = int(up)
+        if up:
+            self.metrics.inc("reconnects")
+            self.refusals_sent.clear()  # Zeek is back: it may need to hear a refusal again
+            self.link_up.set()
+
+    async def on_message(self, raw: str | bytes | Event | CodecError, received: float | None = None) -> None:
+        """One message from the link (WebSocket text, or a Broker ``Event`` / the ``CodecError`` that
+        converting it raised); ``received``: when it arrived (monotonic clock; default now)."""
+        await self.scoring.on_message(raw, time.monotonic() if received is None else received)
+
+    async def _flush_on_reconnect(self) -> None:
+        """Send what waited in the outbox whenever Zeek comes back."""
+        while not self.stop.is_set():
+            await self.link_up.wait()
+            self.link_up.clear()
+            before = -1
+            while self.outbox and self.link.connected and len(self.outbox) != before:
+                before = len(self.outbox)
+                await self.flush()
+
+    # --- models and configs ----------------------------------------------------------------------------------
 
     @staticmethod
     def _load_model(cfg: Config) -> LoadedModel:
@@ -274,11 +227,9 @@ class Service:
         return True
 
     def use_model(self, model: LoadedModel) -> None:
-        """Score the next batches with ``model`` (checked already); the scoring workers too."""
+        """Score the next batches with ``model`` (checked already), in every scoring process."""
         self.model = model
-        self.scorer = self._scorer(model)
-        if self.pool is not None:
-            self.pool.broadcast(("model", model))
+        self.scoring.use_model(model)
 
     def reload_config(self) -> None:
         if not self.cfg.path:
@@ -298,283 +249,15 @@ class Service:
     def apply_config(self, new: Config) -> None:
         """What can change while serving: scoring and batching settings and the model path; the link, the
         queues, the workers and the outputs keep their start-up settings until a restart."""
-        rescore = new.scoring != self.cfg.scoring
+        self.scoring.apply_config(new)  # (in-process, the pipeline's config is this one: same object)
         self.cfg.scoring, self.cfg.export = new.scoring, new.export
         self.cfg.serve.batch_size, self.cfg.serve.max_delay_ms = new.serve.batch_size, new.serve.max_delay_ms
         self.cfg.model = new.model
-        if rescore:  # explain, top_k, cache_size: a scorer with the new settings (and an empty cache)
-            self.scorer = self._scorer(self.model)
-        if self.pool is not None:
-            self.pool.broadcast(("config", new))
-
-    # --- receiving ---------------------------------------------------------------------------------------
-
-    def _on_link(self, up: bool) -> None:
-        self.metrics.connected = int(up)
-        if up:
-            self.metrics.inc("reconnects")
-            self.refusals_sent.clear()
-            self.wakeup.set()  # flush the outbox
-            if self.pool is not None:
-                self.pool.broadcast(("link", True))
-
-    async def on_message(
-        self, raw: str | bytes | dict[str, Any] | Event | CodecError, received: float | None = None
-    ) -> None:
-        """One message from the link: WebSocket text (or, in a scoring worker, a parsed part of one), or
-        (native Broker) an already converted ``Event`` or the ``CodecError`` that converting it raised.
-        ``received``: when it arrived (monotonic clock; default now), for the latency figures - a scoring
-        worker is handed its parent's time of receipt."""
-        self.metrics.inc("messages_received")
-        if self.pool is not None:
-            self.pool.forward(raw, time.monotonic())
-            return
-        try:
-            if isinstance(raw, CodecError):
-                raise raw
-            msg = decode_message(raw)
-            if isinstance(msg, ErrorReply):
-                self.metrics.inc("zeek_errors")
-                self.ratelog(logging.ERROR, "zeek-error", "Zeek could not use a message of ours: %s (%s)",
-                             msg.code, msg.context)  # fmt: skip
-                return
-            if isinstance(msg, Ack):
-                return
-            if msg.name == C.CONNECTIONS_EVENT:
-                conns = parse_connections(msg)
-                await self._accept_connections(conns)
-                return
-            batch = parse_samples(msg)  # refuses any other event with a reason
-        except ContractMismatch as err:
-            await self._refuse(err.reply_topic, self._version_reason(err))
-            return
-        except CodecError as err:
-            self.metrics.inc("messages_malformed")
-            self.ratelog(logging.WARNING, "malformed", "message from Zeek skipped: %s", err)
-            return
-        if not self.cfg.detectors.prefix:
-            self.metrics.inc("flows_ignored", len(batch.samples))
-            return
-        await self._accept(batch, time.monotonic() if received is None else received)
-
-    async def _refuse(self, topic: str, reason: str) -> None:
-        self.metrics.inc("batches_refused")
-        self.ratelog(logging.ERROR, "refuse:" + reason, "batch refused: %s", reason)
-        await self.send_refusal(topic, reason)
-
-    async def send_refusal(self, topic: str, reason: str) -> None:
-        """Tell Zeek why its batches are refused: once per topic and reason while connected."""
-        key = (topic, reason)
-        if key not in self.refusals_sent and _valid_topic(topic):
-            self.refusals_sent.add(key)
-            await self.link.send(encode_refusal(topic, reason))
-
-    async def _accept_connections(self, batch: ConnectionBatch) -> None:
-        """Connection summaries: scored at once by the record detectors (they are cheap, and Zeek batches
-        them), then delivered like flow verdicts."""
-        h = batch.header
-        if batch.skipped:
-            self.metrics.inc("connections_skipped", len(batch.skipped))
-            self.ratelog(logging.WARNING, "conn", "%d malformed connection summar(ies) skipped, e.g.: %s",
-                         len(batch.skipped), batch.skipped[0])  # fmt: skip
-        if h.version != C.CONTRACT_VERSION:
-            await self._refuse(h.reply_topic, self._version_reason(h))
-            return
-        scorer = self.record_scorer
-        if scorer is None or self.stop.is_set() or not _valid_topic(h.reply_topic):
-            self.metrics.inc("connections_ignored", len(batch.records))
-            if scorer is None:
-                self.ratelog(logging.WARNING, "no-records", "connection summaries arrive but no record "
-                             "detector is configured (detectors.records_model / classifier_model)")  # fmt: skip
-            return
-        now = time.monotonic()
-        self.metrics.inc("connections_received", len(batch.records))
-        verdicts = await asyncio.to_thread(scorer.verdicts, batch.records)
-        self.metrics.inc("connections_scored", len(verdicts))
-        self.metrics.inc("connections_flagged", sum(v.anomalous for v in verdicts))
-        n = len(verdicts)
-        await self._deliver(verdicts, [h.reply_topic] * n, [h.node] * n, [h.sent] * n, [now] * n)
-
-    @staticmethod
-    def _version_reason(h: Any) -> str:
-        return (f"contract version {h.version} from node {h.node}, dpack speaks {C.CONTRACT_VERSION}; "
-                "update the dpack Zeek package or dpack")  # fmt: skip
-
-    def _refusal(self, batch: SampleBatch) -> str | None:
-        h, spec = batch.header, self.model.spec
-        if h.version != C.CONTRACT_VERSION:
-            return self._version_reason(h)
-        if (h.policy, h.packets, h.bytes) != (spec.policy, spec.n_packets, spec.n_bytes) or not math.isclose(
-            h.max_wait, spec.max_wait, abs_tol=1e-6
-        ):
-            return (f"model {self.model.name} expects {spec.describe()}, node {h.node} sends "
-                    f"packets={h.packets} bytes={h.bytes} policy={h.policy} max_wait={h.max_wait:g}s; set "
-                    "DPack::policy/packets/packet_bytes/max_wait or use a matching model")  # fmt: skip
-        return None
-
-    async def _accept(self, batch: SampleBatch, now: float) -> None:
-        if self.stop.is_set():
-            self.metrics.inc("flows_dropped", len(batch.samples))
-            self.ratelog(
-                logging.WARNING, "stopping", "stopping: %d flow(s) arrived too late", len(batch.samples)
-            )
-            return
-        if batch.skipped:
-            self.metrics.inc("samples_skipped", len(batch.skipped))
-            self.ratelog(logging.WARNING, "sample", "%d malformed sample(s) skipped, e.g.: %s",
-                         len(batch.skipped), batch.skipped[0])  # fmt: skip
-        reason = self._refusal(batch)
-        if reason is not None:
-            await self._refuse(batch.header.reply_topic, reason)
-            return
-        topic = batch.header.reply_topic
-        if not _valid_topic(topic):
-            self.metrics.inc("messages_malformed")
-            self.ratelog(logging.WARNING, "topic", "batch with an unusable reply topic skipped")
-            return
-        room = self.cfg.serve.queue_size - len(self.queue)
-        take = batch.samples[: max(room, 0)]
-        if len(take) < len(batch.samples):
-            n = len(batch.samples) - len(take)
-            self.metrics.inc("flows_dropped", n)
-            self.ratelog(logging.WARNING, "drop", "queue full (%d flows): %d flow(s) dropped",
-                         self.cfg.serve.queue_size, n)  # fmt: skip
-        h = batch.header
-        self.queue.extend(Item(s, topic, h.node, h.sent, now) for s in take)
-        self.metrics.inc("flows_received", len(take))
-        self.metrics.queue_depth = len(self.queue)
-        if take:
-            self.wakeup.set()
-
-    # --- scoring and sending ------------------------------------------------------------------------------
-
-    async def _next_batch(self) -> list[Item]:
-        """Wait for flows; return up to batch_size of them once full or max_delay after the first."""
-        while not self.queue:
-            self.wakeup.clear()
-            if self.outbox and self.link.connected:
-                return []
-            if self.stop.is_set():
-                return []
-            await self.wakeup.wait()
-        first = self.queue[0].received
-        size = self.cfg.serve.batch_size
-        deadline = first + self.cfg.serve.max_delay_ms / 1000.0
-        while len(self.queue) < size and not self.stop.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self.wakeup.clear()
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), timeout=left)
-            except TimeoutError:
-                break
-        n = min(size, len(self.queue))
-        items = [self.queue.popleft() for _ in range(n)]
-        self.metrics.queue_depth = len(self.queue)
-        return items
-
-    async def _score(self, items: list[Item]) -> None:
-        scorer = self.scorer  # a reload swaps self.scorer; this batch finishes with the one it started
-        # Scored right here on the event loop, then the receiving loop catches up on what arrived
-        # meanwhile. A worker thread (used before) cost more than it saved: GIL hand-overs with the
-        # receiving loop slowed every batch (bench_live at 5,000 flows/s: p99 28 -> 9 ms, sustained
-        # 10.6-12.4k -> 12.5-13.5k flows/s); receiving between batches keeps a backlog in our bounded
-        # queue, where drops are counted, rather than in the socket.
-        hits = scorer.cache_hits
-        verdicts = scorer.verdicts([it.sample for it in items])
-        self.metrics.inc("inputs_from_cache", scorer.cache_hits - hits)
-        await self._catch_up()
-        self.metrics.inc("flows_scored", len(verdicts))
-        self.metrics.inc("flows_flagged", sum(v.anomalous for v in verdicts))
-        await self._deliver(verdicts, [it.reply_topic for it in items], [it.node for it in items],
-                            [it.sent for it in items], [it.received for it in items])  # fmt: skip
-
-    async def _catch_up(self) -> None:
-        """After a batch: let the receiving loop take in what arrived while it was scored (it takes
-        every buffered message in one turn), so that a backlog shows in our queue (scored in the next,
-        fuller batch, or dropped and counted when the queue is full) instead of waiting in the socket.
-        Bounded: stops after two quiet turns, when a batch is full, or after 256 turns."""
-        c, idle = self.metrics.c, 0
-        for _ in range(256):
-            before = c["messages_received"]
-            await asyncio.sleep(0)
-            idle = idle + 1 if c["messages_received"] == before else 0
-            # two quiet turns: the first may only have read the socket and woken the receiving task
-            if idle >= 2 or len(self.queue) >= self.cfg.serve.batch_size:
-                return
-
-    async def _deliver(self, verdicts: Sequence[Verdict], topics: Sequence[str], nodes: Sequence[str],
-                       sent: Sequence[float], received: Sequence[float]) -> None:  # fmt: skip
-        """Verdicts to Zeek (grouped by reply topic), the SIEM feed and the anomaly hooks (rules)."""
-        now_m = time.monotonic()
-        by_topic: dict[str, list[int]] = {}
-        for i, topic in enumerate(topics):
-            by_topic.setdefault(topic, []).append(i)
-        for topic, idx in by_topic.items():
-            text = encode_verdicts(topic, [verdicts[i] for i in idx], [sent[i] for i in idx],
-                                   [now_m - received[i] for i in idx])  # fmt: skip
-            self._post(text, len(idx))
-        await self._flush_outbox()
-        done = time.monotonic()
-        with self.metrics.lock:
-            self.metrics.latency.extend(done - r for r in received)
-        if self.feed is not None:
-            try:
-                self.metrics.inc("alerts_written", self.feed.write(verdicts, nodes, time.time()))
-            except OSError as err:
-                self.metrics.inc("alert_write_errors")
-                self.ratelog(logging.ERROR, "feed", "SIEM feed %s not written: %s", self.feed.path, err)
-        flagged = [i for i, v in enumerate(verdicts) if v.anomalous]
-        if flagged:
-            self.run_hooks([verdicts[i] for i in flagged], [nodes[i] for i in flagged])
-
-    def run_hooks(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
-        """Anomalous verdicts to the anomaly hooks (the rule writer); a failing hook is counted, logged."""
-        for hook in self.hooks:
-            try:
-                hook(verdicts, nodes)
-            except Exception:  # noqa: BLE001 - a rule writer must not take the scorer down
-                self.metrics.inc("hook_errors")
-                log.exception("anomaly hook %r failed", hook)
-
-    def _post(self, text: str, n: int) -> None:
-        self.outbox.append(text)
-        self.outbox_verdicts.append(n)
-        while sum(self.outbox_verdicts) > self.cfg.serve.outbox_size and len(self.outbox) > 1:
-            self.outbox.popleft()
-            lost = self.outbox_verdicts.popleft()
-            self.metrics.inc("verdicts_dropped", lost)
-            self.ratelog(logging.ERROR, "outbox", "Zeek away too long: %d verdict(s) not delivered", lost)
-        self.metrics.outbox_depth = sum(self.outbox_verdicts)
-
-    async def _flush_outbox(self) -> None:
-        async with self.flush_lock:  # two flushes sending outbox[0] while one awaits would send it twice
-            while self.outbox and self.link.connected:
-                if not await self.link.send(self.outbox[0]):
-                    break
-                self.outbox.popleft()
-                self.metrics.inc("verdicts_sent", self.outbox_verdicts.popleft())
-            self.metrics.outbox_depth = sum(self.outbox_verdicts)
-
-    async def _score_loop(self) -> None:
-        while True:
-            items = await self._next_batch()
-            if items:
-                await self._score(items)
-            elif self.outbox and self.link.connected:
-                before = len(self.outbox)
-                await self._flush_outbox()
-                if len(self.outbox) == before:
-                    await asyncio.sleep(0.05)  # the link is going down; wait for it to say so
-            if self.stop.is_set() and not self.queue:
-                await self._flush_outbox()
-                return
 
     # --- housekeeping -------------------------------------------------------------------------------------
 
     async def _log_loop(self) -> None:
-        while self.LOG_SUMMARY and not self.stop.is_set():
+        while not self.stop.is_set():
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=self.cfg.serve.log_interval)
             except TimeoutError:
@@ -597,7 +280,7 @@ class Service:
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 for p in (event.src_path, getattr(event, "dest_path", "")):
-                    kind = targets.get(os.path.realpath(p)) if p else None
+                    kind = targets.get(os.path.realpath(str(p))) if p else None
                     if kind:
                         loop.call_soon_threadsafe(service._request_reload, kind)
 
@@ -638,20 +321,19 @@ class Service:
         if self.cfg.serve.metrics_port:
             metrics_server = await serve_metrics(self.metrics, self.cfg.serve.metrics_address,
                                                  self.cfg.serve.metrics_port)  # fmt: skip
-        if self.cfg.serve.workers:
-            from .workers import WorkerPool
-
-            self.pool = WorkerPool(self, self.cfg.serve.workers)
-            await self.pool.start()  # before the watcher's thread and the link: the workers start clean
+        await self.scoring.start()  # before the watcher's thread and the link: workers start clean
         observer = self._watch()
-        if self.LOG_SUMMARY:
-            log.info("serving model %s (N=%d, L=%d, policy=%s; %s); Zeek at %s", self.model.name,
-                     self.model.spec.n_packets, self.model.spec.n_bytes, self.model.spec.policy,
-                     f"{self.cfg.serve.workers} scoring workers" if self.pool else "scoring in this process",
-                     getattr(self.link, "url", "?"))  # fmt: skip
+        where = (
+            f"{self.cfg.serve.workers} scoring workers"
+            if self.cfg.serve.workers
+            else "scoring in this process"
+        )
+        log.info("serving model %s (%s; %s); Zeek at %s", self.model.name, self.model.spec.describe(), where,
+                 getattr(self.link, "url", "?"))  # fmt: skip
         link_task = asyncio.create_task(self.link.run(self.on_message, self.link_stop))
         log_task = asyncio.create_task(self._log_loop())
-        score_task = asyncio.create_task(self.pool.run() if self.pool else self._score_loop())
+        flush_task = asyncio.create_task(self._flush_on_reconnect())
+        score_task = asyncio.create_task(self.scoring.run())
         stopper = asyncio.create_task(self.stop.wait())
         try:
             done, _ = await asyncio.wait(
@@ -660,9 +342,10 @@ class Service:
             for t in done:
                 if t is not stopper and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
-            self.wakeup.set()
             # stopping: the scorer drains the queue and the outbox while the link is still up
+            self.scoring.stop()
             await asyncio.wait_for(score_task, timeout=30)
+            await self.flush()
             if self.outbox:
                 lost = sum(self.outbox_verdicts)
                 self.metrics.inc("verdicts_dropped", lost)
@@ -672,27 +355,23 @@ class Service:
                 )
         finally:
             self.stop.set()
+            self.scoring.stop()
             self.link_stop.set()
-            self.wakeup.set()
+            self.link_up.set()
             try:
                 await asyncio.wait_for(asyncio.shield(link_task), timeout=5)  # closes with code 1000
             except (TimeoutError, Exception):  # noqa: BLE001 - shutting down; the link reports its own errors
                 pass
-            for t in (link_task, log_task, score_task, stopper):
+            tasks = (link_task, log_task, flush_task, score_task, stopper)
+            for t in tasks:
                 if not t.done():
                     t.cancel()
-            await asyncio.gather(link_task, log_task, score_task, stopper, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             if metrics_server is not None:
                 metrics_server.close()
             if observer is not None:
                 observer.stop()
-            if self.pool is not None:
-                self.pool.close()
+            self.scoring.close()
             if self.rules_worker is not None:
                 self.rules_worker.close()
-            if self.LOG_SUMMARY:
-                log.info("stopped: %s", self.metrics.summary())
-
-
-def _valid_topic(topic: str) -> bool:
-    return 0 < len(topic) <= 200 and topic.isprintable()
+            log.info("stopped: %s", self.metrics.summary())

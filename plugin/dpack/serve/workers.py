@@ -5,10 +5,11 @@ the outbox of verdicts waiting for Zeek, the metrics endpoint and the summary li
 writer, the file watch - and deals every message from Zeek, unparsed, to N scoring workers: to an idle one
 first, else round-robin; when several are idle and there are cores to spare, a batch goes to each of
 them with a part number and each scores its share.
-Each worker is a ``ChildService``: the very same ``Service`` pipeline as in-process scoring (codec checks,
-bounded queue, micro-batches, model, verdict events, SIEM feed lines appended with ``O_APPEND``), whose
-link is the pipe to its parent. What it hands back: verdict events to send, anomalous verdicts for the rule
-writer (only if the parent has hooks), and its counter deltas and latencies after every batch.
+Each worker runs the very same ``Pipeline`` as in-process scoring (codec checks, bounded queue,
+micro-batches, model, verdict events, SIEM feed lines appended with ``O_APPEND``); its ``Output`` is the
+pipe to its parent (``PipeOutput``). What it hands back: verdict events to send, refusals (the parent says
+each once), anomalous verdicts for the rule writer (only if the parent has hooks), and its counter deltas
+and latencies after every message and batch.
 
 One Python process tops out at one core (decoding, the model and explanations all hold the GIL); measured
 with ``benchmarks/bench_live.py``. Workers are started through a forkserver (a clean single-threaded
@@ -32,7 +33,9 @@ import signal
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
+
+import torch
 
 from ..config import Config, usable_cores
 from ..errors import CodecError
@@ -40,7 +43,19 @@ from ..prefix.modelfile import LoadedModel
 from ..verdict import Verdict
 from ..zeek.contract import CONNECTIONS_EVENT, SAMPLES_EVENT
 from ..zeek.wire import Event, batch_entries, decode_message, split_batch
-from .service import Service
+from .metrics import Metrics, RateLimitedLog
+from .pipeline import Output, Pipeline
+
+
+class Host(Output, Protocol):
+    """What the pool needs of the service that holds it (``service.Service``)."""
+
+    cfg: Config
+    model: LoadedModel
+    hooks: list[Any]
+    metrics: Metrics
+    ratelog: RateLimitedLog
+
 
 log = logging.getLogger(__name__)
 
@@ -110,121 +125,85 @@ def is_connections(raw: Any) -> bool:
 # --- the worker ------------------------------------------------------------------------------------------
 
 
-class _PipeLink:
-    """A ``ChildService``'s link: messages and commands from the parent; what it sends goes back to it."""
+class PipeOutput:
+    """A worker pipeline's ``Output``: everything goes back to the parent over the pipe."""
 
-    connected = True  # the parent holds the outbox for the time Zeek is away
-    url = "parent"
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.service: ChildService | None = None
+    def __init__(self, writer: asyncio.StreamWriter, metrics: Metrics, forward_hooks: bool) -> None:
+        self.writer, self.metrics, self.forward_hooks = writer, metrics, forward_hooks
+        self.pipeline: Pipeline | None = None
+        self._pushed = dict(metrics.counts)
 
     def write(self, obj: Any) -> None:
         self.writer.writelines(_frame(obj))
 
-    async def send(self, text: str, n: int = 0) -> bool:
+    def post(self, text: str, n: int) -> None:
         self.write(("send", text, n))
-        return True
 
-    async def run(self, on_message: Any, stop: asyncio.Event) -> None:
-        svc = self.service
-        assert svc is not None
-        while not stop.is_set():
-            try:
-                msg = await _read_frame(self.reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                log.error("the serving process went away; finishing what is queued")
-                svc.stop.set()
-                return
-            kind = msg[0]
-            if kind == "msg":
-                await on_message(msg[1], msg[2])
-            elif kind == "part":
-                await svc.on_part(msg[1], msg[2], msg[3], msg[4])
-            elif kind == "model":
-                svc.use_model(msg[1])
-            elif kind == "config":
-                svc.apply_config(msg[1])
-            elif kind == "link":
-                svc.refusals_sent.clear()  # Zeek is back: it may need to hear a refusal again
-            elif kind == "stop":
-                svc.stop.set()
-                return
+    async def flush(self) -> None:
+        await self.writer.drain()
 
+    async def refuse(self, topic: str, reason: str) -> None:
+        self.write(("refuse", topic, reason))  # the parent says it once, not once per worker
 
-class ChildService(Service):
-    """The scoring pipeline of one worker (see the module docstring)."""
+    def flagged(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
+        if self.forward_hooks:
+            self.write(("hook", list(verdicts), list(nodes)))
 
-    LOG_SUMMARY = False
-
-    def __init__(self, cfg: Config, model: LoadedModel, link: _PipeLink, forward_hooks: bool) -> None:
-        super().__init__(cfg, link=link, hooks=[self._forward] if forward_hooks else (), model=model)
-        link.service = self
-        self.pipe = link
-        self.count_refusals = True
-        self._pushed = dict(self.metrics.c)
-
-    @staticmethod
-    def _rules_worker(cfg: Config) -> Any:
-        return None  # the parent writes the rules
-
-    def _forward(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
-        self.pipe.write(("hook", list(verdicts), list(nodes)))
-
-    def _post(self, text: str, n: int) -> None:
-        self.pipe.write(("send", text, n))
-
-    async def send_refusal(self, topic: str, reason: str) -> None:
-        self.pipe.write(("refuse", topic, reason))  # the parent says it once, not once per worker
-
-    async def _flush_outbox(self) -> None:
-        await self.pipe.writer.drain()
-
-    async def on_message(self, raw: Any, received: float | None = None) -> None:
-        queued = len(self.queue)
-        await super().on_message(raw, received)
-        if len(self.queue) == queued:  # nothing queued, so no batch will report what this message did
-            self.push_metrics()
-
-    async def on_part(self, raw: Any, received: float, index: int, parts: int) -> None:
-        """Part ``index`` of ``parts`` of a batch the parent handed whole to several idle workers: each
-        parses the frame and takes its share of the entries. Anything that is not such a batch (or has
-        fewer entries than parts) is handled whole by part 0 only, so each message is counted once;
-        refusals, the same for every part, are counted by part 0 only."""
-        try:
-            obj = raw if isinstance(raw, Event) else json.loads(raw)
-            share = split_batch(obj, parts)
-        except (ValueError, RecursionError):
-            share = None
-        if share is not None and index < len(share):
-            self.count_refusals = index == 0
-            try:
-                await self.on_message(share[index], received)
-            finally:
-                self.count_refusals = True
-        elif index == 0:
-            await self.on_message(raw, received)
-        else:
-            self.metrics.inc("messages_received")
-            self.push_metrics()
-
-    async def _refuse(self, topic: str, reason: str) -> None:
-        if self.count_refusals:
-            await super()._refuse(topic, reason)
-
-    async def _deliver(self, verdicts: Sequence[Verdict], topics: Sequence[str], nodes: Sequence[str],
-                       sent: Sequence[float], received: Sequence[float]) -> None:  # fmt: skip
-        await super()._deliver(verdicts, topics, nodes, sent, received)
-        self.push_metrics()
-
-    def push_metrics(self) -> None:
-        c = self.metrics.c
+    def report(self) -> None:
+        """Counter deltas and latencies since the last report, and the queue depth."""
+        c = self.metrics.counts
         deltas = {k: v - self._pushed[k] for k, v in c.items() if v != self._pushed[k]}
         lat = list(self.metrics.latency)
         self.metrics.latency.clear()
         self._pushed = dict(c)
-        self.pipe.write(("metrics", deltas, lat, len(self.queue)))
+        queued = len(self.pipeline.queue) if self.pipeline is not None else 0
+        self.write(("metrics", deltas, lat, queued))
+
+
+async def _on_part(pipeline: Pipeline, raw: Any, received: float, index: int, parts: int) -> None:
+    """Part ``index`` of ``parts`` of a batch the parent handed whole to several idle workers: each parses
+    the frame and takes its share of the entries. Anything that is not such a batch (or has fewer entries
+    than parts) is handled whole by part 0 only, so each message is counted once; refusals, the same for
+    every part, are counted by part 0 only."""
+    try:
+        obj = raw if isinstance(raw, Event) else json.loads(raw)
+        share = split_batch(obj, parts)
+    except (ValueError, RecursionError):
+        share = None
+    if share is not None and index < len(share):
+        pipeline.count_refusals = index == 0
+        try:
+            await pipeline.on_message(share[index], received)
+        finally:
+            pipeline.count_refusals = True
+    elif index == 0:
+        await pipeline.on_message(raw, received)
+    else:
+        pipeline.metrics.inc("messages_received")
+        pipeline.output.report()
+
+
+async def _serve_parent(reader: asyncio.StreamReader, pipeline: Pipeline) -> None:
+    """Messages and commands from the parent, until it says stop (or goes away)."""
+    while not pipeline.stop.is_set():
+        try:
+            msg = await _read_frame(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            log.error("the serving process went away; finishing what is queued")
+            break
+        kind = msg[0]
+        if kind == "msg":
+            await pipeline.on_message(msg[1], msg[2])
+        elif kind == "part":
+            await _on_part(pipeline, msg[1], msg[2], msg[3], msg[4])
+        elif kind == "model":
+            pipeline.use_model(msg[1])
+        elif kind == "config":
+            pipeline.apply_config(msg[1])
+        elif kind == "stop":
+            break
+    pipeline.stop.set()
+    pipeline.wakeup.set()
 
 
 def _worker_main(conn: Any, cfg: Config, model: LoadedModel, index: int, forward_hooks: bool,
@@ -239,11 +218,14 @@ def _worker_main(conn: Any, cfg: Config, model: LoadedModel, index: int, forward
 
     async def main() -> None:
         reader, writer = await _open(conn)
-        link = _PipeLink(reader, writer)
-        svc = ChildService(cfg, model, link, forward_hooks)
-        await svc.run()
-        svc.push_metrics()
-        link.write(("done",))
+        torch.set_num_threads(1)
+        metrics = Metrics()
+        output = PipeOutput(writer, metrics, forward_hooks)
+        pipeline = Pipeline(cfg, model, output, metrics, RateLimitedLog())
+        output.pipeline = pipeline
+        await asyncio.gather(_serve_parent(reader, pipeline), pipeline.run())
+        output.report()
+        output.write(("done",))
         await writer.drain()
         writer.close()
 
@@ -276,15 +258,17 @@ class _Worker:
 
 
 class WorkerPool:
-    """The parent's side: starts the workers, deals messages, applies what they hand back."""
+    """``serve.workers: N``, the service's scoring (``service.Scoring``): starts the workers, deals
+    messages to them, hands what they send back to the service."""
 
-    def __init__(self, service: Service, n: int) -> None:
+    def __init__(self, service: Host, n: int) -> None:
         self.svc = service
         self.n = n
         self.workers: list[_Worker | None] = [None] * n
         self.next = 0
         self.backlog_limit = min(_MAX_BACKLOG, service.cfg.serve.queue_size * _BYTES_PER_FLOW)
         self.stopping = False
+        self._stopping = asyncio.Event()
         # Parts a batch may be shared in: one core stays for this process and Zeek. On the 2-core
         # development machine sharing raised p99 at 5,000 flows/s (6 alternating runs of bench_live:
         # median 16.4 against 12.6 ms; p50 3.3-5.4 against 4.7-6.2 ms): both workers busy at once left
@@ -323,6 +307,16 @@ class WorkerPool:
         for w in self.workers:
             if w is not None and not w.done:
                 w.writer.writelines(_frame(obj))
+
+    def use_model(self, model: LoadedModel) -> None:
+        self.broadcast(("model", model))
+
+    def apply_config(self, new: Config) -> None:
+        self.broadcast(("config", new))
+
+    async def on_message(self, raw: Any, received: float) -> None:
+        self.svc.metrics.inc("messages_received")
+        self.forward(raw, received)
 
     def forward(self, raw: Any, received: float) -> None:
         """Hand a message to a worker: an idle one if there is one, else the next in turn whose unread
@@ -383,8 +377,8 @@ class WorkerPool:
                 msg = await _read_frame(w.reader)
                 kind = msg[0]
                 if kind == "send":
-                    svc._post(msg[1], msg[2])
-                    await svc._flush_outbox()
+                    svc.post(msg[1], msg[2])
+                    await svc.flush()
                 elif kind == "metrics":
                     deltas, lat, w.queued = msg[1], msg[2], msg[3]
                     w.taken += deltas.get("messages_received", 0)
@@ -393,13 +387,13 @@ class WorkerPool:
                     with m.lock:
                         for k, v in deltas.items():
                             if k not in PARENT_COUNTERS:
-                                m.c[k] += v
+                                m.counts[k] += v
                         m.latency.extend(lat)
                     m.queue_depth = sum(x.queued for x in self.workers if x is not None)
                 elif kind == "refuse":
-                    await svc.send_refusal(msg[1], msg[2])
+                    await svc.refuse(msg[1], msg[2])
                 elif kind == "hook":
-                    svc.run_hooks(msg[1], msg[2])
+                    svc.flagged(msg[1], msg[2])
                 elif kind == "done":
                     w.done = True
                     return
@@ -423,19 +417,17 @@ class WorkerPool:
         await self._spawn(w.index, w.restarts + 1)
 
     async def run(self) -> None:
-        """Until the service stops (flushing the outbox whenever Zeek comes back); then every worker scores
-        what it holds, and the outbox is flushed."""
-        svc = self.svc
-        while not svc.stop.is_set():
-            svc.wakeup.clear()
-            await svc._flush_outbox()
-            await svc.wakeup.wait()  # set by a reconnect, and by stop
+        """Until the service stops; then every worker scores what it holds, and the outbox is flushed."""
+        await self._stopping.wait()
         self.stopping = True
         self.broadcast(("stop",))
         tasks = [w.task for w in self.workers if w is not None and w.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=25)  # each ends at its worker's "done" (or its end)
-        await self.svc._flush_outbox()
+        await self.svc.flush()
+
+    def stop(self) -> None:
+        self._stopping.set()
 
     def close(self) -> None:
         for w in self.workers:

@@ -1,5 +1,6 @@
 """The flow-record detectors as commands: training from captures and the side-by-side evaluation with
-D-PACK. ``dpack train --detector records|classifier`` and ``dpack evaluate --records-model`` call these.
+D-PACK. ``dpack train --detector records|classifier`` and ``dpack evaluate --records-model`` call these
+(``scorer.py`` runs them live).
 
 Detectors (``detectors:`` in the config):
   * ``prefix``: D-PACK on the first packets (``model``), early; the default.
@@ -14,29 +15,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import __version__
 from ..fileio import sha256_file
-from ..traffic.conn import ConnRecord
-from ..verdict import Verdict
 from .classifier import (
     FitOptions,
-    RecordClassifier,
     fit_record_classifier,
-    load_record_classifier,
     save_record_classifier,
 )
 from .features import (
-    SEGMENT_NUMERIC,
-    SegmentState,
     labelled_records,
     record_key,
     record_table,
     records_from_capture,
 )
-from .recordae import RecordAEOptions, RecordDetector, fit_record_ae, load_record_model, save_record_model
-from .tables import Table, TableEncoder
+from .recordae import RecordAEOptions, RecordDetector, fit_record_ae, save_record_model
+from .scorer import uses_segments
 
 
 def _provenance(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
@@ -128,78 +121,3 @@ def format_side_by_side(rows: dict[str, dict[str, float]], attack: set[str]) -> 
             f"{sum(e['records_ae'] for e in sel) / n:>11.2%} {sum(e['either'] for e in sel) / n:>8.2%}"
         )
     return "\n".join(lines)
-
-
-def uses_segments(encoder: TableEncoder) -> bool:
-    """Whether a record model was trained with the segment features (its encoder knows their columns)."""
-    return SEGMENT_NUMERIC[0] in encoder.numeric_names
-
-
-def _handshake(history: str) -> bool:
-    """The originator answered the responder's SYN-ACK (so its address is not spoofed)."""
-    return "S" in history and "h" in history and ("A" in history or "D" in history)
-
-
-class RecordScorer:
-    """Live verdicts on connection summaries: the record autoencoder decides ``anomalous`` when it is
-    configured (else the classifier: any category but benign), the classifier names the category.
-    Segment features come from one tracker that persists across batches (they are causal)."""
-
-    def __init__(self, ae: RecordDetector | None, clf: RecordClassifier | None) -> None:
-        assert ae is not None or clf is not None, "a record scorer needs a detector"
-        self.ae, self.clf = ae, clf
-        self.seg = SegmentState()
-        self.name = "+".join(m.name for m in (ae, clf) if m is not None)
-
-    @classmethod
-    def load(cls, records_model: str, classifier_model: str) -> RecordScorer | None:
-        """Both paths optional (""); raises ``ModelError`` for a file that is there but unusable."""
-        if not records_model and not classifier_model:
-            return None
-        ae = load_record_model(records_model) if records_model else None
-        clf = load_record_classifier(classifier_model) if classifier_model else None
-        return cls(ae, clf)
-
-    @staticmethod
-    def _view(t: Table, encoder: TableEncoder) -> Table:
-        return t if uses_segments(encoder) else t.without(SEGMENT_NUMERIC)
-
-    def verdicts(self, records: list[ConnRecord]) -> list[Verdict]:
-        if not records:
-            return []
-        t = record_table(records, seg=self.seg)
-        cats: list[str] = [""] * len(records)
-        conf = np.zeros(len(records))
-        if self.clf is not None:
-            cats, conf = self.clf.categories(self._view(t, self.clf.encoder))
-        if self.ae is not None:
-            scores = self.ae.scores(self._view(t, self.ae.encoder))
-            thr, detector = self.ae.threshold, "records"
-            flags = scores > thr
-        else:
-            assert self.clf is not None
-            benign = self.clf.class_names[0]
-            scores = np.asarray([1.0 - c if k == benign else c for k, c in zip(cats, conf, strict=True)])
-            thr, detector = 0.5, "classifier"
-            flags = np.asarray([k != benign for k in cats])
-        return [
-            Verdict(
-                r.ts,
-                r.proto,
-                r.src,
-                r.sport,
-                r.dst,
-                r.dport,
-                r.community_id,
-                float(s),
-                float(thr),
-                bool(f),
-                self.name,
-                uid=r.uid,
-                handshake=_handshake(r.history),
-                detector=detector,
-                category=c,
-                confidence=float(p),
-            )  # fmt: skip
-            for r, s, f, c, p in zip(records, scores, flags, cats, conf, strict=True)
-        ]
