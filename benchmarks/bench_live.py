@@ -61,7 +61,7 @@ def scorer_latency() -> str:
     """The scorer's own view (receipt of a sample -> its verdict sent), from its metrics endpoint."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as r:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as r:
         lines = [
             ln for ln in r.read().decode().splitlines() if ln.startswith("dpack_verdict_latency_seconds{")
         ]
@@ -72,8 +72,10 @@ def scorer_latency() -> str:
 def start_serve(peer: ZeekPeer, tmp: Path, workers: int) -> subprocess.Popen[str]:
     cfg = tmp / "serve.yaml"
     # the shipped defaults (batch_size, max_delay_ms, queue_size), no SIEM feed, no file watch
-    cfg.write_text(f"zeek: {{url: '{peer.url}'}}\nserve: {{alerts: '', metrics_port: {METRICS_PORT}, watch: false, "
-                   f"workers: {workers}}}\n")  # fmt: skip
+    cfg.write_text(
+        f"zeek: {{url: '{peer.url}'}}\nserve: {{alerts: '', metrics_port: {METRICS_PORT}, watch: false, "
+        f"workers: {workers}}}\n"
+    )
     exe = shutil.which("dpack") or str(Path(sys.executable).with_name("dpack"))
     proc = subprocess.Popen([exe, "serve", "--config", str(cfg)], stderr=subprocess.DEVNULL, text=True)
     if not peer.connected.wait(60):
@@ -105,8 +107,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--capture", help="capture whose flows are sent (default: benign-val + attack-dev)")
-    ap.add_argument("--workers", type=int, default=usable_cores(),
-                    help="serve.workers (default: one per core; 0 = scoring in the serving process)")  # fmt: skip
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=usable_cores(),
+        help="serve.workers (default: one per core; 0 = scoring in the serving process)",
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -148,8 +154,10 @@ def main() -> None:
             per_batch = max(1, round(a.rate / 100))
             warm_up(peer, recs[-WARM:], per_batch, "W2")
             n_batches = min(int(a.seconds * 100), (len(recs) - WARM) // per_batch)
-            chunks = [[dict(recs[(k * per_batch + j) % len(recs)], uid=f"L{k}x{j}") for j in range(per_batch)]
-                      for k in range(n_batches)]  # fmt: skip
+            chunks = [
+                [dict(recs[(k * per_batch + j) % len(recs)], uid=f"L{k}x{j}") for j in range(per_batch)]
+                for k in range(n_batches)
+            ]
             prebuilt = [samples_frame(c, time.time()) for c in chunks]  # built before the clock runs
             # This process plays Zeek, which has no garbage collector: its own full collections over the
             # flows held here (measured: 90-110 ms pauses) must not land in the verdicts' receive times.
@@ -177,8 +185,10 @@ def main() -> None:
                     break
                 time.sleep(0.05)
             lat = np.array([recv_at[u] - sent_at[u] for u in sent_at if u in recv_at]) * 1e3
-            print(f"latency at {per_batch * 100:,} flows/s offered ({len(lat)}/{len(sent_at)} answered): "
-                  f"p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms, max {lat.max():.2f} ms")  # fmt: skip
+            print(
+                f"latency at {per_batch * 100:,} flows/s offered ({len(lat)}/{len(sent_at)} answered): "
+                f"p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms, max {lat.max():.2f} ms"
+            )
             print(
                 f"inside dpack serve (its last 20,000 flows, the warm-up's cold start included): {scorer_latency()}"
             )

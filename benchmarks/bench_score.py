@@ -52,14 +52,29 @@ def main() -> None:
                 out.write_bytes(gzip.decompress(p.read_bytes()))
                 caps.append(out)
             caps.append(merged([bv, ad], tmp / "benign-val+attack-dev.pcap"))
-        print(f"{'capture':<28} {'workers':>7} {'frames':>7} {'flows':>7} {'flagged':>8} {'flows/s':>9} "
-              f"{'frames/s':>9} {'process s':>10}")  # fmt: skip
+        print(
+            f"{'capture':<28} {'workers':>7} {'frames':>7} {'flows':>7} {'flagged':>8} {'flows/s':>9} "
+            f"{'frames/s':>9} {'process s':>10}"
+        )
         for cap in caps:
             for workers in ("1", "0"):  # one process; one per core (the default)
                 t = time.perf_counter()
-                r = subprocess.run([sys.executable, "-m", "dpack.cli", "score", str(cap), "--workers", workers,
-                                    "--verdicts", str(tmp / "v.jsonl")], capture_output=True, text=True,
-                                   check=True)  # fmt: skip
+                r = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dpack.cli",
+                        "score",
+                        str(cap),
+                        "--workers",
+                        workers,
+                        "--verdicts",
+                        str(tmp / "v.jsonl"),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 wall = time.perf_counter() - t
                 m = re.search(
                     r"flows\s+(\d+) scored, (\d+) flagged .* in ([\d.]+) s \(([\d,]+) flows/s\)", r.stdout

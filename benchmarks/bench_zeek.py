@@ -46,8 +46,13 @@ def zeek_run(capture: Path, cwd: Path, env: dict[str, str], extra: list[str]) ->
     for f in cwd.glob("*.log"):
         f.unlink()
     t = time.perf_counter()
-    p = subprocess.Popen(["zeek", "-r", str(capture), *extra], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)  # fmt: skip
+    p = subprocess.Popen(
+        ["zeek", "-r", str(capture), *extra],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
     if status != 0:
@@ -60,10 +65,19 @@ def part_cost(capture: Path, runs: int, work: Path) -> None:
     env = zeeklab.zeek_env(site)
     port = zeeklab.free_port()
     cfg = work / "serve.yaml"
-    cfg.write_text(json.dumps({"zeek": {"url": f"ws://127.0.0.1:{port}/v1/messages/json", "reconnect_max": 0.3},
-                               "serve": {"metrics_port": 0, "alerts": "", "workers": 2}}))  # fmt: skip
-    serve = subprocess.Popen([*zeeklab.dpack_cmd(), "serve", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+    cfg.write_text(
+        json.dumps(
+            {
+                "zeek": {"url": f"ws://127.0.0.1:{port}/v1/messages/json", "reconnect_max": 0.3},
+                "serve": {"metrics_port": 0, "alerts": "", "workers": 2},
+            }
+        )
+    )
+    serve = subprocess.Popen(
+        [*zeeklab.dpack_cmd(), "serve", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     variants = {
         "zeek (default scripts)": [],
         "+ dpack, no scorer": ["dpack"],

@@ -49,11 +49,32 @@ def b_time(ts):
 
 def samples_event(recs, packets=3, version=C.CONTRACT_VERSION):
     """``DPack::samples(hdr, batch)`` as main.zeek publishes it, in Broker's own types."""
-    hdr = [broker.Count(version), "zeek", "dpack/verdicts", "payload", broker.Count(packets), broker.Count(80),
-           5.0, b_time(time.time())]  # fmt: skip
-    batch = [[r["uid"], ipaddress.ip_address(r["orig_h"]), b_port(r["orig_p"]), ipaddress.ip_address(r["resp_h"]),
-              b_port(r["resp_p"]), broker.Count(r["proto"]), b_time(r["ts"]), b_time(r["ready"]),
-              broker.Count(r["link"]), list(r["pkts"]), list(r["is_orig"])] for r in recs]  # fmt: skip
+    hdr = [
+        broker.Count(version),
+        "zeek",
+        "dpack/verdicts",
+        "payload",
+        broker.Count(packets),
+        broker.Count(80),
+        5.0,
+        b_time(time.time()),
+    ]
+    batch = [
+        [
+            r["uid"],
+            ipaddress.ip_address(r["orig_h"]),
+            b_port(r["orig_p"]),
+            ipaddress.ip_address(r["resp_h"]),
+            b_port(r["resp_p"]),
+            broker.Count(r["proto"]),
+            b_time(r["ts"]),
+            b_time(r["ready"]),
+            broker.Count(r["link"]),
+            list(r["pkts"]),
+            list(r["is_orig"]),
+        ]
+        for r in recs
+    ]
     return broker.zeek.Event(C.SAMPLES_EVENT, hdr, batch)
 
 
@@ -99,13 +120,25 @@ class FakeZeek:
 
 
 def broker_cfg(tmp_path, port, workers=0):
-    return load_config(None, env={}, overrides={
-        "model": str(DEFAULT_MODEL),
-        "zeek": {"transport": "broker", "url": f"tcp://127.0.0.1:{port}", "topic": "dpack/samples",
-                 "reconnect_max": 0.5},
-        "serve": {"alerts": str(tmp_path / "alerts.jsonl"), "metrics_port": free_port(), "log_interval": 0.5,
-                  "workers": workers},
-    })  # fmt: skip
+    return load_config(
+        None,
+        env={},
+        overrides={
+            "model": str(DEFAULT_MODEL),
+            "zeek": {
+                "transport": "broker",
+                "url": f"tcp://127.0.0.1:{port}",
+                "topic": "dpack/samples",
+                "reconnect_max": 0.5,
+            },
+            "serve": {
+                "alerts": str(tmp_path / "alerts.jsonl"),
+                "metrics_port": free_port(),
+                "log_interval": 0.5,
+                "workers": workers,
+            },
+        },
+    )
 
 
 def test_verdicts_over_native_broker_equal_offline_scoring(tmp_path, sample_recs):
@@ -121,8 +154,11 @@ def test_verdicts_over_native_broker_equal_offline_scoring(tmp_path, sample_recs
         by_uid = {v[0]: dict(zip(names, v, strict=True)) for v in verdicts}
         assert set(by_uid) == {r["uid"] for r in sample_recs} and run.m["flows_scored"] == len(sample_recs)
         offline = {}
-        score_capture(SAMPLE, Scorer(load_model(DEFAULT_MODEL)), on_verdicts=lambda vs: offline.update(
-            {(round(v.ts, 6), v.src, v.sport): v for v in vs}))  # fmt: skip
+        score_capture(
+            SAMPLE,
+            Scorer(load_model(DEFAULT_MODEL)),
+            on_verdicts=lambda vs: offline.update({(round(v.ts, 6), v.src, v.sport): v for v in vs}),
+        )
         for r in sample_recs:
             v = by_uid[r["uid"]]
             o = offline[(round(r["ts"], 6), r["orig_h"], r["orig_p"].number)]
@@ -210,9 +246,24 @@ def _real_zeek_peers(tmp_path, workers):
         real = tmp_path / "real"
         real.mkdir()
         trace = ROOT / "tests" / "btest" / "Traces" / "mixed.pcap"
-        r = subprocess.run(["zeek", "-C", "-r", str(trace), "dpack", "DPack::score_traces=T", "DPack::listen_websocket=F",
-                            "DPack::listen_broker=T", f"DPack::broker_port={port}/tcp"],
-                           cwd=real, env=zeeklab.zeek_env(site), capture_output=True, text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            [
+                "zeek",
+                "-C",
+                "-r",
+                str(trace),
+                "dpack",
+                "DPack::score_traces=T",
+                "DPack::listen_websocket=F",
+                "DPack::listen_broker=T",
+                f"DPack::broker_port={port}/tcp",
+            ],
+            cwd=real,
+            env=zeeklab.zeek_env(site),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         logged = zeeklab.read_zeek_log(real / "dpack.log")
         conns = zeeklab.read_zeek_log(real / "conn.log")

@@ -16,8 +16,20 @@ from pcaps import write_pcap
 
 from dpack.cli import main
 
-VERDICT_KEYS = {"ts", "proto", "src", "sport", "dst", "dport", "community_id", "score", "threshold",
-                "anomalous", "model", "explanation"}  # fmt: skip
+VERDICT_KEYS = {
+    "ts",
+    "proto",
+    "src",
+    "sport",
+    "dst",
+    "dport",
+    "community_id",
+    "score",
+    "threshold",
+    "anomalous",
+    "model",
+    "explanation",
+}
 METRIC_KEYS = {
     "flows",
     "accuracy",
@@ -75,8 +87,20 @@ def test_score_sample_writes_one_verdict_per_flow(tmp_path, capsys):
 def test_evaluate_json_has_exactly_the_keys(tmp_path, capsys):
     js = tmp_path / "m.json"
     rep = tmp_path / "report"
-    rc, text, err = run(["evaluate", "--pcap", str(SAMPLE), "--labels", str(SAMPLE_LABELS), "--json", str(js),
-                         "--report", str(rep)], capsys)  # fmt: skip
+    rc, text, err = run(
+        [
+            "evaluate",
+            "--pcap",
+            str(SAMPLE),
+            "--labels",
+            str(SAMPLE_LABELS),
+            "--json",
+            str(js),
+            "--report",
+            str(rep),
+        ],
+        capsys,
+    )
     assert rc == 0, err
     m = json.loads(js.read_text())
     assert set(m) == METRIC_KEYS
@@ -145,8 +169,25 @@ def test_train_then_score_with_the_new_model(tmp_path, capsys, tiny_model_path):
 
 def test_train_cli_prints_summary(tmp_path, capsys):
     out = tmp_path / "m.pt"
-    rc, text, err = run(["train", str(SAMPLE), "--out", str(out), "--packets", "1", "--policy", "first",
-                         "--cnn-epochs", "1", "--ae-epochs", "1", "--threshold", "sigma"], capsys)  # fmt: skip
+    rc, text, err = run(
+        [
+            "train",
+            str(SAMPLE),
+            "--out",
+            str(out),
+            "--packets",
+            "1",
+            "--policy",
+            "first",
+            "--cnn-epochs",
+            "1",
+            "--ae-epochs",
+            "1",
+            "--threshold",
+            "sigma",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert "threshold" in text and "sigma" in text and out.stat().st_size > 0
 
@@ -157,16 +198,25 @@ def test_train_cli_prints_summary(tmp_path, capsys):
         (None, ["score", "{tmp}/missing.pcap"], "no such file"),
         (lambda t: (t / "zero.pcap").write_bytes(b""), ["score", "{tmp}/zero.pcap"], "empty file"),
         (lambda t: (t / "m.pcap").write_bytes(b"nope" * 20), ["score", "{tmp}/m.pcap"], "not a pcap"),
-        (lambda t: (t / "bad.pt").write_bytes(b"junk"), ["score", str(SAMPLE), "--model", "{tmp}/bad.pt"],
-         "not a readable dpack model"),
-        (lambda t: (t / "c.yaml").write_text("export: {packets: 2, policy: first}\n"),
-         ["score", str(SAMPLE), "--config", "{tmp}/c.yaml"], "model expects packets=3"),
-        (lambda t: (t / "c.yaml").write_text("scoring: {batch_size: lots}\n"),
-         ["score", str(SAMPLE), "--config", "{tmp}/c.yaml"], "expected int"),
+        (
+            lambda t: (t / "bad.pt").write_bytes(b"junk"),
+            ["score", str(SAMPLE), "--model", "{tmp}/bad.pt"],
+            "not a readable dpack model",
+        ),
+        (
+            lambda t: (t / "c.yaml").write_text("export: {packets: 2, policy: first}\n"),
+            ["score", str(SAMPLE), "--config", "{tmp}/c.yaml"],
+            "model expects packets=3",
+        ),
+        (
+            lambda t: (t / "c.yaml").write_text("scoring: {batch_size: lots}\n"),
+            ["score", str(SAMPLE), "--config", "{tmp}/c.yaml"],
+            "expected int",
+        ),
         (None, ["evaluate", "--benign", str(SAMPLE)], "needs --benign and --attack"),
         (None, ["train", str(SAMPLE), "--out", "{tmp}/x.pt", "--packets", "0"], "packets per flow"),
     ],
-)  # fmt: skip
+)
 def test_errors_are_one_line_without_traceback(tmp_path, capsys, setup, argv_tail, message):
     if setup:
         setup(tmp_path)
@@ -189,7 +239,11 @@ def test_truncated_capture_scores_what_it_holds(tmp_path, capsys):
 
 def test_console_script_runs():
     exe = shutil.which("dpack") or str(__import__("pathlib").Path(sys.executable).with_name("dpack"))
-    r = subprocess.run([exe, "score", str(SAMPLE), "--model", str(DEFAULT_MODEL)], capture_output=True,
-                       text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [exe, "score", str(SAMPLE), "--model", str(DEFAULT_MODEL)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "flagged" in r.stdout

@@ -103,8 +103,10 @@ def test_verdict_encoding_matches_what_zeek_accepted():
     """Our encoder writes the same message Zeek accepted in step a (key order and all)."""
     sent = json.loads(replies()["a_valid_verdicts"]["sent"])
     fields = (("uid", "string"), ("score", "real"), ("anomalous", "boolean"))
-    recs = [encode_record(fields, {"uid": "CAbc123xyz", "score": 0.875, "anomalous": True}),
-            encode_record(fields, {"uid": "CDef456", "score": 0.0, "anomalous": False})]  # fmt: skip
+    recs = [
+        encode_record(fields, {"uid": "CAbc123xyz", "score": 0.875, "anomalous": True}),
+        encode_record(fields, {"uid": "CDef456", "score": 0.0, "anomalous": False}),
+    ]
     ours = json.loads(
         encode_event("dpack/verdicts/", "Demo::verdicts", [{"@data-type": "vector", "data": recs}])
     )
@@ -131,8 +133,17 @@ def zeek_records():
     return out, events, version
 
 
-ZEEK_TYPES = {"count": "count", "string": "string", "addr": "address", "port": "port", "time": "timestamp",
-              "double": "real", "bool": "boolean", "vector of string": "vector", "vector of bool": "vector"}  # fmt: skip
+ZEEK_TYPES = {
+    "count": "count",
+    "string": "string",
+    "addr": "address",
+    "port": "port",
+    "time": "timestamp",
+    "double": "real",
+    "bool": "boolean",
+    "vector of string": "vector",
+    "vector of bool": "vector",
+}
 
 
 def test_zeek_and_python_contracts_agree():
@@ -146,8 +157,13 @@ def test_zeek_and_python_contracts_agree():
     assert sorted(int(x) for x in thresholds.replace("\n", " ").split(",")) == list(
         range(2, SCAN_PACKETS + 1)
     )
-    for zname, pyfields in (("BatchHeader", C.BATCH_HEADER), ("Sample", C.SAMPLE), ("Verdict", C.VERDICT),
-                            ("Connection", C.CONNECTION), ("ConnectionVerdict", C.CONNECTION_VERDICT)):  # fmt: skip
+    for zname, pyfields in (
+        ("BatchHeader", C.BATCH_HEADER),
+        ("Sample", C.SAMPLE),
+        ("Verdict", C.VERDICT),
+        ("Connection", C.CONNECTION),
+        ("ConnectionVerdict", C.CONNECTION_VERDICT),
+    ):
         assert [(n, ZEEK_TYPES[t]) for n, t in recs[zname]] == list(pyfields), zname
     assert events["samples"] == "hdr: BatchHeader, batch: vector of Sample"
     assert events["connections"] == "hdr: BatchHeader, batch: vector of Connection"
@@ -160,15 +176,32 @@ def test_zeek_and_python_contracts_agree():
 
 
 def header(**over):
-    h = {"version": C.CONTRACT_VERSION, "node": "zeek", "reply_topic": "dpack/verdicts", "policy": "payload", "packets": 3,
-         "bytes": 80, "max_wait": 5.0, "sent": 1700000000.0}  # fmt: skip
+    h = {
+        "version": C.CONTRACT_VERSION,
+        "node": "zeek",
+        "reply_topic": "dpack/verdicts",
+        "policy": "payload",
+        "packets": 3,
+        "bytes": 80,
+        "max_wait": 5.0,
+        "sent": 1700000000.0,
+    }
     h.update(over)
     return encode_record(C.BATCH_HEADER, h)
 
 
 def sample(**over):
-    s = {"uid": "C1", "orig_h": "192.0.2.1", "orig_p": Port(40000, "tcp"), "resp_h": "198.51.100.2",
-         "resp_p": Port(22, "tcp"), "proto": 6, "ts": 1700000000.25, "ready": 1700000000.5, "link": 1}  # fmt: skip
+    s = {
+        "uid": "C1",
+        "orig_h": "192.0.2.1",
+        "orig_p": Port(40000, "tcp"),
+        "resp_h": "198.51.100.2",
+        "resp_p": Port(22, "tcp"),
+        "proto": 6,
+        "ts": 1700000000.25,
+        "ready": 1700000000.5,
+        "link": 1,
+    }
     pkts = over.pop("pkts", [base64.b64encode(b"\x00" * 60).decode()])
     dirs = over.pop("is_orig", [True] * len(pkts))
     s.update(over)
@@ -209,14 +242,22 @@ def test_parse_samples():
         (sample(pkts=["AAAA", "AAAA"], is_orig=[True]), "differ in length"),
         (sample(proto=132), "does not fit ports"),
         (sample(proto=58), "does not fit ports"),
-        (sample(proto=1, orig_p=Port(8, "icmp"), resp_p=Port(0, "icmp"), orig_h="2001:db8::1"), "does not fit address"),
+        (
+            sample(proto=1, orig_p=Port(8, "icmp"), resp_p=Port(0, "icmp"), orig_h="2001:db8::1"),
+            "does not fit address",
+        ),
         (sample(pkts=["AAAA"] * 65), "more than 64"),
         (sample(pkts=[base64.b64encode(b"x" * 5000).decode()]), "larger than"),
         ({"@data-type": "vector", "data": []}, "expected a record of 11 fields"),
-        ({"@data-type": "vector", "data": sample()["data"][:3] + [encode_value("string", "x")] + sample()["data"][4:]},
-         "field resp_h is not a address"),
+        (
+            {
+                "@data-type": "vector",
+                "data": sample()["data"][:3] + [encode_value("string", "x")] + sample()["data"][4:],
+            },
+            "field resp_h is not a address",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_samples_are_skipped_with_a_reason(bad, reason):
     b = parse_samples(samples_event(header(), [sample(), bad, sample(uid="C3")]))
     assert [s.uid for s in b.samples] == ["C1", "C3"]
@@ -245,23 +286,42 @@ def test_bad_batches_raise(make, reason):
         ('{"type": "data-message", "@data-type": "vector", "data": []}', "without topic"),
         ('{"type": "data-message", "topic": "t", "@data-type": "vector", "data": [1]}', "envelope"),
         ('{"type": "surprise"}', "unknown message type"),
-        ('{"type":"data-message","topic":"t","@data-type":"vector","data":[{"@data-type":"count","data":-1},'
-         '{"@data-type":"count","data":1},{"@data-type":"vector","data":[]}]}', "bad count"),
-        ('{"type":"data-message","topic":"t","@data-type":"vector","data":[{"@data-type":"count","data":1},'
-         '{"@data-type":"count","data":1},{"@data-type":"vector","data":[{"@data-type":"string","data":"E"},'
-         '{"@data-type":"vector","data":[{"@data-type":"address","data":"999.1.1.1"}]}]}]}', "bad address"),
+        (
+            '{"type":"data-message","topic":"t","@data-type":"vector","data":[{"@data-type":"count","data":-1},'
+            '{"@data-type":"count","data":1},{"@data-type":"vector","data":[]}]}',
+            "bad count",
+        ),
+        (
+            '{"type":"data-message","topic":"t","@data-type":"vector","data":[{"@data-type":"count","data":1},'
+            '{"@data-type":"count","data":1},{"@data-type":"vector","data":[{"@data-type":"string","data":"E"},'
+            '{"@data-type":"vector","data":[{"@data-type":"address","data":"999.1.1.1"}]}]}]}',
+            "bad address",
+        ),
         ("[" * 100000 + "]" * 100000, "not valid JSON"),
         ("x" * (5 * 1024 * 1024), "larger than"),
     ],
-)  # fmt: skip
+)
 def test_hostile_frames(raw, reason):
     with pytest.raises(CodecError, match=reason):
         decode_message(raw)
 
 
 def test_encode_verdicts_shape():
-    v = Verdict(1.0, "tcp", "192.0.2.1", 40000, "198.51.100.2", 22, "1:x", 0.5, 0.1, True, "m@abc",
-                ["p2.tcp.flags", "p3.payload[0]"], "C1")  # fmt: skip
+    v = Verdict(
+        1.0,
+        "tcp",
+        "192.0.2.1",
+        40000,
+        "198.51.100.2",
+        22,
+        "1:x",
+        0.5,
+        0.1,
+        True,
+        "m@abc",
+        ["p2.tcp.flags", "p3.payload[0]"],
+        "C1",
+    )
     ev = decode_message(encode_verdicts("dpack/verdicts", [v], [1700000000.0], [0.002]))
     assert ev.name == C.VERDICTS_EVENT and ev.topic == "dpack/verdicts"
     (rec,) = ev.args[0]
@@ -273,11 +333,23 @@ def test_encode_verdicts_shape():
 
 @pytest.mark.parametrize(
     "t, v",
-    [("string", 'q"\\\n\u00e9\u2028\x00'), ("string", ""), ("count", 2**64 - 1), ("count", 0),
-     ("real", 0.1), ("real", -1e300), ("real", float("nan")), ("real", float("inf")), ("real", 3),
-     ("boolean", True), ("boolean", 0), ("address", "2001:db8::1"), ("port", Port(8, "icmp")),
-     ("timestamp", 1700000001.123456)],
-)  # fmt: skip
+    [
+        ("string", 'q"\\\n\u00e9\u2028\x00'),
+        ("string", ""),
+        ("count", 2**64 - 1),
+        ("count", 0),
+        ("real", 0.1),
+        ("real", -1e300),
+        ("real", float("nan")),
+        ("real", float("inf")),
+        ("real", 3),
+        ("boolean", True),
+        ("boolean", 0),
+        ("address", "2001:db8::1"),
+        ("port", Port(8, "icmp")),
+        ("timestamp", 1700000001.123456),
+    ],
+)
 def test_text_built_records_equal_json_dumps(t, v):
     """The hot-path record writer produces exactly what json.dumps of encode_record writes."""
     from dpack.zeek.wire import _record_json

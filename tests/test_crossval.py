@@ -77,8 +77,21 @@ def test_oversampling_lifts_rare_classes_only():
 @pytest.mark.skipif(not NSL.is_dir(), reason="shared/datasets/nsl-kdd is not beside the repository")
 def test_crossval_command_on_nsl_kdd_subset(tmp_path, capsys):
     out = tmp_path / "cv.json"
-    rc = main(["crossval", "--dataset", str(NSL / "KDDTrain+_20Percent.txt.gz"), "--task", "multiclass",
-               "--folds", "2", "--models", "logreg,random_forest", "--json", str(out)])  # fmt: skip
+    rc = main(
+        [
+            "crossval",
+            "--dataset",
+            str(NSL / "KDDTrain+_20Percent.txt.gz"),
+            "--task",
+            "multiclass",
+            "--folds",
+            "2",
+            "--models",
+            "logreg,random_forest",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "25192 rows (13449 normal, 9234 DoS, 2289 Probe, 209 R2L, 11 U2R)" in text

@@ -7,7 +7,7 @@ import socket
 import communityid
 import dpkt
 import pytest
-from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, a4, a6, eth, handshake, ip4, ip6, tcp, udp
+from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, a4, a6, eth, handshake, ip4, ip4_raw, ip6, tcp, udp
 
 from dpack.traffic.encode import PrefixSpec
 from dpack.traffic.flows import FlowRules, FlowTable, flows_from_frames
@@ -52,8 +52,12 @@ def test_idle_timeout_splits_flows():
     syn = ip4(CLIENT, SERVER, tcp(40000, 80, dpkt.tcp.TH_SYN))
     ack = ip4(CLIENT, SERVER, tcp(40000, 80, dpkt.tcp.TH_ACK))
     dns = [ip4(CLIENT, SERVER, udp(5000, 5000, b"q"))] * 2
-    out = list(flows_from_frames([(0.0, 1, eth(syn)), (200.0, 1, eth(ack)), (400.0, 1, eth(dns[0])),
-                                  (459.0, 1, eth(dns[1]))], PrefixSpec(3, 80, "first")))  # fmt: skip
+    out = list(
+        flows_from_frames(
+            [(0.0, 1, eth(syn)), (200.0, 1, eth(ack)), (400.0, 1, eth(dns[0])), (459.0, 1, eth(dns[1]))],
+            PrefixSpec(3, 80, "first"),
+        )
+    )
     assert [(s.proto_name, len(s.frames)) for s in out] == [("tcp", 1), ("udp", 1)]
     rules = FlowRules(tcp_timeout=100.0)
     out = list(
@@ -76,10 +80,21 @@ def test_icmp_flows_are_keyed_as_zeek_keys_icmp_connections():
     rep = dpkt.icmp.ICMP(type=0, code=0, data=dpkt.icmp.ICMP.Echo(id=77, seq=1, data=b"ping"))
     other = dpkt.icmp.ICMP(type=8, code=0, data=dpkt.icmp.ICMP.Echo(id=78, seq=1, data=b"ping"))
     unreach = dpkt.icmp.ICMP(type=3, code=3, data=dpkt.icmp.ICMP.Unreach(data=b"\0" * 28))
-    out = feed([ip4(CLIENT, SERVER, req), ip4(SERVER, CLIENT, rep), ip4(CLIENT, SERVER, other),
-                ip4(SERVER, CLIENT, unreach), ip4(CLIENT, SERVER, unreach)], PrefixSpec(3, 80, "first"))  # fmt: skip
+    out = feed(
+        [
+            ip4(CLIENT, SERVER, req),
+            ip4(SERVER, CLIENT, rep),
+            ip4(CLIENT, SERVER, other),
+            ip4(SERVER, CLIENT, unreach),
+            ip4(CLIENT, SERVER, unreach),
+        ],
+        PrefixSpec(3, 80, "first"),
+    )
     assert sorted((s.src, s.sport, s.dport, len(s.frames)) for s in out) == [
-        (CLIENT, 3, 3, 1), (CLIENT, 8, 0, 3), (SERVER, 3, 3, 1)]  # fmt: skip
+        (CLIENT, 3, 3, 1),
+        (CLIENT, 8, 0, 3),
+        (SERVER, 3, 3, 1),
+    ]
 
 
 def test_prefix_waits_max_wait_seconds_at_most():
@@ -123,17 +138,15 @@ def test_fragments_and_tunnels_make_no_flow():
     from a captured frame, so they are counted and left out."""
     raw = bytes(udp(5000, 53, b"A" * 60))
 
-    def frag(data, off8, mf):
-        import struct
-
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(data), 7, (0x2000 if mf else 0) | off8, 64, 17,
-                          0, socket.inet_aton(CLIENT), socket.inet_aton(SERVER))  # fmt: skip
-        return hdr + data
-
     gre = ip4(CLIENT, SERVER, udp(1, 2), proto=47)
     table = FlowTable(PrefixSpec(2, 80))
-    out = [s for i, p in enumerate([frag(raw[:32], 0, True), frag(raw[32:], 4, False), gre])
-           for s in table.add(i * 0.01, 1, eth(p))] + table.flush()  # fmt: skip
+    out = [
+        s
+        for i, p in enumerate(
+            [ip4_raw(CLIENT, SERVER, 17, raw[:32], 0, True), ip4_raw(CLIENT, SERVER, 17, raw[32:], 4), gre]
+        )
+        for s in table.add(i * 0.01, 1, eth(p))
+    ] + table.flush()
     assert out == [] and (table.stats.fragments, table.stats.tunnels, table.stats.flows) == (2, 1, 0)
 
 
@@ -182,8 +195,10 @@ def test_handshake_evidence_comes_from_the_prefix_frames_alone():
     assert s.handshake is None and from_frames(s.frames)  # SYN, SYN-ACK, the ACK of it
     (s,) = feed(pk, PrefixSpec(3, 80, "payload"))
     assert not from_frames(s.frames)  # SYN and the client's data: no responder packet to tie it to
-    blind = pk[:2] + [ip4(CLIENT, SERVER, tcp(40000, 22, 0x10, seq=112, ack=0x80000000)),
-                      ip4(CLIENT, SERVER, tcp(40000, 22, 0x18, b"SSH-2.0-x\r\n", seq=112, ack=0x80000000))]  # fmt: skip
+    blind = pk[:2] + [
+        ip4(CLIENT, SERVER, tcp(40000, 22, 0x10, seq=112, ack=0x80000000)),
+        ip4(CLIENT, SERVER, tcp(40000, 22, 0x18, b"SSH-2.0-x\r\n", seq=112, ack=0x80000000)),
+    ]
     (s,) = feed(blind, PrefixSpec(3, 80, "first"))
     assert not from_frames(s.frames)
     assert not from_frames(feed([pk[0]], PrefixSpec(3, 80, "payload"))[0].frames)  # a lone SYN (scan, flood)

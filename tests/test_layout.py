@@ -174,6 +174,7 @@ def test_defaults_of_what_the_model_reads_are_defined_once():
     """The library's defaults (traffic.encode) are what the CLI, the config, Zeek and the shipped model use."""
     from dpack.cli import build_parser
     from dpack.config import ExportConfig
+    from dpack.prefix.model import ModelConfig
     from dpack.prefix.modelfile import load_model
     from dpack.traffic.encode import (
         DEFAULT_BYTES,
@@ -187,10 +188,15 @@ def test_defaults_of_what_the_model_reads_are_defined_once():
         DEFAULT_PACKETS, DEFAULT_BYTES, DEFAULT_POLICY, max_wait=DEFAULT_MAX_WAIT
     )
     assert ExportConfig().spec() == PrefixSpec()
+    assert (ModelConfig().n_packets, ModelConfig().n_bytes) == (DEFAULT_PACKETS, DEFAULT_BYTES)
     args = build_parser().parse_args(["train", "x.pcap", "--out", "m.pt"])
     assert (args.packets, args.bytes, args.policy) == (DEFAULT_PACKETS, DEFAULT_BYTES, DEFAULT_POLICY)
     assert load_model(DEFAULT_MODEL).spec == PrefixSpec()
     main = (ROOT / "zeek_scripts" / "main.zeek").read_text()
     zeek = dict(re.findall(r"^\toption (packets|packet_bytes|policy|max_wait) = (.+?);", main, re.M))
-    assert zeek == {"packets": str(DEFAULT_PACKETS), "packet_bytes": str(DEFAULT_BYTES),
-                    "policy": f'"{DEFAULT_POLICY}"', "max_wait": f"{DEFAULT_MAX_WAIT:g}sec"}  # fmt: skip
+    assert zeek == {
+        "packets": str(DEFAULT_PACKETS),
+        "packet_bytes": str(DEFAULT_BYTES),
+        "policy": f'"{DEFAULT_POLICY}"',
+        "max_wait": f"{DEFAULT_MAX_WAIT:g}sec",
+    }

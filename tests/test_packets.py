@@ -141,8 +141,10 @@ def test_encode_flow_is_pure_and_linklayer_independent():
 
 
 def test_policies_first_vs_payload():
-    frames = [Frame(LINKTYPE_RAW, p, o) for p, o in
-              [(SYN, True), (SYNACK, False), (ACK, True), (DATA, True), (SACK, False)]]  # fmt: skip
+    frames = [
+        Frame(LINKTYPE_RAW, p, o)
+        for p, o in [(SYN, True), (SYNACK, False), (ACK, True), (DATA, True), (SACK, False)]
+    ]
     first = encode_flow(frames, PrefixSpec(2, 80, "first"))
     payload = encode_flow(frames, PrefixSpec(2, 80, "payload"))
     assert first.data[1, 33] == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK  # SYN-ACK in slot 2

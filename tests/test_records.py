@@ -126,8 +126,13 @@ NSL_ROW = (
 
 def test_nsl_kdd_reader(tmp_path):
     p = tmp_path / "KDDTrain+.txt.gz"
-    p.write_bytes(gzip.compress((NSL_ROW.format("normal") + NSL_ROW.format("neptune") +
-                                 NSL_ROW.format("buffer_overflow")).encode()))  # fmt: skip
+    p.write_bytes(
+        gzip.compress(
+            (
+                NSL_ROW.format("normal") + NSL_ROW.format("neptune") + NSL_ROW.format("buffer_overflow")
+            ).encode()
+        )
+    )
     t = read_nsl_kdd(p)
     assert t.y_class.tolist() == [0, 1, 4] and t.class_names[4] == "U2R"
     assert t.numeric.shape == (3, 38) and t.categorical["service"].tolist() == ["http"] * 3
@@ -201,8 +206,9 @@ def test_damaged_record_model_files_are_refused(tmp_path, loader, records_model_
     other = classifier_model_path if loader is load_record_model else records_model_path
     with pytest.raises(ModelError, match="not a dpack record"):
         loader(other)  # the other kind of record model
-    blob = torch.load(records_model_path if loader is load_record_model else classifier_model_path,
-                      weights_only=True)  # fmt: skip
+    blob = torch.load(
+        records_model_path if loader is load_record_model else classifier_model_path, weights_only=True
+    )
     blob["encoder"]["vocab"] = {"proto": ["tcp"]}  # no longer fits the network's input
     torch.save(blob, bad)
     with pytest.raises(ModelError, match="damaged"):
@@ -216,8 +222,19 @@ def test_train_and_evaluate_commands_for_the_record_detector(tmp_path, capsys):
     assert main(["train", "--detector", "records", str(SAMPLE), "--out", str(out), "--epochs", "5"]) == 0
     assert "flow-record autoencoder" in capsys.readouterr().out
     js = tmp_path / "m.json"
-    rc = main(["evaluate", "--pcap", str(SAMPLE), "--labels", str(SAMPLE_LABELS), "--records-model", str(out),
-               "--json", str(js)])  # fmt: skip
+    rc = main(
+        [
+            "evaluate",
+            "--pcap",
+            str(SAMPLE),
+            "--labels",
+            str(SAMPLE_LABELS),
+            "--records-model",
+            str(out),
+            "--json",
+            str(js),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and "records-ae" in text and "all attack" in text
     import json

@@ -25,23 +25,40 @@ needs_suricata = pytest.mark.skipif(
 CID = "1:TsMN5I04jVF30eAs9PhjfCoa+Bw="
 
 
-def verdict(src="192.0.2.66", sport=40000, dst="198.51.100.10", dport=22, proto="tcp", ts=1000.0, uid="CAbc123xyz",
-            anomalous=True, cid=CID, model="dpack-default@03e83604a44e", score=0.00625):  # fmt: skip
+def verdict(
+    src="192.0.2.66",
+    sport=40000,
+    dst="198.51.100.10",
+    dport=22,
+    proto="tcp",
+    ts=1000.0,
+    uid="CAbc123xyz",
+    anomalous=True,
+    cid=CID,
+    model="dpack-default@03e83604a44e",
+    score=0.00625,
+):
     return Verdict(
         ts, proto, src, sport, dst, dport, cid, score, 0.0016, anomalous, model, ["p2.tcp.flags"], uid
     )
 
 
 GOLDEN = {
-    ("drop", "source"): 'drop ip 192.0.2.66 any -> any any (msg:"dpack anomalous source"; threshold:type limit, '
+    (
+        "drop",
+        "source",
+    ): 'drop ip 192.0.2.66 any -> any any (msg:"dpack anomalous source"; threshold:type limit, '
     "track by_src, count 1, seconds 60; metadata:dpack_version 0.1.0, model dpack-default@03e83604a44e, "
     f"score 0.00625, zeek_uid CAbc123xyz, community_id {CID}, flows 1, expires 1700003600; "
     "classtype:misc-attack; sid:1900000; rev:1;)",
-    ("alert", "flow"): 'alert tcp 192.0.2.66 40000 -> 198.51.100.10 22 (msg:"dpack anomalous flow"; flow:established; '
+    (
+        "alert",
+        "flow",
+    ): 'alert tcp 192.0.2.66 40000 -> 198.51.100.10 22 (msg:"dpack anomalous flow"; flow:established; '
     "threshold:type limit, track by_src, count 1, seconds 60; metadata:dpack_version 0.1.0, "
     f"model dpack-default@03e83604a44e, score 0.00625, zeek_uid CAbc123xyz, community_id {CID}, "
     "expires 1700003600; classtype:misc-attack; sid:1900000; rev:1;)",
-}  # fmt: skip
+}
 
 
 def book(tmp_path, validate_with=None, **policy):
@@ -62,12 +79,21 @@ def test_golden_rules(tmp_path, mode, scope):
 @pytest.mark.parametrize(
     "v, expected",
     [
-        (verdict(proto="udp", dport=53), "alert udp 192.0.2.66 40000 -> 198.51.100.10 53 (msg:\"dpack anomalous flow\"; flow:established;"),
-        (verdict(proto="icmp", sport=8, dport=0), "alert icmp 192.0.2.66 any -> 198.51.100.10 any (msg:\"dpack anomalous flow\"; threshold"),
+        (
+            verdict(proto="udp", dport=53),
+            'alert udp 192.0.2.66 40000 -> 198.51.100.10 53 (msg:"dpack anomalous flow"; flow:established;',
+        ),
+        (
+            verdict(proto="icmp", sport=8, dport=0),
+            'alert icmp 192.0.2.66 any -> 198.51.100.10 any (msg:"dpack anomalous flow"; threshold',
+        ),
         (verdict(proto="sctp"), "alert ip 192.0.2.66 any -> 198.51.100.10 any ("),
-        (verdict(src="2001:db8::66", dst="2001:db8::10"), "alert tcp 2001:db8::66 40000 -> 2001:db8::10 22 ("),
+        (
+            verdict(src="2001:db8::66", dst="2001:db8::10"),
+            "alert tcp 2001:db8::66 40000 -> 2001:db8::10 22 (",
+        ),
     ],
-)  # fmt: skip
+)
 def test_flow_rule_shapes(tmp_path, v, expected):
     b = book(tmp_path, scope="flow")
     b.observe([v], now=1700000000.0)
@@ -186,8 +212,13 @@ def test_crash_while_writing_leaves_the_old_file(tmp_path, monkeypatch):
 
 @needs_suricata
 def test_suricata_accepts_every_shape(tmp_path):
-    vs = [verdict(src="192.0.2.1"), verdict(src="2001:db8::1", dst="2001:db8::2"), verdict(proto="udp", dport=53),
-          verdict(proto="icmp", sport=8, dport=0), verdict(proto="sctp", src="192.0.2.9")]  # fmt: skip
+    vs = [
+        verdict(src="192.0.2.1"),
+        verdict(src="2001:db8::1", dst="2001:db8::2"),
+        verdict(proto="udp", dport=53),
+        verdict(proto="icmp", sport=8, dport=0),
+        verdict(proto="sctp", src="192.0.2.9"),
+    ]
     for mode in ("alert", "drop"):
         for scope in ("source", "flow"):
             b = RuleBook(
@@ -218,8 +249,12 @@ def eve_alerts(logdir):
 
 def run_suricata(pcap, rules, logdir):
     logdir.mkdir()
-    r = subprocess.run([SURICATA, "-r", str(pcap), "-k", "none", "--simulate-ips", "-S", str(rules), "-l", str(logdir)],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [SURICATA, "-r", str(pcap), "-k", "none", "--simulate-ips", "-S", str(rules), "-l", str(logdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return eve_alerts(logdir)
 

@@ -118,12 +118,20 @@ def start(tmp_path, peer, model_copy):
 
 
 def make_cfg(tmp_path, peer, model, **serve):
-    cfg = load_config(None, env={}, overrides={
-        "model": str(model),
-        "zeek": {"url": peer.url, "topic": "dpack/samples", "reconnect_max": 0.5},
-        "serve": {"alerts": str(tmp_path / "alerts.jsonl"), "metrics_port": free_port(), "log_interval": 0.5,
-                  **serve},
-    })  # fmt: skip
+    cfg = load_config(
+        None,
+        env={},
+        overrides={
+            "model": str(model),
+            "zeek": {"url": peer.url, "topic": "dpack/samples", "reconnect_max": 0.5},
+            "serve": {
+                "alerts": str(tmp_path / "alerts.jsonl"),
+                "metrics_port": free_port(),
+                "log_interval": 0.5,
+                **serve,
+            },
+        },
+    )
     return cfg
 
 
@@ -139,7 +147,7 @@ def send_batches(peer, recs, size=64, **kw):
 
 def metrics_text(cfg):
     url = f"http://127.0.0.1:{cfg.serve.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=5) as r:
         return r.read().decode()
 
 
@@ -160,8 +168,13 @@ def test_end_to_end_verdicts_alerts_and_counters(tmp_path, start, peer, sample_r
     # the same flows scored offline from the pcap get the same scores and verdicts
     offline = {}
     model = load_model(DEFAULT_MODEL)
-    score_capture(SAMPLE, Scorer(model), on_verdicts=lambda vs: offline.update(
-        {(round(v.ts, 6), v.src, v.sport, v.dst, v.dport): v for v in vs}))  # fmt: skip
+    score_capture(
+        SAMPLE,
+        Scorer(model),
+        on_verdicts=lambda vs: offline.update(
+            {(round(v.ts, 6), v.src, v.sport, v.dst, v.dport): v for v in vs}
+        ),
+    )
     live_flagged = 0
     for r in sample_recs:
         v = by_uid[r["uid"]]
@@ -215,9 +228,14 @@ def test_malformed_and_hostile_messages_are_counted_not_fatal(start, peer, sampl
     bad_b64 = json.loads(json.dumps(good))
     pkts = [n for n, _ in C.SAMPLE].index("pkts")
     bad_b64["data"][2]["data"][1]["data"][1]["data"][1]["data"][pkts]["data"][0]["data"] = "!!!"
-    hostile = raw + ["{not json", "[]", json.dumps(wrong_event), json.dumps(wrong_arity),
-               '{"type":"data-message","topic":"x","@data-type":"vector","data":' + "[" * 5000 + "]" * 5000 + "}",
-               json.dumps({"type": "error", "code": "deserialization_failed", "context": "x"})]  # fmt: skip
+    hostile = raw + [
+        "{not json",
+        "[]",
+        json.dumps(wrong_event),
+        json.dumps(wrong_arity),
+        '{"type":"data-message","topic":"x","@data-type":"vector","data":' + "[" * 5000 + "]" * 5000 + "}",
+        json.dumps({"type": "error", "code": "deserialization_failed", "context": "x"}),
+    ]
     for h in hostile:
         peer.send(h)
     peer.send(json.dumps(bad_b64))
@@ -442,8 +460,10 @@ def test_config_changed_while_serving_applies_its_scoring_settings(tmp_path, pee
 
     def write(explain):
         new = cfg_file.with_suffix(".new")
-        new.write_text(f"model: {DEFAULT_MODEL}\nzeek: {{url: '{peer.url}', reconnect_max: 0.5}}\n"
-                       f"scoring: {{explain: {explain}}}\nserve: {{alerts: '', metrics_port: 0, workers: {workers}}}\n")  # fmt: skip
+        new.write_text(
+            f"model: {DEFAULT_MODEL}\nzeek: {{url: '{peer.url}', reconnect_max: 0.5}}\n"
+            f"scoring: {{explain: {explain}}}\nserve: {{alerts: '', metrics_port: 0, workers: {workers}}}\n"
+        )
         os.replace(new, cfg_file)
 
     write("anomalous")
@@ -472,8 +492,14 @@ def test_rules_written_while_serving_and_apply_failure_reported(
     tmp_path, peer, model_copy, sample_recs, workers
 ):
     cfg = make_cfg(tmp_path, peer, model_copy, workers=workers)
-    cfg.rules.update({"file": str(tmp_path / "dpack.rules"), "socket": str(tmp_path / "no-suricata.sock"),
-                      "mode": "drop", "tick": 0.2})  # fmt: skip
+    cfg.rules.update(
+        {
+            "file": str(tmp_path / "dpack.rules"),
+            "socket": str(tmp_path / "no-suricata.sock"),
+            "mode": "drop",
+            "tick": 0.2,
+        }
+    )
     run = Running(cfg)
     try:
         assert peer.connected.wait(10)
@@ -571,8 +597,11 @@ def test_connection_summaries_get_verdicts_categories_and_alerts(
         assert all(a["rule"]["category"] == a["dpack"]["category"] != "" for a in conn_alerts)
         assert all(a["dpack"]["detector"] == "records" for a in conn_alerts)
         # malformed summaries are skipped and counted; the rest of their batch is scored
-        bad = [dict(conn_recs[0], uid="Cbad1", duration=-5.0),
-               dict(conn_recs[1], uid="Cbad2", history="S" * 300), dict(conn_recs[2], uid="Cgood")]  # fmt: skip
+        bad = [
+            dict(conn_recs[0], uid="Cbad1", duration=-5.0),
+            dict(conn_recs[1], uid="Cbad2", history="S" * 300),
+            dict(conn_recs[2], uid="Cgood"),
+        ]
         send_connections(peer, bad)
         wait_for(lambda: any(v[0] == "Cgood" for v in peer.connection_verdicts()), what="good record")
         assert run.m["connections_skipped"] == 2

@@ -132,8 +132,15 @@ def test_sharded_scoring_writes_what_one_process_writes(tmp_path, default_model,
     for workers in (1, 2, 3):
         out, seen = io.StringIO(), []
         run = score_capture(path, scorer, out, batch_size=64, workers=workers, on_verdicts=seen.extend)
-        outputs[workers] = (out.getvalue(), run.flows, run.flagged, [f"{v.score:.6g}" for v in run.top],
-                            run.flow_stats, run.capture.frames, [v.community_id for v in seen])  # fmt: skip
+        outputs[workers] = (
+            out.getvalue(),
+            run.flows,
+            run.flagged,
+            [f"{v.score:.6g}" for v in run.top],
+            run.flow_stats,
+            run.capture.frames,
+            [v.community_id for v in seen],
+        )
     assert outputs[1][1] > 100 and outputs[1][0].count("\n") == outputs[1][1]
     assert outputs[2] == outputs[1]
     assert outputs[3] == outputs[1]
@@ -228,10 +235,20 @@ def test_text_built_verdict_lines_equal_json_dumps(fields):
 
     from dpack.verdict import Verdict
 
-    base = {"ts": 1_700_000_000.123456789, "proto": "tcp", "src": "10.0.0.1", "sport": 40000,
-            "dst": "2001:db8::1", "dport": 22, "community_id": "1:abc/+=", "score": 0.001234567891,
-            "threshold": 0.00159057, "anomalous": False, "model": "dpack-default@03e8",
-            "explanation": ["p1.tcp.flags", "p3.absent"]}  # fmt: skip
+    base = {
+        "ts": 1_700_000_000.123456789,
+        "proto": "tcp",
+        "src": "10.0.0.1",
+        "sport": 40000,
+        "dst": "2001:db8::1",
+        "dport": 22,
+        "community_id": "1:abc/+=",
+        "score": 0.001234567891,
+        "threshold": 0.00159057,
+        "anomalous": False,
+        "model": "dpack-default@03e8",
+        "explanation": ["p1.tcp.flags", "p3.absent"],
+    }
     v = Verdict(**(base | fields))
     assert v.to_json() == json.dumps(v.to_dict(), separators=(",", ":"))
 
@@ -243,15 +260,19 @@ def test_many_small_blocks_give_the_same_flows_as_one_stream(tmp_path, monkeypat
 
     path = write_pcap(tmp_path / "mixed.pcap", mixed_frames())
     spec = PrefixSpec(3, 80, "first")
-    whole = [(s.order, s.community_id, [f.data for f in s.frames]) for s in
-             FlowTable(spec).samples(read_capture(path))]  # fmt: skip
+    whole = [
+        (s.order, s.community_id, [f.data for f in s.frames])
+        for s in FlowTable(spec).samples(read_capture(path))
+    ]
     monkeypatch.setattr(capture, "_BLOCK", 700)
     for shards in (1, 2, 3):
         got = []
         for shard in range(shards):
             table = FlowTable(spec)
-            got += [(s.order, s.community_id, [f.data for f in s.frames])
-                    for s in table.block_samples(capture.read_blocks(path), shard, shards)]  # fmt: skip
+            got += [
+                (s.order, s.community_id, [f.data for f in s.frames])
+                for s in table.block_samples(capture.read_blocks(path), shard, shards)
+            ]
         assert sorted(got) == whole, shards
     assert len(list(capture.read_blocks(path))) > 20
 

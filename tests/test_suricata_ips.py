@@ -100,8 +100,11 @@ def netlab(tmp_path):
             sh("ip", "netns", "exec", n, "ethtool", "-K", dev, "tx", "off", "rx", "off")
         echo = tmp_path / "echo.py"
         echo.write_text(ECHO)
-        procs.append(subprocess.Popen(["ip", "netns", "exec", ns["s"], sys.executable, str(echo), "server", SERVER,
-                                       str(PORT)]))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", ns["s"], sys.executable, str(echo), "server", SERVER, str(PORT)]
+            )
+        )
         yield ns, echo, procs
     finally:
         for p in procs:
@@ -115,8 +118,13 @@ def netlab(tmp_path):
 
 
 def replies(ns, echo):
-    r = subprocess.run(["ip", "netns", "exec", ns["c"], sys.executable, str(echo), "client", SERVER, str(PORT)],
-                       capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns["c"], sys.executable, str(echo), "client", SERVER, str(PORT)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     return int(r.stdout.strip())
 
 
@@ -136,11 +144,28 @@ def test_dataset_blocks_the_next_packets_without_a_reload(tmp_path, netlab):
         f"af-packet:\n  - interface: vc1\n    copy-mode: ips\n    copy-iface: vs1\n    cluster-id: 98\n{iface}"
         f"  - interface: vs1\n    copy-mode: ips\n    copy-iface: vc1\n    cluster-id: 97\n{iface}"
     )
-    book = RuleBook(Policy(mode="drop", apply="dataset", threshold_flows=1, ttl=600), rules,
-                    suricata_config=str(yaml))  # fmt: skip
+    book = RuleBook(
+        Policy(mode="drop", apply="dataset", threshold_flows=1, ttl=600), rules, suricata_config=str(yaml)
+    )
     book.write()
-    suri = subprocess.Popen(["ip", "netns", "exec", ns["i"], shutil.which("suricata"), "-c", str(yaml), "--af-packet",
-                             "-k", "none", "-l", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    suri = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns["i"],
+            shutil.which("suricata"),
+            "-c",
+            str(yaml),
+            "--af-packet",
+            "-k",
+            "none",
+            "-l",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     procs.append(suri)
     sock = SuricataSocket(str(sock_path), timeout=20)
     end = time.monotonic() + 60

@@ -62,9 +62,20 @@ class LiveSuricata:
 
     def start(self):
         d = self.dir
-        self.proc = subprocess.Popen([SURICATA, "-c", str(d / "suricata.yaml"), f"--unix-socket={self.sock_path}",
-                                      "--simulate-ips", "-l", str(d / "log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [
+                SURICATA,
+                "-c",
+                str(d / "suricata.yaml"),
+                f"--unix-socket={self.sock_path}",
+                "--simulate-ips",
+                "-l",
+                str(d / "log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.sock = SuricataSocket(self.sock_path, timeout=20)
         end = time.monotonic() + 60
         while True:
@@ -99,8 +110,11 @@ class LiveSuricata:
             time.sleep(0.05)
         eve = out / "eve.json"
         alerts = [json.loads(ln) for ln in open(eve)] if eve.exists() else []
-        return [(a["alert"]["signature_id"], a["src_ip"], a["alert"]["action"]) for a in alerts
-                if a.get("event_type") == "alert" and 1_900_000 <= a["alert"]["signature_id"] <= 1_909_999]  # fmt: skip
+        return [
+            (a["alert"]["signature_id"], a["src_ip"], a["alert"]["action"])
+            for a in alerts
+            if a.get("event_type") == "alert" and 1_900_000 <= a["alert"]["signature_id"] <= 1_909_999
+        ]
 
     def stop(self):
         self.proc.terminate()

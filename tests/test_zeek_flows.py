@@ -12,25 +12,17 @@ after FIN, VLAN tags, IPv6.
 
 from __future__ import annotations
 
-import socket
 import struct
 
 import dpkt
 import zeeklab
 from conftest import SAMPLE
-from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, eth, handshake, ip4, ip6, tcp, udp, write_pcap
+from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, eth, handshake, ip4, ip4_raw, ip6, tcp, udp, write_pcap
 
 from dpack.traffic.encode import PrefixSpec
 
 SPEC = PrefixSpec(3, 80, "payload")
 A, P, S, F = dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH, dpkt.tcp.TH_SYN, dpkt.tcp.TH_FIN
-
-
-def _ip(src: str, dst: str, proto: int, data: bytes, off8: int = 0, more: bool = False) -> bytes:
-    """A raw IPv4 packet (checksum left 0: Zeek runs with -C here, dpack masks it)."""
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(data), 7, (0x2000 if more else 0) | off8, 64, proto, 0,
-                      socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
-    return hdr + data
 
 
 def _echo(t: int, ident: int) -> dpkt.icmp.ICMP:
@@ -72,10 +64,10 @@ def edge_cases() -> list[tuple[float, bytes]]:
     at(12.0, eth(ip4(CLIENT, SERVER, tcp(40200, 80, A | P, b"X-a: b\r\n", seq=128, ack=1000))))
     # a fragmented datagram (Zeek reassembles it), a GRE packet, an IGMP report
     raw = bytes(udp(6000, 7000, b"F" * 60))
-    at(5.0, eth(_ip(CLIENT, SERVER, 17, raw[:32], 0, True)))
-    at(5.001, eth(_ip(CLIENT, SERVER, 17, raw[32:], 4, False)))
+    at(5.0, eth(ip4_raw(CLIENT, SERVER, 17, raw[:32], 0, True)))
+    at(5.001, eth(ip4_raw(CLIENT, SERVER, 17, raw[32:], 4, False)))
     gre = struct.pack("!HH", 0, 0x0800) + ip4("172.16.0.1", "172.16.0.2", udp(1111, 2222, b"inner"))
-    at(5.5, eth(_ip(CLIENT, "192.0.2.200", 47, gre)))
+    at(5.5, eth(ip4_raw(CLIENT, "192.0.2.200", 47, gre)))
     at(5.7, eth(ip4(CLIENT, "224.0.0.22", dpkt.igmp.IGMP(type=0x22), proto=2)))
     # a port reused after FIN: two connections
     for base in (6.0, 7.0):
@@ -94,8 +86,9 @@ def edge_cases() -> list[tuple[float, bytes]]:
     # VLAN-tagged and IPv6 connections
     for i, p in enumerate(handshake(sport=40400, dport=443, request=b"\x16\x03\x01" + b"t" * 40)):
         at(8.0 + i * 0.001, eth(p, vlans=[100]))
-    for i, p in enumerate([ip6(CLIENT6, SERVER6, udp(5000, 53, b"q6"), 17),
-                           ip6(SERVER6, CLIENT6, udp(53, 5000, b"r6"), 17)]):  # fmt: skip
+    for i, p in enumerate(
+        [ip6(CLIENT6, SERVER6, udp(5000, 53, b"q6"), 17), ip6(SERVER6, CLIENT6, udp(53, 5000, b"r6"), 17)]
+    ):
         at(9.0 + i * 0.001, eth(p))
     out.sort(key=lambda x: x[0])
     return out

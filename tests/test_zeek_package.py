@@ -17,8 +17,9 @@ from conftest import ROOT, need
 def _snapshot(dest: Path) -> Path:
     """The working tree (tracked files and untracked ones git does not ignore) as a fresh git repository:
     zkg installs from git, and this tests what is here, committed or not."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
-                           check=True).stdout.split(b"\0")  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
     for f in filter(None, files):
         src = ROOT / f.decode()
         if src.is_file():
@@ -44,8 +45,10 @@ def test_zkg_installs_tests_and_loads_the_package(zeek, tmp_path):
         need("zkg is not installed (pip install zkg; the test extras have it)")
     repo = _snapshot(tmp_path / "dpack")
     cfg = tmp_path / "zkg.cfg"
-    cfg.write_text("[sources]\n[paths]\n" + "".join(
-        f"{k} = {tmp_path / k}\n" for k in ("state_dir", "script_dir", "plugin_dir", "bin_dir")))  # fmt: skip
+    cfg.write_text(
+        "[sources]\n[paths]\n"
+        + "".join(f"{k} = {tmp_path / k}\n" for k in ("state_dir", "script_dir", "plugin_dir", "bin_dir"))
+    )
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
@@ -65,8 +68,14 @@ def test_zkg_installs_tests_and_loads_the_package(zeek, tmp_path):
     )
     env = zeeklab.zeek_env(tmp_path / "script_dir")
     trace = ROOT / "tests" / "btest" / "Traces" / "mixed.pcap"
-    r = subprocess.run(["zeek", "-C", "-r", str(trace), "local.zeek"], cwd=site, env=env, capture_output=True,
-                       text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        ["zeek", "-C", "-r", str(trace), "local.zeek"],
+        cwd=site,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     from dpack.zeek import contract
 

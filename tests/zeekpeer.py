@@ -45,8 +45,9 @@ def uid() -> str:
     return "C" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")[:17]
 
 
-def samples_from_pcap(path: str, packets: int = 3, policy: str = "payload", capture_bytes: int = 128,
-                      limit: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def samples_from_pcap(
+    path: str, packets: int = 3, policy: str = "payload", capture_bytes: int = 128, limit: int | None = None
+) -> list[dict[str, Any]]:
     """Sample records as main.zeek's ``emit`` builds them (frames from the link layer, cut, base64)."""
     table = FlowTable(PrefixSpec(packets, 80, policy))
     out = []
@@ -54,13 +55,21 @@ def samples_from_pcap(path: str, packets: int = 3, policy: str = "payload", capt
     def take(samples: Iterable[Any]) -> None:
         for s in samples:
             proto = _transport(s.proto)
-            out.append({
-                "uid": uid(), "orig_h": s.src, "orig_p": Port(s.sport, proto), "resp_h": s.dst,
-                "resp_p": Port(s.dport, proto), "proto": s.proto, "ts": s.ts, "ready": s.ready,
-                "link": s.frames[0].linktype,
-                "pkts": [base64.b64encode(f.data[:capture_bytes]).decode() for f in s.frames],
-                "is_orig": [f.is_orig for f in s.frames],
-            })  # fmt: skip
+            out.append(
+                {
+                    "uid": uid(),
+                    "orig_h": s.src,
+                    "orig_p": Port(s.sport, proto),
+                    "resp_h": s.dst,
+                    "resp_p": Port(s.dport, proto),
+                    "proto": s.proto,
+                    "ts": s.ts,
+                    "ready": s.ready,
+                    "link": s.frames[0].linktype,
+                    "pkts": [base64.b64encode(f.data[:capture_bytes]).decode() for f in s.frames],
+                    "is_orig": [f.is_orig for f in s.frames],
+                }
+            )
 
     for ts, lt, fr in read_capture(path):
         take(table.add(ts, lt, fr))
@@ -97,40 +106,98 @@ def connections_from_pcap(path: str) -> list[dict[str, Any]]:
     for r in records_from_capture(path):
         number = PROTO_NUMBERS.get(r.proto, 0)
         proto = _transport(number)
-        out.append({
-            "uid": uid(), "orig_h": r.src, "orig_p": Port(r.sport, proto), "resp_h": r.dst,
-            "resp_p": Port(r.dport, proto), "proto": number, "ts": r.ts, "duration": r.duration,
-            "orig_pkts": r.orig_pkts, "resp_pkts": r.resp_pkts, "orig_bytes": r.orig_bytes,
-            "resp_bytes": r.resp_bytes, "orig_ip_bytes": r.orig_ip_bytes, "resp_ip_bytes": r.resp_ip_bytes,
-            "history": r.history, "conn_state": r.conn_state, "service": "",
-        })  # fmt: skip
+        out.append(
+            {
+                "uid": uid(),
+                "orig_h": r.src,
+                "orig_p": Port(r.sport, proto),
+                "resp_h": r.dst,
+                "resp_p": Port(r.dport, proto),
+                "proto": number,
+                "ts": r.ts,
+                "duration": r.duration,
+                "orig_pkts": r.orig_pkts,
+                "resp_pkts": r.resp_pkts,
+                "orig_bytes": r.orig_bytes,
+                "resp_bytes": r.resp_bytes,
+                "orig_ip_bytes": r.orig_ip_bytes,
+                "resp_ip_bytes": r.resp_ip_bytes,
+                "history": r.history,
+                "conn_state": r.conn_state,
+                "service": "",
+            }
+        )
     return out
 
 
-def samples_frame(recs: list[dict[str, Any]], sent: float, topic: str = "dpack/samples/0", packets: int = 3,
-                  policy: str = "payload", nbytes: int = 80, version: int = C.CONTRACT_VERSION,
-                  reply_topic: str = "dpack/verdicts", node: str = "zeek",
-                  event: str = C.SAMPLES_EVENT, max_wait: float = 5.0) -> str:  # fmt: skip
+def samples_frame(
+    recs: list[dict[str, Any]],
+    sent: float,
+    topic: str = "dpack/samples/0",
+    packets: int = 3,
+    policy: str = "payload",
+    nbytes: int = 80,
+    version: int = C.CONTRACT_VERSION,
+    reply_topic: str = "dpack/verdicts",
+    node: str = "zeek",
+    event: str = C.SAMPLES_EVENT,
+    max_wait: float = 5.0,
+) -> str:
     """One ``DPack::samples`` (or, with ``event=C.CONNECTIONS_EVENT``, ``DPack::connections``) data message
     exactly as Zeek 8.0 sends it (with the metadata element)."""
-    hdr = encode_record(C.BATCH_HEADER, {"version": version, "node": node, "reply_topic": reply_topic,
-                                         "policy": policy, "packets": packets, "bytes": nbytes,
-                                         "max_wait": max_wait, "sent": sent})  # fmt: skip
-    nodes = [sample_node(r) for r in recs] if event == C.SAMPLES_EVENT else [
-        encode_record(C.CONNECTION, r) for r in recs]  # fmt: skip
+    hdr = encode_record(
+        C.BATCH_HEADER,
+        {
+            "version": version,
+            "node": node,
+            "reply_topic": reply_topic,
+            "policy": policy,
+            "packets": packets,
+            "bytes": nbytes,
+            "max_wait": max_wait,
+            "sent": sent,
+        },
+    )
+    nodes = (
+        [sample_node(r) for r in recs]
+        if event == C.SAMPLES_EVENT
+        else [encode_record(C.CONNECTION, r) for r in recs]
+    )
     body = [
         {"@data-type": "string", "data": event},
         {"@data-type": "vector", "data": [hdr, {"@data-type": "vector", "data": nodes}]},
-        {"@data-type": "vector", "data": [{"@data-type": "vector", "data": [
-            {"@data-type": "count", "data": 1}, {"@data-type": "timestamp", "data": _ts_to_iso(sent)}]}]},
-    ]  # fmt: skip
-    return zeek_json({"type": "data-message", "topic": topic, "@data-type": "vector",
-                      "data": [{"@data-type": "count", "data": 1}, {"@data-type": "count", "data": 1},
-                               {"@data-type": "vector", "data": body}]})  # fmt: skip
+        {
+            "@data-type": "vector",
+            "data": [
+                {
+                    "@data-type": "vector",
+                    "data": [
+                        {"@data-type": "count", "data": 1},
+                        {"@data-type": "timestamp", "data": _ts_to_iso(sent)},
+                    ],
+                }
+            ],
+        },
+    ]
+    return zeek_json(
+        {
+            "type": "data-message",
+            "topic": topic,
+            "@data-type": "vector",
+            "data": [
+                {"@data-type": "count", "data": 1},
+                {"@data-type": "count", "data": 1},
+                {"@data-type": "vector", "data": body},
+            ],
+        }
+    )
 
 
-EXPECTED_ARGS = {C.VERDICTS_EVENT: ("vector", C.VERDICT), C.REFUSED_EVENT: ("string", None),
-                 C.CONNECTION_VERDICTS_EVENT: ("vector", C.CONNECTION_VERDICT)}  # fmt: skip
+EXPECTED_ARGS = {
+    C.VERDICTS_EVENT: ("vector", C.VERDICT),
+    C.REFUSED_EVENT: ("string", None),
+    C.CONNECTION_VERDICTS_EVENT: ("vector", C.CONNECTION_VERDICT),
+}
 
 
 def zeek_accepts(text: str) -> tuple[str, list[Any]] | dict[str, str]:
@@ -283,8 +350,12 @@ class ZeekPeer:
             self._seen += len(raw)
             return dict(self._times)
         with self.lock:
-            return {rec[0]: t for (name, args), t in zip(self.received, self.received_at, strict=True)
-                    if name == C.VERDICTS_EVENT for rec in args[0]}  # fmt: skip
+            return {
+                rec[0]: t
+                for (name, args), t in zip(self.received, self.received_at, strict=True)
+                if name == C.VERDICTS_EVENT
+                for rec in args[0]
+            }
 
     def refusals(self) -> list[str]:
         with self.lock:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
-import pcaprec  # noqa: E402
+import pcaprec
 
 from dpack.traffic.capture import read_capture
 from dpack.traffic.encode import PrefixSpec
@@ -33,8 +33,10 @@ def key(s: FlowSample) -> tuple[str, str, str, int, str, int]:
 
 def read_labels(path: Path) -> dict[tuple, str]:
     with open(path) as fh:
-        return {(r["ts_first"], r["proto"], r["src"], int(r["sport"]), r["dst"], int(r["dport"])): r["family"]
-                for r in csv.DictReader(fh)}  # fmt: skip
+        return {
+            (r["ts_first"], r["proto"], r["src"], int(r["sport"]), r["dst"], int(r["dport"])): r["family"]
+            for r in csv.DictReader(fh)
+        }
 
 
 def _pair(rec: pcaprec.Record) -> object:

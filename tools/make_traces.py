@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
-import pcaprec  # noqa: E402
+import pcaprec
 
 from dpack.traffic.keys import flow_key
 from dpack.traffic.packets import ip_offset, parse_ip

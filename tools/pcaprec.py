@@ -28,8 +28,12 @@ def read(path: str | Path) -> tuple[int, int, Iterator[Record]]:
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     magic = raw[:4]
-    order, div = {b"\xd4\xc3\xb2\xa1": ("<", 1e6), b"\xa1\xb2\xc3\xd4": (">", 1e6),
-                  b"\x4d\x3c\xb2\xa1": ("<", 1e9), b"\xa1\xb2\x3c\x4d": (">", 1e9)}[magic]  # fmt: skip
+    order, div = {
+        b"\xd4\xc3\xb2\xa1": ("<", 1e6),
+        b"\xa1\xb2\xc3\xd4": (">", 1e6),
+        b"\x4d\x3c\xb2\xa1": ("<", 1e9),
+        b"\xa1\xb2\x3c\x4d": (">", 1e9),
+    }[magic]
     snaplen, linktype = struct.unpack_from(order + "II", raw, 16)
     rec = struct.Struct(order + "IIII")
 

@@ -2,7 +2,7 @@
 # Runs the btest suite (tests/btest) and prints how many tests ran. Where a zeek is on PATH, a skipped
 # test is a failure: the suite must run on the real Zeek, not pass by skipping.
 set -uo pipefail
-cd "$(dirname "$0")/../tests/btest"
+cd "$(dirname "$0")/../tests/btest" || exit 1
 out=$(btest -d 2>&1); rc=$?
 printf '%s\n' "$out"
 summary=$(printf '%s\n' "$out" | tail -n 1)

@@ -39,8 +39,10 @@ def split_gap(folder: Path) -> None:
         for split in ("random", "group"):
             res = crossval(table, "binary", 5, ["logreg", "random_forest"], split)
             for m, r in res.per_model.items():
-                print(f"{feats:<18} {split:<7} {m:<14} {r['accuracy']:>9.4f} {r['detection_rate']:>10.4f} "
-                      f"{r['f1']:>7.4f} {r['fpr']:>8.4f}")  # fmt: skip
+                print(
+                    f"{feats:<18} {split:<7} {m:<14} {r['accuracy']:>9.4f} {r['detection_rate']:>10.4f} "
+                    f"{r['f1']:>7.4f} {r['fpr']:>8.4f}"
+                )
 
 
 def cmd_effect(folder: Path) -> None:
@@ -50,8 +52,10 @@ def cmd_effect(folder: Path) -> None:
     target, held = record_table(val[:half]), record_table(val[half:])
     attacks = labelled_records([folder / "attack-dev.pcap.gz"])
     att = record_table(attacks.records)
-    print(f"\nCMD: train {len(train)} benign-train records; target {len(target)} (first half of benign-val, "
-          f"unlabeled); test {len(held)} benign (second half) + {len(att)} attack")  # fmt: skip
+    print(
+        f"\nCMD: train {len(train)} benign-train records; target {len(target)} (first half of benign-val, "
+        f"unlabeled); test {len(held)} benign (second half) + {len(att)} attack"
+    )
     print(f"{'cmd weight':>10} {'threshold':>10} {'fpr':>8} {'detection':>10}")
     for w in (0.0, 1.0, 10.0):
         det = fit_record_ae(train, RecordAEOptions(cmd_weight=w), target if w > 0 else None)

@@ -34,16 +34,49 @@ def main() -> None:
         for n in a.packets.split(","):
             model = out / f"{a.arch}-{policy}-n{n}.pt"
             js = out / f"{a.arch}-{policy}-n{n}.json"
-            subprocess.run([*dpack, "train", str(data / "benign-train.pcap.gz"), "--out", str(model), "--arch",
-                            a.arch, "--packets", n, "--policy", policy, "--target-fpr", a.target_fpr],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-            subprocess.run([*dpack, "evaluate", "--model", str(model), "--benign", str(data / "benign-val.pcap.gz"),
-                            "--attack", str(data / "attack-dev.pcap.gz"), "--json", str(js)],
-                           check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+            subprocess.run(
+                [
+                    *dpack,
+                    "train",
+                    str(data / "benign-train.pcap.gz"),
+                    "--out",
+                    str(model),
+                    "--arch",
+                    a.arch,
+                    "--packets",
+                    n,
+                    "--policy",
+                    policy,
+                    "--target-fpr",
+                    a.target_fpr,
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            subprocess.run(
+                [
+                    *dpack,
+                    "evaluate",
+                    "--model",
+                    str(model),
+                    "--benign",
+                    str(data / "benign-val.pcap.gz"),
+                    "--attack",
+                    str(data / "attack-dev.pcap.gz"),
+                    "--json",
+                    str(js),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             m = json.loads(js.read_text())
             fam = m["per_family"]
-            rows.append([policy, n] + [fam[f]["detected"] / fam[f]["flows"] for f in FAMILIES]
-                        + [m["recall"], m["fpr"], m["auc"]])  # fmt: skip
+            rows.append(
+                [policy, n]
+                + [fam[f]["detected"] / fam[f]["flows"] for f in FAMILIES]
+                + [m["recall"], m["fpr"], m["auc"]]
+            )
             print(f"done {policy} N={n}", file=sys.stderr, flush=True)
     print(f"| policy | N | {' | '.join(FAMILIES)} | all attacks | FPR | AUC |")
     print("|---|---:|" + "---:|" * (len(FAMILIES) + 3))

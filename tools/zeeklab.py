@@ -123,8 +123,11 @@ def padded_copy(src: Path, dst: Path, pad: bool = True) -> Path:
         shutil.copyfileobj(fh, out)
     if not pad:
         return raw.rename(dst)
-    subprocess.run(["tcprewrite", "--fixlen=pad", "--fixcsum", "-i", str(raw), "-o", str(dst)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["tcprewrite", "--fixlen=pad", "--fixcsum", "-i", str(raw), "-o", str(dst)],
+        check=True,
+        capture_output=True,
+    )
     raw.unlink()
     return dst
 
@@ -142,8 +145,13 @@ hook DPack::publish_policy(hdr: DPack::BatchHeader, batch: vector of DPack::Samp
 """
 
 
-def zeek_samples(capture: Path, workdir: Path, extra: Sequence[str] = (), default_scripts: bool = True,
-                 checksums: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def zeek_samples(
+    capture: Path,
+    workdir: Path,
+    extra: Sequence[str] = (),
+    default_scripts: bool = True,
+    checksums: bool = False,
+) -> list[dict[str, Any]]:
     """The samples ``zeek -r`` exports for a capture (Zeek's default scripts plus ``@load dpack``, as a
     sensor runs it; ``extra``: more scripts or ``name=value`` redefs), as dicts of the contract's
     Sample fields (``pkts`` base64, ports as {"port", "proto"})."""
@@ -151,8 +159,15 @@ def zeek_samples(capture: Path, workdir: Path, extra: Sequence[str] = (), defaul
     site = site_dir(workdir)
     (workdir / "dump.zeek").write_text(DUMP_SCRIPT)
     capture = plain_pcap(capture, workdir / "trace.pcap")
-    argv = ["zeek", *([] if default_scripts else ["-b"]), *([] if checksums else ["-C"]), "-r", str(capture),
-            str(workdir / "dump.zeek"), *extra]  # fmt: skip
+    argv = [
+        "zeek",
+        *([] if default_scripts else ["-b"]),
+        *([] if checksums else ["-C"]),
+        "-r",
+        str(capture),
+        str(workdir / "dump.zeek"),
+        *extra,
+    ]
     r = subprocess.run(argv, cwd=workdir, env=zeek_env(site), capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"zeek failed: {r.stderr[-2000:]}")
@@ -215,15 +230,50 @@ def _ip(*args: str) -> None:
 
 def _quiet_offloads(ns: str, dev: str) -> None:
     """Segmentation and checksum offloads off, so the sensor sees frames as the capture has them."""
-    subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "rx", "off", "tx", "off", "tso", "off",
-                    "gso", "off", "gro", "off"], capture_output=True, timeout=30)  # fmt: skip
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ethtool",
+            "-K",
+            dev,
+            "rx",
+            "off",
+            "tx",
+            "off",
+            "tso",
+            "off",
+            "gso",
+            "off",
+            "gro",
+            "off",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
 
 
 def _quiet_namespace(ns: str) -> None:
     """Loopback up, IPv6 off: the kernel would otherwise send its own router solicitations and MLD
     reports onto the wire, flows that are not in the capture."""
-    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1"], check=True, capture_output=True, timeout=30)  # fmt: skip
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     _ip("-n", ns, "link", "set", "lo", "up")
 
 
@@ -305,8 +355,10 @@ def stop(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout:
 
 def metrics(ns: str, port: int) -> dict[str, float]:
     """``dpack serve``'s Prometheus counters, read from inside the namespace."""
-    code = ("import urllib.request,sys;"
-            f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{port}/metrics',timeout=5).read().decode())")  # fmt: skip
+    code = (
+        "import urllib.request,sys;"
+        f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{port}/metrics',timeout=5).read().decode())"
+    )
     r = subprocess.run(in_ns(ns, [sys.executable, "-c", code]), capture_output=True, text=True, timeout=30)
     out: dict[str, float] = {}
     for line in r.stdout.splitlines():
@@ -396,9 +448,15 @@ def run_live(
         SENSOR_SCRIPT.format(port=port, broker="T" if transport == "broker" else "F", broker_port=bport)
     )
     url = f"tcp://127.0.0.1:{bport}" if transport == "broker" else f"ws://127.0.0.1:{port}/v1/messages/json"
-    cfg = {"zeek": {"url": url, "transport": transport, "reconnect_max": 1.0},
-           "serve": {"metrics_port": mport, "alerts": str(workdir / "alerts.jsonl"), "workers": workers,
-                     "log_interval": 5.0}}  # fmt: skip
+    cfg = {
+        "zeek": {"url": url, "transport": transport, "reconnect_max": 1.0},
+        "serve": {
+            "metrics_port": mport,
+            "alerts": str(workdir / "alerts.jsonl"),
+            "workers": workers,
+            "log_interval": 5.0,
+        },
+    }
     for k, v in (serve_config or {}).items():
         cfg.setdefault(k, {}).update(v)
     (workdir / "dpack.yaml").write_text(json.dumps(cfg))
@@ -406,26 +464,41 @@ def run_live(
     with namespaces(1) as (sensor, wires):
         w = wires[0]
         zeek = serve = None
-        zerr = open(workdir / "zeek.stderr", "w")  # noqa: SIM115
-        zout = open(workdir / "zeek.stdout", "w")  # noqa: SIM115
-        serr = open(workdir / "serve.log", "w")  # noqa: SIM115
+        zerr = open(workdir / "zeek.stderr", "w")
+        zout = open(workdir / "zeek.stdout", "w")
+        serr = open(workdir / "serve.log", "w")
         try:
-            zeek = subprocess.Popen(in_ns(sensor, ["zeek", "-i", w.sensor_dev, str(workdir / "sensor.zeek")]),
-                                    cwd=zlogs, env=zeek_env(site), stdout=zout, stderr=zerr)  # fmt: skip
-            serve = subprocess.Popen(in_ns(sensor, [*dpack_cmd(), "serve", "--config", str(workdir / "dpack.yaml")]),
-                                     cwd=workdir, stdout=serr, stderr=subprocess.STDOUT)  # fmt: skip
+            zeek = subprocess.Popen(
+                in_ns(sensor, ["zeek", "-i", w.sensor_dev, str(workdir / "sensor.zeek")]),
+                cwd=zlogs,
+                env=zeek_env(site),
+                stdout=zout,
+                stderr=zerr,
+            )
+            serve = subprocess.Popen(
+                in_ns(sensor, [*dpack_cmd(), "serve", "--config", str(workdir / "dpack.yaml")]),
+                cwd=workdir,
+                stdout=serr,
+                stderr=subprocess.STDOUT,
+            )
 
             def connected() -> bool:
                 if zeek.poll() is not None or serve.poll() is not None:
-                    raise RuntimeError(f"zeek or dpack serve exited: {(workdir / 'zeek.stderr').read_text()[-2000:]}"
-                                       f"{(workdir / 'serve.log').read_text()[-2000:]}")  # fmt: skip
+                    raise RuntimeError(
+                        f"zeek or dpack serve exited: {(workdir / 'zeek.stderr').read_text()[-2000:]}"
+                        f"{(workdir / 'serve.log').read_text()[-2000:]}"
+                    )
                 return metrics(sensor, mport).get("dpack_connected") == 1
 
             wait_for(connected, 120, "dpack serve to connect to Zeek", step=0.5)
             time.sleep(1.0)  # Zeek's capture is open (it listened before the client came)
             for p in padded:
-                subprocess.run(in_ns(w.replay_ns, ["tcpreplay", "-q", "-i", w.replay_dev, str(p)]),
-                               check=True, capture_output=True, timeout=3600)  # fmt: skip
+                subprocess.run(
+                    in_ns(w.replay_ns, ["tcpreplay", "-q", "-i", w.replay_dev, str(p)]),
+                    check=True,
+                    capture_output=True,
+                    timeout=3600,
+                )
             time.sleep(settle)
             run.metrics.append(metrics(sensor, mport))
         finally:
@@ -533,24 +606,42 @@ def run_cluster(capture: Path, workdir: Path, settle: float = 8.0) -> ClusterRun
                 argv = ["zeek"]
                 if name.startswith("worker"):
                     argv += ["-i", wires[int(name[-1]) - 1].sensor_dev]
-                out = open(d / "stdout", "w")  # noqa: SIM115
+                out = open(d / "stdout", "w")
                 files.append(out)
-                procs[name] = subprocess.Popen(in_ns(sensor, [*argv, "local-cluster"]), cwd=d,
-                                               env={**env, "CLUSTER_NODE": name}, stdout=out,
-                                               stderr=subprocess.STDOUT)  # fmt: skip
+                procs[name] = subprocess.Popen(
+                    in_ns(sensor, [*argv, "local-cluster"]),
+                    cwd=d,
+                    env={**env, "CLUSTER_NODE": name},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
                 if name == "manager":
                     time.sleep(2.0)  # its XPUB/XSUB proxy and log endpoint first
             for i in range(2):
-                cfg = {"zeek": {"url": f"ws://127.0.0.1:{ws}/v1/messages/json", "topic": f"dpack/samples/{i}",
-                                "reconnect_max": 1.0},
-                       "serve": {"metrics_port": mports[i], "alerts": str(workdir / f"alerts-{i}.jsonl"),
-                                 "alerts_all": True, "log_interval": 5.0}}  # fmt: skip
+                cfg = {
+                    "zeek": {
+                        "url": f"ws://127.0.0.1:{ws}/v1/messages/json",
+                        "topic": f"dpack/samples/{i}",
+                        "reconnect_max": 1.0,
+                    },
+                    "serve": {
+                        "metrics_port": mports[i],
+                        "alerts": str(workdir / f"alerts-{i}.jsonl"),
+                        "alerts_all": True,
+                        "log_interval": 5.0,
+                    },
+                }
                 (workdir / f"dpack-{i}.yaml").write_text(json.dumps(cfg))
-                log = open(workdir / f"serve-{i}.log", "w")  # noqa: SIM115
+                log = open(workdir / f"serve-{i}.log", "w")
                 files.append(log)
-                serves.append(subprocess.Popen(in_ns(sensor, [*dpack_cmd(), "serve", "--config",
-                                                              str(workdir / f"dpack-{i}.yaml")]),
-                                               cwd=workdir, stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+                serves.append(
+                    subprocess.Popen(
+                        in_ns(sensor, [*dpack_cmd(), "serve", "--config", str(workdir / f"dpack-{i}.yaml")]),
+                        cwd=workdir,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
 
             def ready() -> bool:
                 for name, p in procs.items():
@@ -562,9 +653,14 @@ def run_cluster(capture: Path, workdir: Path, settle: float = 8.0) -> ClusterRun
 
             wait_for(ready, 120, "the cluster and both dpack serve shards", step=0.5)
             time.sleep(3.0)  # the workers' subscriptions reach the proxy thread
-            replays = [subprocess.Popen(in_ns(w.replay_ns, ["tcpreplay", "-q", "-i", w.replay_dev, str(p)]),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                       for w, p in zip(wires, padded, strict=True)]  # fmt: skip
+            replays = [
+                subprocess.Popen(
+                    in_ns(w.replay_ns, ["tcpreplay", "-q", "-i", w.replay_dev, str(p)]),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for w, p in zip(wires, padded, strict=True)
+            ]
             for r in replays:
                 r.wait(timeout=3600)
             time.sleep(settle)
@@ -604,8 +700,12 @@ def offline_verdicts(captures: Sequence[Path], out: Path, extra: Sequence[str] =
     rows: list[dict[str, Any]] = []
     for i, c in enumerate(captures):
         path = out.with_name(f"{out.stem}-{i}.jsonl")
-        subprocess.run([*dpack_cmd(), "score", str(c), "--verdicts", str(path), "--explain", "all", *extra],
-                       check=True, capture_output=True, timeout=3600)  # fmt: skip
+        subprocess.run(
+            [*dpack_cmd(), "score", str(c), "--verdicts", str(path), "--explain", "all", *extra],
+            check=True,
+            capture_output=True,
+            timeout=3600,
+        )
         rows += [json.loads(line) for line in path.read_text().splitlines()]
     return rows
 
@@ -637,12 +737,14 @@ class Agreement:
         return self.same / self.matched if self.matched else 0.0
 
     def summary(self) -> str:
-        return (f"connections {self.conns}, prefix verdicts {self.verdicts} (without one: "
-                f"{self.conns_without_verdict}, with several: {self.conns_with_several}); matched to dpack "
-                f"score {self.matched} (unmatched live {self.live_unmatched}, offline "
-                f"{self.offline_unmatched}); same verdict {self.same} = {self.share:.4%}; flagged live "
-                f"{self.live_flagged}, notices {self.notices}; live-only flagged {self.live_only_flagged}, "
-                f"offline-only flagged {self.offline_only_flagged}")  # fmt: skip
+        return (
+            f"connections {self.conns}, prefix verdicts {self.verdicts} (without one: "
+            f"{self.conns_without_verdict}, with several: {self.conns_with_several}); matched to dpack "
+            f"score {self.matched} (unmatched live {self.live_unmatched}, offline "
+            f"{self.offline_unmatched}); same verdict {self.same} = {self.share:.4%}; flagged live "
+            f"{self.live_flagged}, notices {self.notices}; live-only flagged {self.live_only_flagged}, "
+            f"offline-only flagged {self.offline_only_flagged}"
+        )
 
 
 def agreement(run: LiveRun, offline: Sequence[dict[str, Any]]) -> Agreement:
@@ -734,8 +836,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mode == "cluster":
             run = run_cluster(args.captures[0], work)
             print("ZeroMQ drop counters:", run.drops)
-            print("originators per shard:", [len(x) for x in run.shard_sources], "shared:",
-                  len(run.shard_sources[0] & run.shard_sources[1]))  # fmt: skip
+            print(
+                "originators per shard:",
+                [len(x) for x in run.shard_sources],
+                "shared:",
+                len(run.shard_sources[0] & run.shard_sources[1]),
+            )
         else:
             run = run_live(args.captures, work, args.transport, args.workers, pad=not args.no_pad)
         print(f"replayed in {time.monotonic() - t:.0f} s; zeek stderr: {run.zeek_stderr.strip()[-500:]}")
@@ -743,15 +849,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = agreement(run, offline)
         print(a.summary())
         m = run.metrics[-1] if run.metrics else {}
-        print("serve:", {k: v for k, v in m.items() if k.startswith("dpack_") and ("dropped" in k or "scored" in k
-              or "flagged" in k or "malformed" in k or "skipped" in k)})  # fmt: skip
+        print(
+            "serve:",
+            {
+                k: v
+                for k, v in m.items()
+                if k.startswith("dpack_")
+                and ("dropped" in k or "scored" in k or "flagged" in k or "malformed" in k or "skipped" in k)
+            },
+        )
         fam = labels_of(args.captures)
-        by = Counter((fam.get(d["key"], "?"), "live" if d["live"]["anomalous"] == "T" else "offline")
-                     for d in a.differing)  # fmt: skip
+        by = Counter(
+            (fam.get(d["key"], "?"), "live" if d["live"]["anomalous"] == "T" else "offline")
+            for d in a.differing
+        )
         print("differing by family and which side flagged:", dict(by))
         for d in a.differing[:20]:
-            print(" ", d["key"], "live", d["live"]["score"], d["live"].get("explanation"), "| offline",
-                  d["offline"]["score"], d["offline"]["explanation"])  # fmt: skip
+            print(
+                " ",
+                d["key"],
+                "live",
+                d["live"]["score"],
+                d["live"].get("explanation"),
+                "| offline",
+                d["offline"]["score"],
+                d["offline"]["explanation"],
+            )
     return 0
 
 

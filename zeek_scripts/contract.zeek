@@ -1,6 +1,6 @@
 ##! The event contract between Zeek and the dpack scorer (``dpack serve``).
 ##!
-##! Its Python twin is ``plugin/dpack/contract.py``; records travel as vectors of their fields in
+##! Its Python twin is ``plugin/dpack/zeek/contract.py``; records travel as vectors of their fields in
 ##! declaration order, so the order below is the wire format. Change both together and bump
 ##! :zeek:see:`DPack::contract_version`.
 

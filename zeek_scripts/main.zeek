@@ -528,7 +528,7 @@ function take(c: connection, st: State)
 		bare = s$bare;
 		}
 	# Under "payload", TCP packets without payload that do not close the connection are skipped
-	# after the first (the same rule as dpack's flow table: plugin/dpack/packets.py
+	# after the first (the same rule as dpack's flow table: plugin/dpack/traffic/encode.py
 	# counts_for_prefix).
 	if ( bare && |st$pkts| > 0 && policy == "payload" )
 		return;

@@ -14,8 +14,13 @@ from typing import Any
 
 from . import __version__
 from .errors import DpackError
+from .traffic.encode import DEFAULT_BYTES, DEFAULT_PACKETS, DEFAULT_POLICY, POLICIES
 
 log = logging.getLogger("dpack")
+
+
+def _log_progress(msg: str) -> None:
+    log.info("%s", msg)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -33,21 +38,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("captures", nargs="+", help="benign pcap/pcapng files (gzip allowed)")
     t.add_argument("--out", required=True, help="model file to write")
     t.add_argument(
-        "--detector", choices=("prefix", "records", "classifier"), default="prefix",
+        "--detector",
+        choices=("prefix", "records", "classifier"),
+        default="prefix",
         help="prefix: D-PACK on first packets (default); records: flow-record autoencoder on benign "
         "captures; classifier: CNN-BiLSTM on labelled captures (NAME.labels.csv beside each)",
-    )  # fmt: skip
+    )
     t.add_argument("--no-segments", action="store_true", help="records/classifier: no segment features")
-    t.add_argument("--cmd-target", nargs="*", default=[],
-                   help="records: unlabeled deployment captures for the CMD penalty")  # fmt: skip
+    t.add_argument(
+        "--cmd-target",
+        nargs="*",
+        default=[],
+        help="records: unlabeled deployment captures for the CMD penalty",
+    )
     t.add_argument("--cmd-weight", type=float, default=0.0, help="records: CMD penalty weight (0 = off)")
     t.add_argument("--epochs", type=int, help="records/classifier: maximum epochs (early stopping)")
     t.add_argument("--arch", choices=("paper", "fast"), default="fast")
-    t.add_argument("--packets", type=int, default=3, help="N, packets per flow (default 3)")
     t.add_argument(
-        "--bytes", type=int, default=80, help="L, bytes per packet from the IP header (default 80)"
+        "--packets",
+        type=int,
+        default=DEFAULT_PACKETS,
+        help=f"N, packets per flow (default {DEFAULT_PACKETS})",
     )
-    t.add_argument("--policy", choices=("first", "payload"), default="payload", help="prefix policy")
+    t.add_argument(
+        "--bytes",
+        type=int,
+        default=DEFAULT_BYTES,
+        help=f"L, bytes per packet from the IP header (default {DEFAULT_BYTES})",
+    )
+    t.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY, help="prefix policy")
     t.add_argument("--val-fraction", type=float, default=0.2, help="benign flows kept for calibration")
     t.add_argument("--target-fpr", type=float, default=0.01, help="target false positive rate")
     t.add_argument(
@@ -111,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--folds", type=int, default=5, help="K of stratified k-fold (default 5)")
     c.add_argument("--models", default="cnn_bilstm,logreg,random_forest", help="comma-separated")
     c.add_argument(
-        "--split", choices=("random", "group"), default="random",
+        "--split",
+        choices=("random", "group"),
+        default="random",
         help="random: stratified k-fold; group: source/target /24 pairs stay on one side",
-    )  # fmt: skip
+    )
     c.add_argument("--epochs", type=int, default=8, help="CNN-BiLSTM epochs (early stopping, patience 2)")
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--json", help="write model name -> mean metrics as JSON here")
@@ -164,20 +185,26 @@ def cmd_train_records(args: argparse.Namespace) -> int:
 
     if not args.verbose:
         logging.getLogger("dpack").setLevel(logging.INFO)
-    progress = lambda msg: log.info("%s", msg)  # noqa: E731
+    progress = _log_progress
     segments = not args.no_segments
     try:
         if args.detector == "records":
             opts = RecordAEOptions(
-                threshold_method=args.threshold or "sigma", sigma_k=args.sigma_k, target_fpr=args.target_fpr,
-                cmd_weight=args.cmd_weight, seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}),
-            )  # fmt: skip
+                threshold_method=args.threshold or "sigma",
+                sigma_k=args.sigma_k,
+                target_fpr=args.target_fpr,
+                cmd_weight=args.cmd_weight,
+                seed=args.seed,
+                **({"epochs": args.epochs} if args.epochs else {}),
+            )
             det = train_records(args.captures, args.out, opts, segments, args.cmd_target, args.name, progress)
             m = det.meta
             print(f"model      {args.out}  (flow-record autoencoder, {m['epochs']} epochs)")
             print(f"records    {m['records']['train']} train, {m['records']['held_out']} held out")
-            print(f"threshold  {det.threshold:.6g} ({m['threshold_method']}); "
-                  f"sigma {m['thresholds']['sigma']:.6g}, quantile {m['thresholds']['quantile']:.6g}")  # fmt: skip
+            print(
+                f"threshold  {det.threshold:.6g} ({m['threshold_method']}); "
+                f"sigma {m['thresholds']['sigma']:.6g}, quantile {m['thresholds']['quantile']:.6g}"
+            )
         else:
             fopts = FitOptions(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
             counts = train_classifier(args.captures, args.out, fopts, segments, args.name, progress)
@@ -199,14 +226,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         spec = PrefixSpec(args.packets, args.bytes, args.policy)
         opts = TrainOptions(
-            arch=args.arch, spec=spec, val_fraction=args.val_fraction, target_fpr=args.target_fpr,
-            threshold_method=args.threshold or "quantile", sigma_k=args.sigma_k, cnn_epochs=args.cnn_epochs,
-            ae_epochs=args.ae_epochs, seed=args.seed, name=args.name,
-        )  # fmt: skip
+            arch=args.arch,
+            spec=spec,
+            val_fraction=args.val_fraction,
+            target_fpr=args.target_fpr,
+            threshold_method=args.threshold or "quantile",
+            sigma_k=args.sigma_k,
+            cnn_epochs=args.cnn_epochs,
+            ae_epochs=args.ae_epochs,
+            seed=args.seed,
+            name=args.name,
+        )
     except ValueError as err:
         raise DpackError(str(err)) from None
-    bar = tqdm(total=1 + opts.cnn_epochs + opts.ae_epochs, unit="step", file=sys.stderr,
-               disable=None, desc="train")  # fmt: skip
+    bar = tqdm(
+        total=1 + opts.cnn_epochs + opts.ae_epochs, unit="step", file=sys.stderr, disable=None, desc="train"
+    )
 
     def progress(msg: str, n: int) -> None:
         bar.set_postfix_str(msg)
@@ -257,12 +292,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     elif args.verdicts:
         tmp = Path(args.verdicts).with_name(f".{Path(args.verdicts).name}.partial")
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        out = open(tmp, "w")  # noqa: SIM115
+        out = open(tmp, "w")
     collected: list[Any] = []
     try:
-        run = score_capture(args.capture, scorer, out, cfg.scoring.batch_size, cfg.flows.rules(),
-                            keep_top=args.top, workers=args.workers or cfg.scoring.processes(),
-                            on_verdicts=collected.extend if args.rules else None)  # fmt: skip
+        run = score_capture(
+            args.capture,
+            scorer,
+            out,
+            cfg.scoring.batch_size,
+            cfg.flows.rules(),
+            keep_top=args.top,
+            workers=args.workers or cfg.scoring.processes(),
+            on_verdicts=collected.extend if args.rules else None,
+        )
     finally:
         if out is not None and out is not sys.stdout:
             out.close()
@@ -310,9 +352,12 @@ def _write_offline_rules(path: str, cfg: Any, verdicts: list[Any], info: Any) ->
     validate = book.suricata is not None
     book.write(validate=validate)
     st = book.stats
-    print(f"rules    {path}: {len(book.state.entries)} active ({policy.mode}, scope {policy.scope}); "
-          f"{st['added']} added, {st['refreshed']} refreshed, {st['allowlisted']} allowlisted; "
-          + ("checked with suricata -T" if validate else "NOT checked: suricata not found"), file=info)  # fmt: skip
+    print(
+        f"rules    {path}: {len(book.state.entries)} active ({policy.mode}, scope {policy.scope}); "
+        f"{st['added']} added, {st['refreshed']} refreshed, {st['allowlisted']} allowlisted; "
+        + ("checked with suricata -T" if validate else "NOT checked: suricata not found"),
+        file=info,
+    )
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
@@ -357,8 +402,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DpackError("evaluate needs --benign and --attack captures, or --pcap with --labels")
     cfg, model = _load(args)
     scorer = Scorer(model, explain="none")
-    data = (labelled_pcap(args.pcap, args.labels, model.spec) if args.pcap
-            else labelled_sets(args.benign, args.attack, model.spec))  # fmt: skip
+    data = (
+        labelled_pcap(args.pcap, args.labels, model.spec)
+        if args.pcap
+        else labelled_sets(args.benign, args.attack, model.spec)
+    )
     if len(data.flows) == 0:
         raise DpackError("no labelled flows to evaluate")
     m, scores = evaluate(scorer, data)
@@ -413,7 +461,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     print(f"{table.name}: {len(table)} rows ({counts}); {args.task}, {how}")
     t0 = time.time()
     opts = FitOptions(epochs=args.epochs, seed=args.seed)
-    progress = lambda msg: log.info("%s", msg)  # noqa: E731
+    progress = _log_progress
     try:
         if args.test:
             test = read_dataset(args.test)
@@ -441,8 +489,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format=fmt)
     try:
-        cmds = {"train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate, "serve": cmd_serve,
-                "rules": cmd_rules, "crossval": cmd_crossval}  # fmt: skip
+        cmds = {
+            "train": cmd_train,
+            "score": cmd_score,
+            "evaluate": cmd_evaluate,
+            "serve": cmd_serve,
+            "rules": cmd_rules,
+            "crossval": cmd_crossval,
+        }
         return cmds[args.cmd](args)
     except DpackError as err:
         print(f"dpack: error: {err}", file=sys.stderr)

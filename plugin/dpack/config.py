@@ -52,7 +52,14 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .traffic.encode import DEFAULT_MAX_WAIT, POLICIES, PrefixSpec
+from .traffic.encode import (
+    DEFAULT_BYTES,
+    DEFAULT_MAX_WAIT,
+    DEFAULT_PACKETS,
+    DEFAULT_POLICY,
+    POLICIES,
+    PrefixSpec,
+)
 from .traffic.flows import FlowRules
 from .verdict import EXPLAIN_MODES
 
@@ -61,9 +68,9 @@ DEFAULT_MODEL_NAME = "dpack-default.pt"
 
 @dataclass
 class ExportConfig:
-    packets: int = 3
-    bytes: int = 80
-    policy: str = "payload"
+    packets: int = DEFAULT_PACKETS
+    bytes: int = DEFAULT_BYTES
+    policy: str = DEFAULT_POLICY
     max_wait: float = DEFAULT_MAX_WAIT
 
     def spec(self) -> PrefixSpec:
@@ -125,7 +132,7 @@ class ServeConfig:
     max_delay_ms: float = 0.0
     queue_size: int = 65536  # flows waiting to be scored; beyond it new flows are dropped and counted
     # Scoring processes: 0 = score in the serving process (one core); N = N worker processes, messages
-    # dealt round-robin (each with its own queue of queue_size flows). See workers.py.
+    # dealt round-robin (each with its own queue of queue_size flows). See serve/workers.py.
     workers: int = 0
     outbox_size: int = 65536  # verdicts waiting for a Zeek connection; beyond it the oldest are dropped
     alerts: str = "dpack-alerts.jsonl"  # SIEM feed (ECS JSON lines); "" for none
@@ -138,7 +145,7 @@ class ServeConfig:
 
 @dataclass
 class DetectorsConfig:
-    """Which detectors ``dpack serve`` runs (see ``detectors.py``). Model paths are relative to the
+    """Which detectors ``dpack serve`` runs (see ``records.scorer``). Model paths are relative to the
     config file; "" turns a record detector off."""
 
     prefix: bool = True  # D-PACK on the first packets (model: the top-level ``model``)

@@ -191,7 +191,7 @@ def write_report(
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 4))
     lo = max(float(scores[scores > 0].min()) if (scores > 0).any() else 1e-6, 1e-8)
-    bins = np.logspace(np.log10(lo), np.log10(max(float(scores.max()), lo * 10)), 60)
+    bins = np.logspace(np.log10(lo), np.log10(max(float(scores.max()), lo * 10)), 60).tolist()
     ax.hist(scores[~y], bins=bins, alpha=0.6, label="benign")
     ax.hist(scores[y], bins=bins, alpha=0.6, label="attack")
     ax.axvline(m["threshold"], c="k", ls="--", label="threshold")

@@ -60,7 +60,7 @@ def _encoded_chunks(
     shards: int = 1,
 ) -> Iterator[tuple[list[FlowSample], np.ndarray, np.ndarray]]:
     """Read, group into flows and encode a capture: chunks of (samples without frames, data, direction).
-    With ``shards`` > 1, only the flows of ``shard`` (``flows.shard_of``)."""  # fmt: skip
+    With ``shards`` > 1, only the flows of ``shard`` (``flows.shard_of``)."""
     table = FlowTable(spec, rules)
     run.flow_stats = table.stats
     for chunk in _chunks(table.block_samples(read_blocks(path, run.capture), shard, shards), size):
@@ -117,9 +117,15 @@ def score_capture(
 
 
 def _shard_worker(
-    conn: Connection, path: str | os.PathLike[str], scorer: Scorer, size: int, rules: FlowRules | None,
-    shard: int, shards: int, send_all: bool,
-) -> None:  # fmt: skip
+    conn: Connection,
+    path: str | os.PathLike[str],
+    scorer: Scorer,
+    size: int,
+    rules: FlowRules | None,
+    shard: int,
+    shards: int,
+    send_all: bool,
+) -> None:
     """One shard of ``score_capture``: sends ("chunk", orders, JSON lines, [(i, verdict)]) per batch (the
     verdicts: all of them, or only the flagged ones, which are what the parent counts and ranks), then
     ("end", capture stats, flow stats), or ("error", text)."""
@@ -139,16 +145,26 @@ def _shard_worker(
 
 
 def _score_sharded(
-    path: str | os.PathLike[str], scorer: Scorer, emit: Any, size: int, rules: FlowRules | None, shards: int,
-    send_all: bool, run: ScoreRun,
-) -> None:  # fmt: skip
+    path: str | os.PathLike[str],
+    scorer: Scorer,
+    emit: Any,
+    size: int,
+    rules: FlowRules | None,
+    shards: int,
+    send_all: bool,
+    run: ScoreRun,
+) -> None:
     next(iter(read_capture(path)), None)  # a file that cannot be read fails here, with its one-line error
     ctx = mp.get_context("fork")  # the children share the loaded model; nothing to import or pickle
     conns, procs = [], []
     for shard in range(shards):
         parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_shard_worker, daemon=True, name=f"dpack-score-{shard}",
-                           args=(child, path, scorer, size, rules, shard, shards, send_all))  # fmt: skip
+        proc = ctx.Process(
+            target=_shard_worker,
+            daemon=True,
+            name=f"dpack-score-{shard}",
+            args=(child, path, scorer, size, rules, shard, shards, send_all),
+        )
         proc.start()
         child.close()
         conns.append(parent)

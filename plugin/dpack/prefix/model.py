@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..traffic.encode import DEFAULT_BYTES, DEFAULT_PACKETS
 
 ARCHS = ("paper", "fast")
 # Rows per pass of the fast model when scoring (and explaining) many flows: its matrix products copy the
@@ -31,8 +34,8 @@ FAST_CHUNK = 256
 @dataclass
 class ModelConfig:
     arch: str = "fast"
-    n_packets: int = 2
-    n_bytes: int = 80
+    n_packets: int = DEFAULT_PACKETS
+    n_bytes: int = DEFAULT_BYTES
     # 25 profile classes as in the paper; dpack fills them with service groups (see profiles.py).
     n_classes: int = 25
     # paper: dense 1024 profile; fast: 256 (measured: 64 separates the classes but leaves thin margins).
@@ -62,9 +65,13 @@ class PaperCNN(nn.Module):
         super().__init__()
         length = cfg.n_packets * cfg.n_bytes
         self.conv = nn.Sequential(
-            nn.Conv1d(2, 32, 6), nn.ReLU(), nn.MaxPool1d(2),
-            nn.Conv1d(32, 64, 6), nn.ReLU(), nn.MaxPool1d(2),
-        )  # fmt: skip
+            nn.Conv1d(2, 32, 6),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(32, 64, 6),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+        )
         out_len = ((length - 5) // 2 - 5) // 2
         assert out_len > 0, f"input of {length} bytes is too short for the paper CNN"
         self.profile = nn.Sequential(nn.Flatten(), nn.Linear(64 * out_len, cfg.profile_dim), nn.ReLU())
@@ -97,21 +104,33 @@ class FastCNN(PaperCNN):
         assert length % 8 == 0, f"fast arch needs N*L divisible by 8, got {length}"
         positions = length // 8
         self.conv = nn.Sequential(
-            nn.Conv1d(2, 24, 8, stride=8), nn.ReLU(),
-            nn.Conv1d(24, 32, 3, padding=1), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv1d(2, 24, 8, stride=8),
+            nn.ReLU(),
+            nn.Conv1d(24, 32, 3, padding=1),
+            nn.ReLU(),
+        )
         self.profile = nn.Sequential(nn.Flatten(), nn.Linear(32 * positions, cfg.profile_dim), nn.ReLU())
         self.head = nn.Linear(cfg.profile_dim, cfg.n_classes)
+
+    def parts(self) -> tuple[nn.Conv1d, nn.Conv1d, nn.Linear]:
+        """The two convolutions and the profile's dense layer, which ``layers`` and the hand backward
+        pass use as matrices."""
+        return (
+            cast(nn.Conv1d, self.conv[0]),
+            cast(nn.Conv1d, self.conv[2]),
+            cast(nn.Linear, self.profile[1]),
+        )
 
     def layers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, C, P*8) -> h1 (B*P, 24) after the first ReLU, a2 (B*P, 32) and a3 (B, D) before the
         second and third ReLU: position-major rows, one per 8-byte patch (what the backward pass needs)."""
-        c1, c2, lin = self.conv[0], self.conv[2], self.profile[1]
+        c1, c2, lin = self.parts()
+        assert c1.bias is not None and c2.bias is not None  # built with biases (__init__)
         b, k1 = x.shape[0], c1.kernel_size[0]
         p = x.shape[2] // k1
         patches = x.reshape(b, c1.in_channels, p, k1).transpose(1, 2).reshape(b * p, -1)  # (B*P, C*8)
         h1 = torch.relu(torch.addmm(c1.bias, patches, c1.weight.reshape(c1.out_channels, -1).t()))
-        pad, k2 = c2.padding[0], c2.kernel_size[0]
+        pad, k2 = int(c2.padding[0]), c2.kernel_size[0]
         hp = nn.functional.pad(h1.reshape(b, p, -1), (0, 0, pad, pad))  # (B, P + 2*pad, 24)
         cols = hp.unfold(1, k2, 1).reshape(b * p, -1)  # (B*P, 24*k2), ordered as the weight's (in, k)
         a2 = torch.addmm(c2.bias, cols, c2.weight.reshape(c2.out_channels, -1).t())  # (B*P, 32)
@@ -138,6 +157,10 @@ def ae_dims(cfg: ModelConfig) -> list[int]:
 
 class DPackNet(nn.Module):
     """CNN profiler + autoencoder; the anomaly score is the AE's reconstruction MSE of the profile."""
+
+    p_mean: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    p_std: torch.Tensor
+    x_mean: torch.Tensor
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -235,9 +258,10 @@ class DPackNet(nn.Module):
         b = len(saved["g_r"])
         if b > FAST_CHUNK:
             parts = range(0, b, FAST_CHUNK)
-            return torch.cat([self._fast_backward({k: v[i : i + FAST_CHUNK] for k, v in saved.items()})
-                              for i in parts])  # fmt: skip
-        c1, c2, lin = self.cnn.conv[0], self.cnn.conv[2], self.cnn.profile[1]
+            return torch.cat(
+                [self._fast_backward({k: v[i : i + FAST_CHUNK] for k, v in saved.items()}) for i in parts]
+            )
+        c1, c2, lin = self.cnn.parts()
         g = g_r = saved["g_r"]
         for i in range(len(self.ae) - 1, -1, -1):
             m = self.ae[i]
@@ -253,7 +277,7 @@ class DPackNet(nn.Module):
         cols = (g.reshape(b * p, -1) @ c2.weight.reshape(c2.out_channels, -1)).reshape(
             b, p, -1, c2.kernel_size[0]
         )
-        pad = c2.padding[0]
+        pad = int(c2.padding[0])
         gh = torch.zeros(b, p, cols.shape[2])
         for k in range(cols.shape[3]):  # input row q = output row + k - pad
             lo, hi = max(0, pad - k), min(p, p + pad - k)

@@ -57,10 +57,13 @@ def explain_rows(
     top = np.argpartition(-sums, k - 1, axis=1)[:, :k]  # (B, k) unordered
     vals = np.take_along_axis(sums, top, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
-    top, vals = np.take_along_axis(top, order, axis=1).tolist(), np.take_along_axis(vals, order, axis=1) > 0
+    ranked = np.take_along_axis(top, order, axis=1).tolist()
+    positive = (np.take_along_axis(vals, order, axis=1) > 0).tolist()
     names = [*FIELD_NAMES, "direction", "absent"]
-    return [[f"p{c // v + 1}.{names[c % v]}" for c, ok in zip(row, keep, strict=True) if ok]
-            for row, keep in zip(top, vals.tolist(), strict=True)]  # fmt: skip
+    return [
+        [f"p{c // v + 1}.{names[c % v]}" for c, ok in zip(row, keep, strict=True) if ok]
+        for row, keep in zip(ranked, positive, strict=True)
+    ]
 
 
 def _handshake(smp: FlowSample) -> bool:
@@ -175,6 +178,6 @@ class Scorer:
                 list(explained[inv[i]]),
                 smp.uid,
                 bool(flagged[i]) and _handshake(smp),
-            )  # fmt: skip
+            )
             for i, smp in enumerate(samples)
         ]

@@ -1,1 +1,1 @@
-"""records"""
+"""Detectors over connection summaries (conn.log fields): features, tables, autoencoder, classifier."""

@@ -224,16 +224,19 @@ def fit_record_classifier(
 def save_record_classifier(path: str | os.PathLike[str], clf: RecordClassifier, **meta: Any) -> None:
     from ..modelio import save_blob
 
-    save_blob(path, {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": clf.net.cfg.as_dict(),
-        "encoder": clf.encoder.state(),
-        "class_names": clf.class_names,
-        "state_dict": {k: v.detach().cpu() for k, v in clf.net.state_dict().items()},
-        **clf.meta,
-        **meta,
-    })  # fmt: skip
+    save_blob(
+        path,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": clf.net.cfg.as_dict(),
+            "encoder": clf.encoder.state(),
+            "class_names": clf.class_names,
+            "state_dict": {k: v.detach().cpu() for k, v in clf.net.state_dict().items()},
+            **clf.meta,
+            **meta,
+        },
+    )
 
 
 def load_record_classifier(path: str | os.PathLike[str]) -> RecordClassifier:

@@ -36,8 +36,14 @@ from .tables import Table
 
 PROTO_NUMBERS = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "icmp": PROTO_ICMP, "icmp6": PROTO_ICMP6}
 BASE_NUMERIC = [
-    "duration", "orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "orig_ip_bytes", "resp_ip_bytes",
-]  # fmt: skip
+    "duration",
+    "orig_pkts",
+    "resp_pkts",
+    "orig_bytes",
+    "resp_bytes",
+    "orig_ip_bytes",
+    "resp_ip_bytes",
+]
 HISTORY_NUMERIC = [f"history_{'o' if c.isupper() else 'r'}{c.lower()}" for c in HISTORY_LETTERS]
 SEGMENT_NUMERIC = ["seg_flows", "seg_dst_addrs", "seg_dst_ports", "seg_services"]
 SEGMENT_GAP = 60.0
@@ -107,8 +113,15 @@ def record_table(
     y = np.zeros(len(recs), np.int64) if y_class is None else np.asarray(y_class, np.int64)[order]
     rows = []
     for r in recs:
-        row = [r.duration, r.orig_pkts, r.resp_pkts, r.orig_bytes, r.resp_bytes, r.orig_ip_bytes,
-               r.resp_ip_bytes]  # fmt: skip
+        row = [
+            r.duration,
+            r.orig_pkts,
+            r.resp_pkts,
+            r.orig_bytes,
+            r.resp_bytes,
+            r.orig_ip_bytes,
+            r.resp_ip_bytes,
+        ]
         row += [1.0 if c in r.history else 0.0 for c in HISTORY_LETTERS]
         if segments:
             row += seg.update(r)

@@ -79,6 +79,6 @@ class RecordScorer:
                 detector=detector,
                 category=c,
                 confidence=float(p),
-            )  # fmt: skip
+            )
             for r, s, f, c, p in zip(records, scores, flags, cats, conf, strict=True)
         ]

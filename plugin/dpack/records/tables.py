@@ -1,5 +1,5 @@
 """Flow-record tables: the public feature tables (NSL-KDD, UNSW-NB15) and the encoder that turns any record
-table (those, or dpack's own connection summaries from ``records.py``) into a numeric matrix.
+table (those, or dpack's own connection summaries from ``records.features``) into a numeric matrix.
 
 A ``Table`` is columns, not rows: ``numeric`` (R, F) float64 with ``numeric_names``, ``categorical`` a dict
 of name -> (R,) str array, and the targets ``y_binary`` (R,) 0/1 and ``y_class`` (R,) int into
@@ -58,8 +58,16 @@ class Table:
     def without(self, names: Sequence[str]) -> Table:
         """The same rows without the numeric columns ``names``."""
         keep = [i for i, n in enumerate(self.numeric_names) if n not in names]
-        t = Table(self.name, self.numeric[:, keep], [self.numeric_names[i] for i in keep], self.categorical,
-                  self.y_class, self.class_names, self.groups, dict(self.extra))  # fmt: skip
+        t = Table(
+            self.name,
+            self.numeric[:, keep],
+            [self.numeric_names[i] for i in keep],
+            self.categorical,
+            self.y_class,
+            self.class_names,
+            self.groups,
+            dict(self.extra),
+        )
         return t
 
     def take(self, idx: np.ndarray) -> Table:
@@ -108,13 +116,21 @@ NSL_FAMILY = {
 
 UNSW_CATEGORICAL = ("proto", "service", "state")
 UNSW_CLASSES = [
-    "Normal", "Generic", "Exploits", "Fuzzers", "DoS", "Reconnaissance", "Analysis", "Backdoor",
-    "Shellcode", "Worms",
-]  # fmt: skip
+    "Normal",
+    "Generic",
+    "Exploits",
+    "Fuzzers",
+    "DoS",
+    "Reconnaissance",
+    "Analysis",
+    "Backdoor",
+    "Shellcode",
+    "Worms",
+]
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
     return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 

@@ -33,8 +33,10 @@ from .scorer import uses_segments
 
 
 def _provenance(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
-    return {"files": [{"name": Path(p).name, "sha256": sha256_file(p)} for p in paths],
-            "dpack_version": __version__}  # fmt: skip
+    return {
+        "files": [{"name": Path(p).name, "sha256": sha256_file(p)} for p in paths],
+        "dpack_version": __version__,
+    }
 
 
 def train_records(

@@ -1,1 +1,1 @@
-"""serve"""
+"""dpack serve: the pipeline from Zeek's batches to verdicts, scoring in-process or in workers, metrics."""

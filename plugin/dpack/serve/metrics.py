@@ -93,8 +93,11 @@ class Metrics:
         with self.lock:
             c = dict(self.counts)
         for name, help_ in self.COUNTERS.items():
-            lines += [f"# HELP dpack_{name}_total {help_}", f"# TYPE dpack_{name}_total counter",
-                      f"dpack_{name}_total {c[name]}"]  # fmt: skip
+            lines += [
+                f"# HELP dpack_{name}_total {help_}",
+                f"# TYPE dpack_{name}_total counter",
+                f"dpack_{name}_total {c[name]}",
+            ]
         for name, value in self.extra().items():
             lines += [f"# TYPE dpack_{name}_total counter", f"dpack_{name}_total {value}"]
         for name, value, help_ in (
@@ -104,20 +107,24 @@ class Metrics:
         ):
             lines += [f"# HELP dpack_{name} {help_}", f"# TYPE dpack_{name} gauge", f"dpack_{name} {value}"]
         p50, p99, pmax = self.percentiles()
-        lines += ["# HELP dpack_verdict_latency_seconds receipt of a sample to its verdict being sent",
-                  "# TYPE dpack_verdict_latency_seconds summary",
-                  f'dpack_verdict_latency_seconds{{quantile="0.5"}} {p50:.6f}',
-                  f'dpack_verdict_latency_seconds{{quantile="0.99"}} {p99:.6f}',
-                  f'dpack_verdict_latency_seconds{{quantile="1"}} {pmax:.6f}']  # fmt: skip
+        lines += [
+            "# HELP dpack_verdict_latency_seconds receipt of a sample to its verdict being sent",
+            "# TYPE dpack_verdict_latency_seconds summary",
+            f'dpack_verdict_latency_seconds{{quantile="0.5"}} {p50:.6f}',
+            f'dpack_verdict_latency_seconds{{quantile="0.99"}} {p99:.6f}',
+            f'dpack_verdict_latency_seconds{{quantile="1"}} {pmax:.6f}',
+        ]
         return "\n".join(lines) + "\n"
 
     def summary(self) -> str:
         p50, p99, _ = self.percentiles()
         c = self.counts
-        return (f"scored={c['flows_scored']} flagged={c['flows_flagged']} dropped={c['flows_dropped']} "
-                f"malformed={c['messages_malformed']} skipped={c['samples_skipped']} "
-                f"refused={c['batches_refused']} queue={self.queue_depth} outbox={self.outbox_depth} "
-                f"connected={self.connected} latency_p50={p50 * 1e3:.2f}ms p99={p99 * 1e3:.2f}ms")  # fmt: skip
+        return (
+            f"scored={c['flows_scored']} flagged={c['flows_flagged']} dropped={c['flows_dropped']} "
+            f"malformed={c['messages_malformed']} skipped={c['samples_skipped']} "
+            f"refused={c['batches_refused']} queue={self.queue_depth} outbox={self.outbox_depth} "
+            f"connected={self.connected} latency_p50={p50 * 1e3:.2f}ms p99={p99 * 1e3:.2f}ms"
+        )
 
 
 async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.base_events.Server:
@@ -131,8 +138,13 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.base_
             ok = line.split(b" ")[1:2] == [b"/metrics"]
             body = metrics.prometheus().encode() if ok else b"not found\n"
             status = b"200 OK" if ok else b"404 Not Found"
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                         + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)  # fmt: skip
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
             await writer.drain()
         except (TimeoutError, ConnectionError, IndexError):
             pass

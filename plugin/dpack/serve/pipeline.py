@@ -152,8 +152,13 @@ class Pipeline:
             msg = decode_message(raw)
             if isinstance(msg, ErrorReply):
                 self.metrics.inc("zeek_errors")
-                self.ratelog(logging.ERROR, "zeek-error", "Zeek could not use a message of ours: %s (%s)",
-                             msg.code, msg.context)  # fmt: skip
+                self.ratelog(
+                    logging.ERROR,
+                    "zeek-error",
+                    "Zeek could not use a message of ours: %s (%s)",
+                    msg.code,
+                    msg.context,
+                )
                 return
             if isinstance(msg, Ack):
                 return
@@ -187,9 +192,11 @@ class Pipeline:
         if (h.policy, h.packets, h.bytes) != (spec.policy, spec.n_packets, spec.n_bytes) or not math.isclose(
             h.max_wait, spec.max_wait, abs_tol=1e-6
         ):
-            return (f"model {self.model.name} expects {spec.describe()}, node {h.node} sends "
-                    f"packets={h.packets} bytes={h.bytes} policy={h.policy} max_wait={h.max_wait:g}s; set "
-                    "DPack::policy/packets/packet_bytes/max_wait or use a matching model")  # fmt: skip
+            return (
+                f"model {self.model.name} expects {spec.describe()}, node {h.node} sends "
+                f"packets={h.packets} bytes={h.bytes} policy={h.policy} max_wait={h.max_wait:g}s; set "
+                "DPack::policy/packets/packet_bytes/max_wait or use a matching model"
+            )
         return None
 
     async def _accept(self, batch: SampleBatch, received: float) -> None:
@@ -201,8 +208,13 @@ class Pipeline:
             return
         if batch.skipped:
             self.metrics.inc("samples_skipped", len(batch.skipped))
-            self.ratelog(logging.WARNING, "sample", "%d malformed sample(s) skipped, e.g.: %s",
-                         len(batch.skipped), batch.skipped[0])  # fmt: skip
+            self.ratelog(
+                logging.WARNING,
+                "sample",
+                "%d malformed sample(s) skipped, e.g.: %s",
+                len(batch.skipped),
+                batch.skipped[0],
+            )
         reason = self._refusal(batch)
         if reason is not None:
             await self._refuse(batch.header.reply_topic, reason)
@@ -217,8 +229,13 @@ class Pipeline:
         if len(take) < len(batch.samples):
             n = len(batch.samples) - len(take)
             self.metrics.inc("flows_dropped", n)
-            self.ratelog(logging.WARNING, "drop", "queue full (%d flows): %d flow(s) dropped",
-                         self.cfg.serve.queue_size, n)  # fmt: skip
+            self.ratelog(
+                logging.WARNING,
+                "drop",
+                "queue full (%d flows): %d flow(s) dropped",
+                self.cfg.serve.queue_size,
+                n,
+            )
         self.queue.extend(Queued(s, h.reply_topic, h.node, h.sent, received) for s in take)
         self.metrics.inc("flows_received", len(take))
         self.metrics.queue_depth = len(self.queue)
@@ -231,8 +248,13 @@ class Pipeline:
         h = batch.header
         if batch.skipped:
             self.metrics.inc("connections_skipped", len(batch.skipped))
-            self.ratelog(logging.WARNING, "conn", "%d malformed connection summar(ies) skipped, e.g.: %s",
-                         len(batch.skipped), batch.skipped[0])  # fmt: skip
+            self.ratelog(
+                logging.WARNING,
+                "conn",
+                "%d malformed connection summar(ies) skipped, e.g.: %s",
+                len(batch.skipped),
+                batch.skipped[0],
+            )
         if h.version != C.CONTRACT_VERSION:
             await self._refuse(h.reply_topic, version_reason(h.version, h.node))
             return
@@ -240,8 +262,12 @@ class Pipeline:
         if scorer is None or self.stop.is_set() or not valid_topic(h.reply_topic):
             self.metrics.inc("connections_ignored", len(batch.records))
             if scorer is None:
-                self.ratelog(logging.WARNING, "no-records", "connection summaries arrive but no record "
-                             "detector is configured (detectors.records_model / classifier_model)")  # fmt: skip
+                self.ratelog(
+                    logging.WARNING,
+                    "no-records",
+                    "connection summaries arrive but no record "
+                    "detector is configured (detectors.records_model / classifier_model)",
+                )
             return
         now = time.monotonic()
         self.metrics.inc("connections_received", len(batch.records))
@@ -291,8 +317,13 @@ class Pipeline:
         await self._catch_up()
         self.metrics.inc("flows_scored", len(verdicts))
         self.metrics.inc("flows_flagged", sum(v.anomalous for v in verdicts))
-        await self._deliver(verdicts, [q.reply_topic for q in batch], [q.node for q in batch],
-                            [q.sent for q in batch], [q.received for q in batch])  # fmt: skip
+        await self._deliver(
+            verdicts,
+            [q.reply_topic for q in batch],
+            [q.node for q in batch],
+            [q.sent for q in batch],
+            [q.received for q in batch],
+        )
 
     async def _catch_up(self) -> None:
         """After a batch: let the receiving loop take in what arrived while it was scored (it takes
@@ -308,16 +339,23 @@ class Pipeline:
             if idle >= 2 or len(self.queue) >= self.cfg.serve.batch_size:
                 return
 
-    async def _deliver(self, verdicts: Sequence[Verdict], topics: Sequence[str], nodes: Sequence[str],
-                       sent: Sequence[float], received: Sequence[float]) -> None:  # fmt: skip
+    async def _deliver(
+        self,
+        verdicts: Sequence[Verdict],
+        topics: Sequence[str],
+        nodes: Sequence[str],
+        sent: Sequence[float],
+        received: Sequence[float],
+    ) -> None:
         """Verdicts to Zeek (grouped by reply topic), the SIEM feed and the rule writer."""
         now = time.monotonic()
         by_topic: dict[str, list[int]] = {}
         for i, topic in enumerate(topics):
             by_topic.setdefault(topic, []).append(i)
         for topic, idx in by_topic.items():
-            text = encode_verdicts(topic, [verdicts[i] for i in idx], [sent[i] for i in idx],
-                                   [now - received[i] for i in idx])  # fmt: skip
+            text = encode_verdicts(
+                topic, [verdicts[i] for i in idx], [sent[i] for i in idx], [now - received[i] for i in idx]
+            )
             self.output.post(text, len(idx))
         await self.output.flush()
         done = time.monotonic()

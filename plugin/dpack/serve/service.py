@@ -30,6 +30,7 @@ from ..errors import CodecError, DpackError, ModelError
 from ..prefix.modelfile import LoadedModel, load_model
 from ..verdict import Verdict
 from ..zeek.codec import encode_refusal
+from ..zeek.link import BrokerLink, Link, WebSocketLink
 from ..zeek.wire import Event
 from .metrics import Metrics, RateLimitedLog, serve_metrics
 from .pipeline import Pipeline, valid_topic
@@ -88,7 +89,7 @@ class Service:
     def __init__(
         self,
         cfg: Config,
-        link: Any = None,
+        link: Link | None = None,
         hooks: Sequence[AnomalyHook] = (),
         model: LoadedModel | None = None,
     ) -> None:
@@ -106,11 +107,9 @@ class Service:
         self.outbox_verdicts: deque[int] = deque()  # verdicts per outbox message
         self.refusals_sent: set[tuple[str, str]] = set()
         if link is None:
-            from ..zeek.link import BrokerLink, WebSocketLink
-
             kind = BrokerLink if cfg.zeek.transport == "broker" else WebSocketLink
             link = kind(cfg.zeek.url, cfg.zeek.topic, cfg.zeek.reconnect_max, self._on_link)
-        self.link = link
+        self.link: Link = link
         self.stop = asyncio.Event()  # set by SIGTERM: stop taking samples, drain, then close the link
         self.link_stop = asyncio.Event()
         self.link_up = asyncio.Event()  # set when Zeek (re)connects: the outbox goes out
@@ -170,7 +169,7 @@ class Service:
         for hook in self.hooks:
             try:
                 hook(verdicts, nodes)
-            except Exception:  # noqa: BLE001 - a rule writer must not take the scorer down
+            except Exception:
                 self.metrics.inc("hook_errors")
                 log.exception("anomaly hook %r failed", hook)
 
@@ -219,8 +218,12 @@ class Service:
         if model.sha256 == self.model.sha256:
             return False
         if model.spec != self.model.spec:
-            log.warning("new model %s reads %s, the old one read %s; Zeek's export must match it",
-                        model.name, model.spec, self.model.spec)  # fmt: skip
+            log.warning(
+                "new model %s reads %s, the old one read %s; Zeek's export must match it",
+                model.name,
+                model.spec,
+                self.model.spec,
+            )
         self.use_model(model)
         self.metrics.inc("model_reloads")
         log.info("now serving model %s (threshold %.6g)", model.name, model.threshold)
@@ -273,8 +276,8 @@ class Service:
         targets = {os.path.realpath(self.model.path): "model"}
         if self.cfg.path:
             targets[os.path.realpath(self.cfg.path)] = "config"
-        loop = self.loop
-        assert loop is not None
+        assert self.loop is not None
+        call_soon = self.loop.call_soon_threadsafe
         service = self
 
         class Handler(FileSystemEventHandler):
@@ -282,7 +285,7 @@ class Service:
                 for p in (event.src_path, getattr(event, "dest_path", "")):
                     kind = targets.get(os.path.realpath(str(p))) if p else None
                     if kind:
-                        loop.call_soon_threadsafe(service._request_reload, kind)
+                        call_soon(service._request_reload, kind)
 
         obs = Observer()
         for d in {str(Path(t).parent) for t in targets}:
@@ -319,8 +322,9 @@ class Service:
         gc.freeze()
         metrics_server = None
         if self.cfg.serve.metrics_port:
-            metrics_server = await serve_metrics(self.metrics, self.cfg.serve.metrics_address,
-                                                 self.cfg.serve.metrics_port)  # fmt: skip
+            metrics_server = await serve_metrics(
+                self.metrics, self.cfg.serve.metrics_address, self.cfg.serve.metrics_port
+            )
         await self.scoring.start()  # before the watcher's thread and the link: workers start clean
         observer = self._watch()
         where = (
@@ -328,8 +332,13 @@ class Service:
             if self.cfg.serve.workers
             else "scoring in this process"
         )
-        log.info("serving model %s (%s; %s); Zeek at %s", self.model.name, self.model.spec.describe(), where,
-                 getattr(self.link, "url", "?"))  # fmt: skip
+        log.info(
+            "serving model %s (%s; %s); Zeek at %s",
+            self.model.name,
+            self.model.spec.describe(),
+            where,
+            self.link.url,
+        )
         link_task = asyncio.create_task(self.link.run(self.on_message, self.link_stop))
         log_task = asyncio.create_task(self._log_loop())
         flush_task = asyncio.create_task(self._flush_on_reconnect())

@@ -61,10 +61,18 @@ log = logging.getLogger(__name__)
 
 _LEN = struct.Struct("!I")
 # Counters the parent keeps itself; a worker's own counts of these are not added to the parent's.
-PARENT_COUNTERS = frozenset({
-    "messages_received", "verdicts_sent", "verdicts_dropped", "reconnects", "model_reloads",
-    "model_reload_failures", "config_reload_failures", "hook_errors",
-})  # fmt: skip
+PARENT_COUNTERS = frozenset(
+    {
+        "messages_received",
+        "verdicts_sent",
+        "verdicts_dropped",
+        "reconnects",
+        "model_reloads",
+        "model_reload_failures",
+        "config_reload_failures",
+        "hook_errors",
+    }
+)
 # Bytes of messages a worker has not read yet, beyond which the parent drops (and counts) new messages
 # for it: about one flow queue's worth (a sample is ~1 KiB of JSON), bounded.
 _BYTES_PER_FLOW = 1024
@@ -82,7 +90,7 @@ def _frame(obj: Any) -> list[bytes]:
 
 async def _read_frame(reader: asyncio.StreamReader) -> Any:
     (n,) = _LEN.unpack(await reader.readexactly(_LEN.size))
-    return pickle.loads(await reader.readexactly(n))  # noqa: S301 - our own child/parent process
+    return pickle.loads(await reader.readexactly(n))
 
 
 async def _open(conn: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -103,7 +111,7 @@ def count_dropped(raw: Any) -> tuple[str, int]:
     except CodecError:
         return "flows_dropped", 0
     batch = batch_entries(msg) if isinstance(msg, Event) else None
-    if batch is not None and msg.name in (SAMPLES_EVENT, CONNECTIONS_EVENT):
+    if isinstance(msg, Event) and batch is not None and msg.name in (SAMPLES_EVENT, CONNECTIONS_EVENT):
         return ("flows_dropped" if msg.name == SAMPLES_EVENT else "connections_dropped"), len(batch)
     return "flows_dropped", 0
 
@@ -206,8 +214,14 @@ async def _serve_parent(reader: asyncio.StreamReader, pipeline: Pipeline) -> Non
     pipeline.wakeup.set()
 
 
-def _worker_main(conn: Any, cfg: Config, model: LoadedModel, index: int, forward_hooks: bool,
-                 log_setup: tuple[str, int, int]) -> None:  # fmt: skip
+def _worker_main(
+    conn: Any,
+    cfg: Config,
+    model: LoadedModel,
+    index: int,
+    forward_hooks: bool,
+    log_setup: tuple[str, int, int],
+) -> None:
     """A worker process: serve the parent until it says stop (or goes away), then report done."""
     # The parent decides when to stop (SIGTERM/SIGINT also reach the whole process group).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -276,8 +290,11 @@ class WorkerPool:
         self.max_parts = max(1, usable_cores() - 1)
         root = logging.getLogger()
         fmt = root.handlers[0].formatter._fmt if root.handlers and root.handlers[0].formatter else None
-        self.log_setup = (fmt or "%(asctime)s dpack: %(levelname)s: %(message)s", root.level,
-                          logging.getLogger("dpack").getEffectiveLevel())  # fmt: skip
+        self.log_setup = (
+            fmt or "%(asctime)s dpack: %(levelname)s: %(message)s",
+            root.level,
+            logging.getLogger("dpack").getEffectiveLevel(),
+        )
 
     def _child_config(self) -> Config:
         cfg = dataclasses.replace(self.svc.cfg)
@@ -293,9 +310,11 @@ class WorkerPool:
         ctx.set_forkserver_preload(["dpack.serve.workers"])  # the workers fork from a process that has torch
         parent, child = ctx.Pipe()
         proc = ctx.Process(
-            target=_worker_main, name=f"dpack-serve-worker-{index}", daemon=True,
+            target=_worker_main,
+            name=f"dpack-serve-worker-{index}",
+            daemon=True,
             args=(child, self._child_config(), self.svc.model, index, bool(self.svc.hooks), self.log_setup),
-        )  # fmt: skip
+        )
         await asyncio.to_thread(proc.start)  # the first start launches the forkserver (seconds)
         child.close()
         reader, writer = await _open(parent)
@@ -405,15 +424,30 @@ class WorkerPool:
         m.inc("worker_restarts")
         w.done = True
         if self.stopping:
-            log.error("scoring worker %d ended (exit code %s) while stopping: %d queued flow(s) lost",
-                      w.index, w.proc.exitcode, lost)  # fmt: skip
+            log.error(
+                "scoring worker %d ended (exit code %s) while stopping: %d queued flow(s) lost",
+                w.index,
+                w.proc.exitcode,
+                lost,
+            )
             return
         if w.restarts >= RESTART_LIMIT:
-            log.error("scoring worker %d ended (exit code %s) for the %dth time; not restarted, %d queued "
-                      "flow(s) lost", w.index, w.proc.exitcode, w.restarts + 1, lost)  # fmt: skip
+            log.error(
+                "scoring worker %d ended (exit code %s) for the %dth time; not restarted, %d queued "
+                "flow(s) lost",
+                w.index,
+                w.proc.exitcode,
+                w.restarts + 1,
+                lost,
+            )
             return
-        log.error("scoring worker %d ended (exit code %s): %d queued flow(s) lost (counted as dropped); "
-                  "restarting it", w.index, w.proc.exitcode, lost)  # fmt: skip
+        log.error(
+            "scoring worker %d ended (exit code %s): %d queued flow(s) lost (counted as dropped); "
+            "restarting it",
+            w.index,
+            w.proc.exitcode,
+            lost,
+        )
         await self._spawn(w.index, w.restarts + 1)
 
     async def run(self) -> None:

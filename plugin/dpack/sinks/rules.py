@@ -117,8 +117,10 @@ class Rule:
         if self.metadata:
             opts.append("metadata:" + ", ".join(f"{k} {v}" for k, v in self.metadata))
         opts += ["classtype:misc-attack", f"sid:{self.sid}", f"rev:{self.rev}"]
-        return (f"{self.action} {self.proto} {self.src} {self.sport} -> {self.dst} {self.dport} "
-                f"({'; '.join(opts)};)")  # fmt: skip
+        return (
+            f"{self.action} {self.proto} {self.src} {self.sport} -> {self.dst} {self.dport} "
+            f"({'; '.join(opts)};)"
+        )
 
     _RE = re.compile(
         r"(?P<action>alert|drop) (?P<proto>ip|tcp|udp|icmp) (?P<src>[0-9A-Fa-f.:]+|any) (?P<sport>\d+|any) -> "
@@ -140,16 +142,33 @@ class Rule:
             if any(len(p) != 2 for p in pairs):
                 raise RulesError(f"bad metadata in {line[:80]!r}")
             meta = tuple((k, v) for k, v in pairs)
-        return cls(m["action"], m["proto"], m["src"], m["sport"], m["dst"], m["dport"], m["msg"],
-                   int(m["sid"]), int(m["rev"]), bool(m["est"]), meta, m["ds"] or "")  # fmt: skip
+        return cls(
+            m["action"],
+            m["proto"],
+            m["src"],
+            m["sport"],
+            m["dst"],
+            m["dport"],
+            m["msg"],
+            int(m["sid"]),
+            int(m["rev"]),
+            bool(m["est"]),
+            meta,
+            m["ds"] or "",
+        )
 
 
 def metadata_for(
     v: Verdict, flows: int | None = None, expires: float | None = None
 ) -> tuple[tuple[str, str], ...]:
     """The metadata pairs for a verdict; values that do not fit their pattern are left out."""
-    cand = [("dpack_version", __version__), ("model", v.model), ("score", f"{v.score:.6g}"),
-            ("zeek_uid", v.uid), ("community_id", v.community_id)]  # fmt: skip
+    cand = [
+        ("dpack_version", __version__),
+        ("model", v.model),
+        ("score", f"{v.score:.6g}"),
+        ("zeek_uid", v.uid),
+        ("community_id", v.community_id),
+    ]
     if flows is not None:
         cand.append(("flows", str(flows)))
     if expires is not None:
@@ -253,8 +272,10 @@ class State:
         except (ValueError, KeyError, TypeError, AttributeError, RulesError) as err:
             backup = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
             shutil.copy2(path, backup)
-            raise RulesError(f"{path}: rules state is damaged ({type(err).__name__}); a copy is at {backup}; "
-                             "fix or remove it to start with no active rules") from None  # fmt: skip
+            raise RulesError(
+                f"{path}: rules state is damaged ({type(err).__name__}); a copy is at {backup}; "
+                "fix or remove it to start with no active rules"
+            ) from None
 
     def save(self, path: Path) -> None:
         data = {
@@ -276,8 +297,14 @@ def _proto(v: Verdict) -> str:
 class RuleBook:
     """Turns anomalous verdicts into rules under a policy; keeps state; writes and validates the file."""
 
-    def __init__(self, policy: Policy, rules_path: str | os.PathLike[str], state_path: str | os.PathLike[str] | None = None,
-                 suricata: str | None = None, suricata_config: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policy: Policy,
+        rules_path: str | os.PathLike[str],
+        state_path: str | os.PathLike[str] | None = None,
+        suricata: str | None = None,
+        suricata_config: str | None = None,
+    ) -> None:
         self.policy = policy
         self.path = Path(rules_path)
         self.state_path = Path(state_path) if state_path else Path(f"{self.path}.state.json")
@@ -296,8 +323,12 @@ class RuleBook:
         }
 
     # which flows lead to an entry
-    def observe(self, verdicts: Iterable[Verdict], handshake_ok: Sequence[bool] | None = None,
-                now: float | None = None) -> list[str]:  # fmt: skip
+    def observe(
+        self,
+        verdicts: Iterable[Verdict],
+        handshake_ok: Sequence[bool] | None = None,
+        now: float | None = None,
+    ) -> list[str]:
         """Account anomalous verdicts; returns the keys added or refreshed. The escalation window runs on
         the flows' own times (``ts``, so a capture replays as it happened); entries live ``ttl`` seconds
         from ``now`` (default: the wall clock)."""
@@ -347,11 +378,32 @@ class RuleBook:
         if p.scope == "flow":
             proto = _proto(v)
             ports = (str(v.sport), str(v.dport)) if proto in ("tcp", "udp") else ("any", "any")
-            rule = Rule(p.mode, proto, _addr(v.src), ports[0], _addr(v.dst), ports[1], MESSAGES["flow"], sid, rev,
-                        established=proto in ("tcp", "udp"), metadata=metadata_for(v, None, expires))  # fmt: skip
+            rule = Rule(
+                p.mode,
+                proto,
+                _addr(v.src),
+                ports[0],
+                _addr(v.dst),
+                ports[1],
+                MESSAGES["flow"],
+                sid,
+                rev,
+                established=proto in ("tcp", "udp"),
+                metadata=metadata_for(v, None, expires),
+            )
         else:
-            rule = Rule(p.mode, "ip", _addr(v.src), "any", "any", "any", MESSAGES["source"], sid, rev,
-                        metadata=metadata_for(v, flows, expires))  # fmt: skip
+            rule = Rule(
+                p.mode,
+                "ip",
+                _addr(v.src),
+                "any",
+                "any",
+                "any",
+                MESSAGES["source"],
+                sid,
+                rev,
+                metadata=metadata_for(v, flows, expires),
+            )
         text = rule.format()
         if Rule.parse(text) != rule:  # re-parse before keeping it
             raise RulesError(f"rule for {key} does not parse back")
@@ -392,8 +444,10 @@ class RuleBook:
 
     # the file
     def text(self) -> str:
-        head = (f"# dpack {__version__} rules: written {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
-                f"{len(self.state.entries)} active entries. Managed by dpack; edits are overwritten.\n")  # fmt: skip
+        head = (
+            f"# dpack {__version__} rules: written {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
+            f"{len(self.state.entries)} active entries. Managed by dpack; edits are overwritten.\n"
+        )
         if self.policy.apply == "dataset":
             return head + self.dataset_rule().format() + "\n"
         body = "".join(e.rule + "\n" for e in sorted(self.state.entries.values(), key=lambda e: e.sid))
@@ -402,8 +456,18 @@ class RuleBook:
     def dataset_rule(self) -> Rule:
         """The one static rule of ``apply: dataset`` (the last SID of the range is reserved for it)."""
         p = self.policy
-        return Rule(p.mode, "ip", "any", "any", "any", "any", MESSAGES["dataset"], p.sid_last,
-                    metadata=(("dpack_version", __version__),), dataset=p.dataset_name)  # fmt: skip
+        return Rule(
+            p.mode,
+            "ip",
+            "any",
+            "any",
+            "any",
+            "any",
+            MESSAGES["dataset"],
+            p.sid_last,
+            metadata=(("dpack_version", __version__),),
+            dataset=p.dataset_name,
+        )
 
     def apply(self, sock: SuricataSocket) -> str:
         """Make a running Suricata use the current entries; raises SuricataError (the file stays written,
@@ -456,8 +520,13 @@ def book_from_config(cfg: Any, path: str | None = None) -> RuleBook:
     path = path or cfg.rules.get("file")
     if not path:
         raise RulesError("no rules file: set rules.file in the config")
-    return RuleBook(cfg.rules_policy(), path, cfg.rules.get("state") or None, suricata=cfg.rules.get("suricata"),
-                    suricata_config=cfg.rules.get("suricata_config"))  # fmt: skip
+    return RuleBook(
+        cfg.rules_policy(),
+        path,
+        cfg.rules.get("state") or None,
+        suricata=cfg.rules.get("suricata"),
+        suricata_config=cfg.rules.get("suricata_config"),
+    )
 
 
 class RulesWorker:
@@ -471,8 +540,13 @@ class RulesWorker:
     ) -> None:
         self.book, self.sock, self.tick = book, sock, tick
         self.q: queue.Queue[list[Verdict] | None] = queue.Queue(maxsize=queue_size)
-        self.counts = {"rules_writes": 0, "rules_write_failures": 0, "rules_applies": 0, "rules_apply_failures": 0,
-                       "rules_dropped": 0}  # fmt: skip
+        self.counts = {
+            "rules_writes": 0,
+            "rules_write_failures": 0,
+            "rules_applies": 0,
+            "rules_apply_failures": 0,
+            "rules_dropped": 0,
+        }
         self.pending_apply = False
         self.thread = threading.Thread(target=self._run, name="dpack-rules", daemon=True)
         self.thread.start()

@@ -47,22 +47,34 @@ def ecs_record(v: Verdict, node: str = "", now: float | None = None) -> dict[str
             "module": "dpack",
             "dataset": "dpack.verdict",
             "risk_score": risk_score(v.score, v.threshold),
-            "start": _dt.datetime.fromtimestamp(v.ts, _dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "start": _dt.datetime.fromtimestamp(v.ts, _dt.UTC)
+            .isoformat(timespec="microseconds")
+            .replace("+00:00", "Z"),
         },
         "source": {"ip": v.src, "port": v.sport},
         "destination": {"ip": v.dst, "port": v.dport},
         "network": {"transport": v.proto, "community_id": v.community_id},
         "observer": {"product": "dpack", "version": __version__, "type": "ids"},
-        "dpack": {"score": v.score, "threshold": v.threshold, "anomalous": v.anomalous, "model": v.model,
-                  "explanation": v.explanation, "detector": v.detector},
-    }  # fmt: skip
+        "dpack": {
+            "score": v.score,
+            "threshold": v.threshold,
+            "anomalous": v.anomalous,
+            "model": v.model,
+            "explanation": v.explanation,
+            "detector": v.detector,
+        },
+    }
     if v.category:
         rec["dpack"]["category"] = v.category
         rec["dpack"]["confidence"] = round(v.confidence, 4)
     if v.anomalous:
         conn = v.detector != "prefix"
-        rec["rule"] = {"name": CONNECTION_RULE_NAME if conn else RULE_NAME, "ruleset": "dpack",
-                       "version": v.model, "description": DESCRIPTIONS.get(v.detector, "")}  # fmt: skip
+        rec["rule"] = {
+            "name": CONNECTION_RULE_NAME if conn else RULE_NAME,
+            "ruleset": "dpack",
+            "version": v.model,
+            "description": DESCRIPTIONS.get(v.detector, ""),
+        }
         what = "connection" if conn else "flow"
         rec["message"] = f"dpack: anomalous {what} {v.src}:{v.sport} -> {v.dst}:{v.dport}/{v.proto}"
         if v.category:
@@ -86,8 +98,11 @@ class AlertFeed:
 
     def write(self, verdicts: Sequence[Verdict], nodes: Sequence[str], now: float) -> int:
         """Append the records for ``verdicts``; returns how many were written. Raises OSError on failure."""
-        lines = [json.dumps(ecs_record(v, n, now), separators=(",", ":")) + "\n"
-                 for v, n in zip(verdicts, nodes, strict=True) if v.anomalous or self.all_verdicts]  # fmt: skip
+        lines = [
+            json.dumps(ecs_record(v, n, now), separators=(",", ":")) + "\n"
+            for v, n in zip(verdicts, nodes, strict=True)
+            if v.anomalous or self.all_verdicts
+        ]
         if not lines:
             return 0
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

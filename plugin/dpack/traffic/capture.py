@@ -9,13 +9,13 @@ record header is hostile, yields what it holds before the damage and counts it i
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 import dpkt
 import numpy as np
@@ -55,9 +55,9 @@ class CaptureStats:
         log.warning("%s", msg)
 
 
-def _open(path: str | os.PathLike[str]) -> BinaryIO:
+def _open(path: str | os.PathLike[str]) -> io.BufferedIOBase:
     try:
-        fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by read_capture
+        fh = open(path, "rb")
     except FileNotFoundError:
         raise CaptureError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -66,7 +66,7 @@ def _open(path: str | os.PathLike[str]) -> BinaryIO:
         raise CaptureError(f"{path}: permission denied") from None
     if fh.read(2) == _GZIP_MAGIC:
         fh.seek(0)
-        return gzip.GzipFile(fileobj=fh)  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=fh)
     fh.seek(0)
     return fh
 
@@ -92,7 +92,7 @@ class FrameBlock:
 
 
 def _pcap_blocks(
-    fh: BinaryIO, path: str, head: bytes, linktype: int, stats: CaptureStats
+    fh: io.BufferedIOBase, path: str, head: bytes, linktype: int, stats: CaptureStats
 ) -> Iterator[FrameBlock]:
     """The records of a classic pcap body, one ``FrameBlock`` per read of up to 1 MiB (a read call per
     record costs more than the rest of reading). Only the walk from record to record is a Python loop;

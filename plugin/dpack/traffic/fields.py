@@ -11,17 +11,36 @@ from .packets import _IPV6_EXT, _MAX_IPV6_EXT, PROTO_ICMP, PROTO_ICMP6, PROTO_TC
 _u16 = struct.Struct("!H").unpack_from
 
 _IPV4_FIELDS = [
-    (0, 1, "ip.vhl"), (1, 2, "ip.tos"), (2, 4, "ip.len"), (4, 6, "ip.id"), (6, 8, "ip.frag"),
-    (8, 9, "ip.ttl"), (9, 10, "ip.proto"), (10, 12, "ip.sum"), (12, 16, "ip.src"), (16, 20, "ip.dst"),
-]  # fmt: skip
+    (0, 1, "ip.vhl"),
+    (1, 2, "ip.tos"),
+    (2, 4, "ip.len"),
+    (4, 6, "ip.id"),
+    (6, 8, "ip.frag"),
+    (8, 9, "ip.ttl"),
+    (9, 10, "ip.proto"),
+    (10, 12, "ip.sum"),
+    (12, 16, "ip.src"),
+    (16, 20, "ip.dst"),
+]
 _IPV6_FIELDS = [
-    (0, 4, "ip6.vtcfl"), (4, 6, "ip6.plen"), (6, 7, "ip6.nxt"), (7, 8, "ip6.hlim"),
-    (8, 24, "ip6.src"), (24, 40, "ip6.dst"),
-]  # fmt: skip
+    (0, 4, "ip6.vtcfl"),
+    (4, 6, "ip6.plen"),
+    (6, 7, "ip6.nxt"),
+    (7, 8, "ip6.hlim"),
+    (8, 24, "ip6.src"),
+    (24, 40, "ip6.dst"),
+]
 _TCP_FIELDS = [
-    (0, 2, "tcp.sport"), (2, 4, "tcp.dport"), (4, 8, "tcp.seq"), (8, 12, "tcp.ack"), (12, 13, "tcp.off"),
-    (13, 14, "tcp.flags"), (14, 16, "tcp.win"), (16, 18, "tcp.sum"), (18, 20, "tcp.urp"),
-]  # fmt: skip
+    (0, 2, "tcp.sport"),
+    (2, 4, "tcp.dport"),
+    (4, 8, "tcp.seq"),
+    (8, 12, "tcp.ack"),
+    (12, 13, "tcp.off"),
+    (13, 14, "tcp.flags"),
+    (14, 16, "tcp.win"),
+    (16, 18, "tcp.sum"),
+    (18, 20, "tcp.urp"),
+]
 _UDP_FIELDS = [(0, 2, "udp.sport"), (2, 4, "udp.dport"), (4, 6, "udp.len"), (6, 8, "udp.sum")]
 _ICMP_FIELDS = [(0, 1, "icmp.type"), (1, 2, "icmp.code"), (2, 4, "icmp.sum"), (4, 8, "icmp.rest")]
 

@@ -139,14 +139,14 @@ class _Flow:
     timeout: float = DEFAULT_IDLE_TIMEOUT  # idle seconds after which it ends (FlowRules)
     dns: bool = False  # a UDP flow to a DNS port (ends as Zeek's DNS analyzer ends it)
     closing: bool = False  # TCP FIN or RST seen
-    # connection-summary counters, kept only when the table was made with records=True
-    opk: int = 0
-    rpk: int = 0
-    ob: int = 0
-    rb: int = 0
-    oib: int = 0
-    rib: int = 0
-    hist: str = ""
+    # conn.log counters (Zeek's field names), kept only when the table was made with records=True
+    orig_pkts: int = 0
+    resp_pkts: int = 0
+    orig_bytes: int = 0
+    resp_bytes: int = 0
+    orig_ip_bytes: int = 0
+    resp_ip_bytes: int = 0
+    history: str = ""
 
     def ended_by(self, ts: float, dns_timeout: float) -> float | None:
         """When Zeek would have ended this flow before a packet at ``ts`` (None: it is still open then).
@@ -230,11 +230,24 @@ class FlowTable:
         proto = PROTO_NAMES.get(f.proto, str(f.proto))
         self.records.append(
             ConnRecord(
-                f.ts, proto, addr_text(f.src), f.sport, addr_text(f.dst), f.dport, f.last - f.ts,
-                f.opk, f.rpk, f.ob, f.rb, f.oib, f.rib, f.hist, conn_state(proto, f.hist, f.rpk),
+                f.ts,
+                proto,
+                addr_text(f.src),
+                f.sport,
+                addr_text(f.dst),
+                f.dport,
+                f.last - f.ts,
+                f.orig_pkts,
+                f.resp_pkts,
+                f.orig_bytes,
+                f.resp_bytes,
+                f.orig_ip_bytes,
+                f.resp_ip_bytes,
+                f.history,
+                conn_state(proto, f.history, f.resp_pkts),
                 community_id=community_id(f.proto, f.src, f.dst, f.sport, f.dport),
             )
-        )  # fmt: skip
+        )
 
     def _count(self, f: _Flow, p: Packet, frame: bytes, off: int) -> None:
         is_orig = _from_initiator(f, p)
@@ -245,26 +258,33 @@ class FlowTable:
         elif p.proto == PROTO_UDP and p.payload_len > 0:
             letter = "D"
         if is_orig:
-            f.opk += 1
-            f.ob += p.payload_len
-            f.oib += size
+            f.orig_pkts += 1
+            f.orig_bytes += p.payload_len
+            f.orig_ip_bytes += size
         else:
-            f.rpk += 1
-            f.rb += p.payload_len
-            f.rib += size
+            f.resp_pkts += 1
+            f.resp_bytes += p.payload_len
+            f.resp_ip_bytes += size
             letter = letter.lower()
-        if letter and letter not in f.hist:
-            f.hist += letter
+        if letter and letter not in f.history:
+            f.history += letter
 
     def _sample(self, f: _Flow, ready: float) -> FlowSample:
         frames = f.frames or []
         f.frames = None
         src, dst = addr_text(f.src), addr_text(f.dst)
         return FlowSample(
-            f.ts, f.proto, src, f.sport, dst, f.dport, frames,
+            f.ts,
+            f.proto,
+            src,
+            f.sport,
+            dst,
+            f.dport,
+            frames,
             community_id=community_id(f.proto, f.src, f.dst, f.sport, f.dport),
-            ready=ready, order=(self.index, f.first),
-        )  # fmt: skip
+            ready=ready,
+            order=(self.index, f.first),
+        )
 
     def add(self, ts: float, linktype: int, frame: bytes) -> list[FlowSample]:
         """Account one frame; return the samples that became ready (usually none or one), in ``order``."""
@@ -454,7 +474,7 @@ class FlowTable:
                     expiring.append(i)
             if shards == 1:
                 own = [True] * n
-                steps = range(n)
+                steps: range | list[int] = range(n)
             else:
                 mine = shard_array(blk, shards, plain_np, first) == shard
                 own = mine.tolist()

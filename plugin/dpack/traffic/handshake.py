@@ -23,7 +23,7 @@ def tcp_seq_ack(buf: bytes, off: int) -> tuple[int, int] | None:
         return None
     if l4 + 12 > len(buf):
         return None
-    return struct.unpack_from("!II", buf, l4 + 4)  # type: ignore[return-value]
+    return struct.unpack_from("!II", buf, l4 + 4)
 
 
 def from_frames(frames: Sequence[Frame]) -> bool:

@@ -58,11 +58,11 @@ def shard_of(linktype: int, frame: bytes, shards: int) -> int:
     key = flow_key(p)
     if key is None:  # fragments, tunnels: counted by shard 0
         return 0
-    a, b = key[1], key[2]
-    assert isinstance(a, bytes) and isinstance(b, bytes)
-    if len(a) == 6:  # IPv4 address + port, as the fast path
-        return _mix48(int.from_bytes(a, "big"), int.from_bytes(b, "big")) % shards
-    return zlib.crc32(a + b) % shards  # IPv6, or an address pair only (fragments, ICMP, other)
+    lo, hi = key[1], key[2]
+    assert isinstance(lo, bytes) and isinstance(hi, bytes)
+    if len(lo) == 6:  # IPv4 address + port, as the fast path
+        return _mix48(int.from_bytes(lo, "big"), int.from_bytes(hi, "big")) % shards
+    return zlib.crc32(lo + hi) % shards  # IPv6, or an address pair only (fragments, ICMP, other)
 
 
 _PLAIN_BYTES = np.arange(38)

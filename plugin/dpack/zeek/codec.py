@@ -53,8 +53,15 @@ class SampleBatch:
     skipped: list[str]  # one reason per sample left out
 
 
-_FIELD_TYPES: dict[str, type] = {"count": int, "string": str, "real": float, "boolean": bool, "timestamp": float,
-                                  "port": Port, "vector": list}  # fmt: skip
+_FIELD_TYPES: dict[str, type] = {
+    "count": int,
+    "string": str,
+    "real": float,
+    "boolean": bool,
+    "timestamp": float,
+    "port": Port,
+    "vector": list,
+}
 
 
 def _record(value: Any, fields: Sequence[tuple[str, str]], what: str) -> dict[str, Any]:
@@ -107,9 +114,17 @@ def _sample(rec: dict[str, Any], max_packets: int) -> FlowSample:
         frames.append(Frame(rec["link"], raw, d))
     sport, dport = rec["orig_p"].number, rec["resp_p"].number
     return FlowSample(
-        rec["ts"], proto, _text(src), sport, _text(dst), dport, frames, uid=rec["uid"],
-        community_id=community_id(proto, src.packed, dst.packed, sport, dport), ready=rec["ready"],
-    )  # fmt: skip
+        rec["ts"],
+        proto,
+        _text(src),
+        sport,
+        _text(dst),
+        dport,
+        frames,
+        uid=rec["uid"],
+        community_id=community_id(proto, src.packed, dst.packed, sport, dport),
+        ready=rec["ready"],
+    )
 
 
 def _batch(ev: Event, name: str, max_batch: int) -> tuple[BatchHeader, list[Any]]:
@@ -162,11 +177,25 @@ def _connection(rec: dict[str, Any]) -> ConnRecord:
             raise CodecError(f"{k} is not a short printable string")
     sport, dport = rec["orig_p"].number, rec["resp_p"].number
     return ConnRecord(
-        rec["ts"], proto, str(src), sport, str(dst), dport, duration, rec["orig_pkts"], rec["resp_pkts"],
-        rec["orig_bytes"], rec["resp_bytes"], rec["orig_ip_bytes"], rec["resp_ip_bytes"], rec["history"],
-        rec["conn_state"], rec["service"], rec["uid"],
+        rec["ts"],
+        proto,
+        str(src),
+        sport,
+        str(dst),
+        dport,
+        duration,
+        rec["orig_pkts"],
+        rec["resp_pkts"],
+        rec["orig_bytes"],
+        rec["resp_bytes"],
+        rec["orig_ip_bytes"],
+        rec["resp_ip_bytes"],
+        rec["history"],
+        rec["conn_state"],
+        rec["service"],
+        rec["uid"],
         community_id(pnum, src.packed, dst.packed, sport, dport),
-    )  # fmt: skip
+    )
 
 
 def parse_connections(ev: Event, max_batch: int = C.MAX_BATCH) -> ConnectionBatch:
@@ -197,11 +226,19 @@ def encode_verdicts(
     for v, t_sent, lat in zip(verdicts, sent, latencies, strict=True):
         proto = _wire_proto(v.proto)
         common = {
-            "uid": v.uid, "orig_h": v.src, "orig_p": Port(v.sport, proto), "resp_h": v.dst,
-            "resp_p": Port(v.dport, proto), "score": v.score, "threshold": v.threshold,
-            "anomalous": v.anomalous, "model": v.model, "community_id": v.community_id, "sent": t_sent,
+            "uid": v.uid,
+            "orig_h": v.src,
+            "orig_p": Port(v.sport, proto),
+            "resp_h": v.dst,
+            "resp_p": Port(v.dport, proto),
+            "score": v.score,
+            "threshold": v.threshold,
+            "anomalous": v.anomalous,
+            "model": v.model,
+            "community_id": v.community_id,
+            "sent": t_sent,
             "scorer_latency": lat,
-        }  # fmt: skip
+        }
         if connection:
             common |= {"detector": v.detector, "category": v.category, "confidence": v.confidence}
             recs.append(_record_json(C.CONNECTION_VERDICT, common))

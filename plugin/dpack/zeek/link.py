@@ -20,7 +20,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import CodecError, TransportError
 from .wire import Event, Port
@@ -29,6 +29,23 @@ log = logging.getLogger(__name__)
 
 OnMessage = Callable[[Any], Awaitable[None]]  # WebSocket: str | bytes; Broker: codec.Event | CodecError
 OnState = Callable[[bool], None]
+
+
+class Link(Protocol):
+    """What ``dpack serve`` needs of a transport; ``WebSocketLink`` and ``BrokerLink`` are the two."""
+
+    url: str
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def send(self, text: str) -> bool:
+        """Send one codec message; False when the connection is gone (the caller keeps the message)."""
+        ...
+
+    async def run(self, on_message: OnMessage, stop: asyncio.Event) -> None:
+        """Connect, subscribe, hand every message to ``on_message`` and reconnect until ``stop`` is set."""
+        ...
 
 
 class Backoff:
@@ -80,8 +97,15 @@ class WebSocketLink:
 
         while not stop.is_set():
             try:
-                async with connect(self.url, proxy=None, compression=None, max_size=8 * 1024 * 1024,
-                                   open_timeout=5, ping_interval=20, ping_timeout=20) as ws:  # fmt: skip
+                async with connect(
+                    self.url,
+                    proxy=None,
+                    compression=None,
+                    max_size=8 * 1024 * 1024,
+                    open_timeout=5,
+                    ping_interval=20,
+                    ping_timeout=20,
+                ) as ws:
                     await ws.send(json.dumps([self.topic]))
                     ack = json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
                     if not isinstance(ack, dict) or ack.get("type") != "ack":
@@ -312,8 +336,9 @@ class BrokerLink:
             except TimeoutError:
                 pass
 
-    async def _await_peering(self, loop: asyncio.AbstractEventLoop, status: Any, stop: asyncio.Event,
-                             timeout: float = 10.0) -> None:  # fmt: skip
+    async def _await_peering(
+        self, loop: asyncio.AbstractEventLoop, status: Any, stop: asyncio.Event, timeout: float = 10.0
+    ) -> None:
         """Wait for the peering's outcome: return once Zeek is peered, raise OSError when it fails."""
         ready = asyncio.Event()
         loop.add_reader(status.fd(), ready.set)
@@ -333,8 +358,14 @@ class BrokerLink:
         finally:
             loop.remove_reader(status.fd())
 
-    async def _receive(self, loop: asyncio.AbstractEventLoop, sub: Any, status: Any, on_message: OnMessage,
-                       stop: asyncio.Event) -> None:  # fmt: skip
+    async def _receive(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sub: Any,
+        status: Any,
+        on_message: OnMessage,
+        stop: asyncio.Event,
+    ) -> None:
         """Wake on the subscribers' file descriptors; hand every message on; return when the peer is lost."""
         lost = {
             getattr(self.b.SC, n)

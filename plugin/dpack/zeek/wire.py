@@ -197,9 +197,17 @@ def _vector(v: Any) -> list[Any]:
 
 
 _DECODERS: dict[str, Any] = {
-    "vector": _vector, "count": _count, "integer": _integer, "real": _real, "boolean": _boolean,
-    "string": _string, "address": _address, "port": _port, "timestamp": _timestamp, "none": lambda v: None,
-}  # fmt: skip
+    "vector": _vector,
+    "count": _count,
+    "integer": _integer,
+    "real": _real,
+    "boolean": _boolean,
+    "string": _string,
+    "address": _address,
+    "port": _port,
+    "timestamp": _timestamp,
+    "none": lambda v: None,
+}
 
 
 def decode_value(node: Any) -> Any:
@@ -342,9 +350,9 @@ def split_batch(msg: Any, parts: int) -> list[Any] | None:
     is checked here: every part gets all the codec's checks when it is decoded."""
     if isinstance(msg, Event):
         batch = batch_entries(msg)
-        parts = min(parts, len(batch)) if batch is not None else 0
-        if parts < 2:
+        if batch is None or min(parts, len(batch)) < 2:
             return None
+        parts = min(parts, len(batch))
         return [dataclasses.replace(msg, args=[msg.args[0], chunk]) for chunk in _chunks(batch, parts)]
     try:
         body = msg["data"][2]

@@ -5,7 +5,8 @@
 
 redef DPack::listen_websocket = F;
 
-hook DPack::publish_policy(hdr: DPack::BatchHeader, batch: vector of DPack::Sample)
+hook DPack::publish_policy(hdr: DPack::BatchHeader, batch: vector of
+    DPack::Sample)
 	{
 	for ( i in batch )
 		{
@@ -13,8 +14,8 @@ hook DPack::publish_policy(hdr: DPack::BatchHeader, batch: vector of DPack::Samp
 		local lens: vector of count = vector();
 		for ( j in s$pkts )
 			lens += |decode_base64(s$pkts[j])|;
-		print fmt("%s %s %s %s %s %d %s %s", hdr$policy, s$orig_h, s$resp_h, s$resp_p, s$proto, |s$pkts|,
-		    s$is_orig, lens);
+		print fmt("%s %s %s %s %s %d %s %s", hdr$policy, s$orig_h, s$resp_h, s$resp_p,
+		    s$proto, |s$pkts|, s$is_orig, lens);
 		}
 	break;
 	}

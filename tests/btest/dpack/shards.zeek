@@ -13,6 +13,7 @@ event zeek_init()
 		add seen[DPack::shard_of(count_to_v4_addr(167772160 + i))];
 	print |seen| == 4;
 	print DPack::shard_of(10.0.0.1) == DPack::shard_of(10.0.0.1);
-	print DPack::shard_of([2001:db8:1:2::1]) == DPack::shard_of([2001:db8:1:2:ffff::9]);
+	print DPack::shard_of([2001:db8:1:2::1]) == DPack::shard_of(
+	    [2001:db8:1:2:ffff::9]);
 	print DPack::shard_of(10.0.0.1) < 4 && DPack::shard_of([2001:db8::1]) < 4;
 	}

@@ -10,13 +10,17 @@ redef DPack::listen_websocket = F;
 
 event zeek_init() &priority=-10
 	{
-	local bad = DPack::Verdict($uid="CAbc123xyz", $orig_h=192.0.2.10, $orig_p=40000/tcp,
-	    $resp_h=198.51.100.20, $resp_p=22/tcp, $score=0.5, $threshold=0.1, $anomalous=T,
-	    $model="dpack-default@03e83604a44e", $explanation="p2.tcp.flags,p3.payload[4]",
-	    $community_id="1:abc=", $sent=double_to_time(1700000000.0), $scorer_latency=0.002);
-	local good = DPack::Verdict($uid="CDef456", $orig_h=192.0.2.11, $orig_p=5353/udp,
-	    $resp_h=198.51.100.53, $resp_p=53/udp, $score=0.0001, $threshold=0.1, $anomalous=F,
-	    $model="dpack-default@03e83604a44e", $explanation="", $community_id="1:def=",
+	local bad = DPack::Verdict($uid="CAbc123xyz", $orig_h=192.0.2.10,
+	    $orig_p=40000/tcp, $resp_h=198.51.100.20, $resp_p=22/tcp,
+	    $score=0.5, $threshold=0.1, $anomalous=T,
+	    $model="dpack-default@03e83604a44e",
+	    $explanation="p2.tcp.flags,p3.payload[4]", $community_id="1:abc=",
 	    $sent=double_to_time(1700000000.0), $scorer_latency=0.002);
+	local good = DPack::Verdict($uid="CDef456", $orig_h=192.0.2.11,
+	    $orig_p=5353/udp, $resp_h=198.51.100.53, $resp_p=53/udp,
+	    $score=0.0001, $threshold=0.1, $anomalous=F,
+	    $model="dpack-default@03e83604a44e", $explanation="",
+	    $community_id="1:def=", $sent=double_to_time(1700000000.0),
+	    $scorer_latency=0.002);
 	event DPack::verdicts(vector(bad, good));
 	}
