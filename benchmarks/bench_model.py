@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpack.prefix.dataset import extract
+from dpack.prefix.flowset import extract
 from dpack.prefix.model import DPackNet, ModelConfig, flops_per_flow, to_input
 from dpack.prefix.modelfile import load_model
 from dpack.traffic.encode import PrefixSpec

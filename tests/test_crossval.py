@@ -104,9 +104,9 @@ def test_crossval_command_on_nsl_kdd_subset(tmp_path, capsys):
 
 @pytest.mark.skipif(not UNSW.is_dir(), reason="shared/datasets/unsw-nb15 is not beside the repository")
 def test_unsw_partition_reads_as_documented():
-    from dpack.records.crossval import read_dataset
+    from dpack.records.crossval import read_table
 
-    t = read_dataset(UNSW)
+    t = read_table(UNSW)
     assert len(t) == 82332 and int(t.y_binary.sum()) == 45332
     assert np.bincount(t.y_class).tolist() == [37000, 18871, 11132, 6062, 4089, 3496, 677, 583, 378, 44]
 

@@ -16,7 +16,7 @@ from pcaps import CLIENT, CLIENT6, SERVER, SERVER6, eth, handshake, ip4, ip6, sl
 
 from dpack.errors import DpackError
 from dpack.offline.score import score_capture
-from dpack.prefix.dataset import encode_samples
+from dpack.prefix.flowset import encode_samples
 from dpack.prefix.model import to_input
 from dpack.prefix.scorer import Scorer, _distinct_rows, explain_rows
 from dpack.traffic.capture import CaptureStats, read_capture

@@ -449,11 +449,11 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .records.classifier import FitOptions
-    from .records.crossval import crossval, format_table, holdout, read_dataset
+    from .records.crossval import crossval, format_table, holdout, read_table
 
     if not args.verbose:
         logging.getLogger("dpack").setLevel(logging.INFO)
-    table = read_dataset(args.dataset)
+    table = read_table(args.dataset)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     y, names = table.target(args.task)
     counts = ", ".join(f"{n} {c}" for c, n in zip(names, np.bincount(y, minlength=len(names)), strict=True))
@@ -464,7 +464,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     progress = _log_progress
     try:
         if args.test:
-            test = read_dataset(args.test)
+            test = read_table(args.test)
             print(f"trained on all of it, scored on {test.name}: {len(test)} rows")
             res = holdout(table, test, args.task, models, opts, progress)
         else:

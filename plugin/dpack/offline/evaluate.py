@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..prefix.dataset import FlowSet, extract
+from ..prefix.flowset import FlowSet, extract
 from ..prefix.scorer import Scorer
 from ..traffic.labels import labels_beside, read_labels, sample_key
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DpackError
-from ..prefix.dataset import encode_samples
+from ..prefix.flowset import encode_samples
 from ..prefix.scorer import Scorer
 from ..traffic import handshake
 from ..traffic.capture import CaptureStats, read_blocks, read_capture

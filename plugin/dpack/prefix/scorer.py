@@ -14,7 +14,7 @@ from ..traffic import handshake
 from ..traffic.fields import FIELD_NAMES, field_layout
 from ..traffic.flows import FlowSample
 from ..verdict import EXPLAIN_MODES, Verdict
-from .dataset import encode_samples
+from .flowset import encode_samples
 from .model import to_input
 from .modelfile import LoadedModel
 
@@ -132,34 +132,36 @@ class Scorer:
         todo = [j for j, hit in enumerate(known) if hit is None]
         self.cache_hits += len(keys) - len(todo)
         thr = self.model.threshold
-        us = np.empty(len(keys), dtype=np.float32)  # what the model returns; compared as before
+        distinct_scores = np.empty(len(keys), dtype=np.float32)  # float32, as the model returns them
         explained: list[list[str]] = [[]] * len(keys)
         for j, hit in enumerate(known):
             if hit is not None:
-                us[j], explained[j] = hit
+                distinct_scores[j], explained[j] = hit
                 cache.move_to_end(keys[j])
         if todo:
             sel = first[todo]
-            ud, ur = data[sel], direction[sel]
-            x = to_input(ud, ur)
+            new_data, new_direction = data[sel], direction[sel]
+            x = to_input(new_data, new_direction)
             if self.explain == "none":
                 with torch.no_grad():
-                    us[todo] = self.model.net.score(x).numpy()
+                    distinct_scores[todo] = self.model.net.score(x).numpy()
             else:  # a flagged flow's score and explanation from one forward pass
                 scores, attribution = self.model.net.scored(x)
                 fresh = scores.numpy()
-                us[todo] = fresh
+                distinct_scores[todo] = fresh
                 idx = np.arange(len(todo)) if self.explain == "all" else np.flatnonzero(fresh > thr)
                 if len(idx):
-                    rows = explain_rows(self.model, x[idx], ud[idx], ur[idx], self.top_k, attribution(idx))
+                    rows = explain_rows(
+                        self.model, x[idx], new_data[idx], new_direction[idx], self.top_k, attribution(idx)
+                    )
                     for t, row in zip(idx.tolist(), rows, strict=True):
                         explained[todo[t]] = row
             if self.cache_size:
                 for j in todo:
-                    cache[keys[j]] = (float(us[j]), explained[j])
+                    cache[keys[j]] = (float(distinct_scores[j]), explained[j])
                 while len(cache) > self.cache_size:
                     cache.popitem(last=False)
-        s = us[inverse]
+        s = distinct_scores[inverse]
         flagged = s > thr
         inv = inverse.tolist()
         return [

@@ -1,6 +1,6 @@
 """Training: benign captures -> CNN profiler -> autoencoder -> calibrated threshold -> model file.
 
-1. Encode every flow of the benign captures (``dataset.extract``, the same ``encode_flow`` as scoring).
+1. Encode every flow of the benign captures (``flowset.extract``, the same ``encode_flow`` as scoring).
 2. Split off calibration flows: interleaved time blocks (every k-th block of the capture's time line), so
    calibration sees the same mix of hours as training but not the same sessions' neighbours only.
 3. Train the CNN to tell the profile classes apart (``profiles.py``: service groups, no manual labels).
@@ -29,7 +29,7 @@ from ..fileio import sha256_file
 from ..traffic.encode import PrefixSpec
 from ..traffic.flows import FlowRules
 from ..traffic.profiles import CLASS_NAMES, N_CLASSES, profile_class
-from .dataset import FlowSet, extract
+from .flowset import FlowSet, extract
 from .model import DPackNet, ModelConfig, to_input
 from .modelfile import save_model
 

@@ -179,7 +179,7 @@ def format_table(res: CrossvalResult) -> str:
     return "\n".join(lines)
 
 
-def read_dataset(path: str | Path) -> Table:
+def read_table(path: str | Path) -> Table:
     """A dataset folder (as in ``shared/datasets``) or one table file. Folders: NSL-KDD -> ``KDDTrain+``
     (the training table the published k-fold figures use); UNSW-NB15 -> the one partition present;
     lab-dev -> connection records of benign-train + attack-dev (``records.lab_table``)."""

@@ -297,7 +297,7 @@ def encode_flow_into(
 ) -> None:
     """``encode_flow`` writing into zeroed buffers: the N*L bytes at ``data[data_at:]`` and the N directions
     at ``direction[direction_at:]`` (int8 as bytes: 1, or 255 for -1). Batches of flows fill one buffer
-    each, which saves the per-flow arrays (``prefix.dataset.encode_samples``)."""
+    each, which saves the per-flow arrays (``prefix.flowset.encode_samples``)."""
     n, length = spec.n_packets, spec.n_bytes
     slot = 0
     first = True
