@@ -117,6 +117,29 @@ def write_pcap(
     return path
 
 
+def _pcapng_block(btype: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    size = 12 + len(body)
+    return struct.pack("<II", btype, size) + body + struct.pack("<I", size)
+
+
+def write_pcapng_interfaces(
+    path: Path, interfaces: list[tuple[int, int]], packets: Iterable[tuple[int, float, bytes]]
+) -> Path:
+    """A pcapng file written block by block: ``interfaces`` as (link type, if_tsresol: 10^-v seconds),
+    then Enhanced Packet Blocks ``(interface, ts, frame)`` (dpkt's writer knows one interface only)."""
+    out = [_pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))]
+    for linktype, resol in interfaces:
+        opts = struct.pack("<HHB3x", 9, 1, resol) + struct.pack("<HH", 0, 0)
+        out.append(_pcapng_block(1, struct.pack("<HHI", linktype, 0, 65535) + opts))
+    for iface, ts, frame in packets:
+        units = round(ts * 10 ** interfaces[iface][1])
+        hdr = struct.pack("<IIIII", iface, units >> 32, units & 0xFFFFFFFF, len(frame), len(frame))
+        out.append(_pcapng_block(6, hdr + frame))
+    path.write_bytes(b"".join(out))
+    return path
+
+
 def write_pcapng(path: Path, frames: Iterable[bytes], linktype: int = 1) -> Path:
     buf = io.BytesIO()
     w = dpkt.pcapng.Writer(buf, linktype=linktype)

@@ -6,7 +6,7 @@ import gzip
 import struct
 
 import pytest
-from pcaps import eth, handshake, sll, write_pcap, write_pcapng
+from pcaps import eth, handshake, sll, write_pcap, write_pcapng, write_pcapng_interfaces
 
 from dpack.errors import CaptureError
 from dpack.traffic.capture import CaptureStats, read_capture
@@ -41,6 +41,31 @@ def test_pcapng_and_gzip_pcapng(tmp_path):
     gzp = tmp_path / "a.pcapng.gz"
     gzp.write_bytes(gzip.compress(p.read_bytes()))
     assert [fr for _, fr in frames_of(gzp)[0]] == pkts
+
+
+def test_pcapng_interfaces_each_with_their_own_link_type_and_clock(tmp_path):
+    """Two interfaces (Ethernet in microseconds, raw IP in nanoseconds) and one dpack cannot read: each
+    packet is read with its own interface's link type and time; the unreadable ones are counted."""
+    hs = handshake()
+    t0 = 1_700_000_000.0
+    packets = [
+        (0, t0, eth(hs[0])),
+        (1, t0 + 0.000000123, hs[1]),
+        (2, t0, b"radiotap"),
+        (0, t0 + 1, eth(hs[2])),
+    ]
+    p = write_pcapng_interfaces(tmp_path / "multi.pcapng", [(1, 6), (101, 9), (127, 6)], packets)
+    st = CaptureStats()
+    got = list(read_capture(p, st))
+    assert [(lt, fr) for _, lt, fr in got] == [(1, eth(hs[0])), (101, hs[1]), (1, eth(hs[2]))]
+    assert got[1][0] == pytest.approx(t0 + 0.000000123, abs=1e-7)
+    assert st.skipped == 1 and "link type 127" in st.notes[0]
+
+
+def test_pcapng_of_only_unreadable_interfaces_is_refused_with_one_line(tmp_path):
+    p = write_pcapng_interfaces(tmp_path / "wifi.pcapng", [(127, 6)], [(0, 1.0, b"x" * 40)])
+    with pytest.raises(CaptureError, match="link type 127 is not supported"):
+        list(read_capture(p))
 
 
 def test_linux_cooked(tmp_path):

@@ -215,6 +215,26 @@ def test_train_cli_prints_summary(tmp_path, capsys):
         ),
         (None, ["evaluate", "--benign", str(SAMPLE)], "needs --benign and --attack"),
         (None, ["train", str(SAMPLE), "--out", "{tmp}/x.pt", "--packets", "0"], "packets per flow"),
+        # output paths are checked before any input is read: the capture here does not even exist
+        (None, ["score", "{tmp}/missing.pcap", "--verdicts", "{tmp}"], "is a directory"),
+        (None, ["score", "{tmp}/missing.pcap", "--rules", "{tmp}"], "is a directory"),
+        (
+            lambda t: (t / "file").write_text(""),
+            ["score", "{tmp}/missing.pcap", "--verdicts", "{tmp}/file/v.jsonl"],
+            "is not a directory",
+        ),
+        (None, ["evaluate", "--pcap", "{tmp}/missing.pcap", "--json", "{tmp}"], "is a directory"),
+        (
+            lambda t: (t / "report").write_text(""),
+            ["evaluate", "--pcap", "{tmp}/missing.pcap", "--report", "{tmp}/report"],
+            "needs a directory",
+        ),
+        (None, ["train", "{tmp}/missing.pcap", "--out", "{tmp}"], "is a directory"),
+        (
+            lambda t: (t / "c.yaml").write_text("rules: {tick: abc}\n"),
+            ["score", str(SAMPLE), "--config", "{tmp}/c.yaml"],
+            "rules.tick: expected float",
+        ),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path, capsys, setup, argv_tail, message):
@@ -247,3 +267,21 @@ def test_console_script_runs():
     )
     assert r.returncode == 0, r.stderr
     assert "flagged" in r.stdout
+
+
+def test_verdicts_are_never_written_through_a_planted_temporary_name(tmp_path, capsys):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "v.jsonl"
+    for name in (".v.jsonl.partial", ".v.jsonl.tmp"):  # the fixed names older versions used
+        (tmp_path / name).symlink_to(victim)
+    rc, _, err = run(["score", str(SAMPLE), "--verdicts", str(out)], capsys)
+    assert rc == 0, err
+    assert victim.read_text() == "precious\n"
+    assert len(read_verdicts(out)) == 1054 and not out.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".v.jsonl.partial",
+        ".v.jsonl.tmp",
+        "v.jsonl",
+        "victim",
+    ]

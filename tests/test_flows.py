@@ -213,3 +213,18 @@ def test_handshake_evidence_comes_from_the_prefix_frames_alone():
     assert from_frames(frames)
     # a connection summary: Zeek's history letters
     assert from_history("ShADadFf") and not from_history("S") and not from_history("Sr")
+
+
+def test_the_flow_table_is_capped_and_every_flow_still_gets_its_sample():
+    """A flood of one-packet flows: at most ``max_flows`` are open; beyond, the least recently active flow
+    ends early (counted in ``evicted``) with the packets it has - no flow is lost, memory stays bounded."""
+    table = FlowTable(PrefixSpec(3, 80, "payload"), FlowRules(max_flows=100))
+    out = []
+    peak = 0
+    for i in range(1000):
+        frame = eth(ip4(f"10.2.{i >> 8}.{i & 255}", SERVER, udp(1000 + i, 9999, b"x")))
+        out += table.add(1_700_000_000 + i * 0.001, 1, frame)
+        peak = max(peak, len(table))
+    out += table.flush()
+    assert peak <= 100 and table.stats.evicted == 900
+    assert len(out) == 1000 and len({(s.src, s.sport) for s in out}) == 1000

@@ -77,3 +77,125 @@ def test_remembered_addresses_and_ports_stay_bounded_and_right():
     for bad in ("70000/tcp", "80", "x/tcp", 80):
         with pytest.raises(CodecError, match="bad port"):
             codec._port(bad)
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), -1.0, 0.0, "0.1"])
+def test_a_model_whose_threshold_would_silence_or_flood_detection_is_refused(tmp_path, threshold):
+    import torch
+
+    blob = torch.load(DEFAULT_MODEL, weights_only=True)
+    blob["threshold"] = threshold
+    path = tmp_path / "bad.pt"
+    torch.save(blob, path)
+    with pytest.raises(ModelError, match="threshold"):
+        load_model(path)
+
+
+def test_a_model_declaring_a_huge_layer_is_refused_before_allocation(tmp_path, monkeypatch):
+    import torch
+
+    from dpack.prefix import model as prefix_model
+
+    blob = torch.load(DEFAULT_MODEL, weights_only=True)
+    blob["config"]["profile_dim"] = 1 << 20  # about 1e11 parameters declared: terabytes if built
+    path = tmp_path / "huge.pt"
+    torch.save(blob, path)
+    built_on = []
+    real_init = prefix_model.DPackNet.__init__
+
+    def spy(self, *a, **k):
+        built_on.append(torch.empty(0).device.type)  # the default device while the network is built
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(prefix_model.DPackNet, "__init__", spy)
+    with pytest.raises(ModelError, match="parameters, more than"):
+        load_model(path)
+    assert built_on == ["meta"]  # declared, measured, refused: never built in real memory
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b]\n",
+        "scoring: " + "[" * 5000 + "]" * 5000 + "\n",
+        "scoring: {batch_size: " + "9" * 5000 + "}\n",
+        "rules: {ttl: .inf}\n",
+        "rules: {sid_first: 1000000.5}\n",
+        "rules: {tick: abc}\n",
+        "rules: {window: .nan}\n",
+        "when: 2020-13-45\n",
+    ],
+    ids=[
+        "alias-bomb",
+        "deep-nesting",
+        "huge-int",
+        "ttl-inf",
+        "float-sid",
+        "tick-abc",
+        "window-nan",
+        "bad-date",
+    ],
+)
+def test_a_hostile_config_is_one_bounded_error_line(tmp_path, text):
+    from dpack.config import load_config
+    from dpack.errors import ConfigError
+
+    path = tmp_path / "dpack.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 400, message
+
+
+def test_a_config_that_is_not_a_text_file_is_one_error_line(tmp_path):
+    import os
+
+    from dpack.config import load_config
+    from dpack.errors import ConfigError
+
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"scoring:\n  batch_size: \xff\xfe\n")
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    for path, why in [(binary, "not UTF-8"), (tmp_path, "is a directory"), (fifo, "not a regular file")]:
+        with pytest.raises(ConfigError, match=why):
+            load_config(path, env={})  # the FIFO: refused at once, not a read that blocks forever
+
+
+def test_a_pipe_as_capture_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "capture.pcap"
+    os.mkfifo(fifo)
+    with pytest.raises(CaptureError, match="not a regular file"):
+        next(iter(read_capture(fifo, CaptureStats())))
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "1,tcp,10.0.0.1",
+        "1,tcp,10.0.0.1,1,10.0.0.2,80,benign,web,extra",
+        "1,tcp,10.0.0.1,x,10.0.0.2,80,benign,w",
+    ],
+    ids=["short-row", "long-row", "bad-port"],
+)
+def test_a_malformed_labels_row_is_one_error_naming_its_line(tmp_path, row):
+    from dpack.errors import LabelsError
+    from dpack.traffic.labels import read_labels
+
+    path = tmp_path / "x.labels.csv"
+    path.write_text("ts_first,proto,src,sport,dst,dport,label,family\n" + row + "\n")
+    with pytest.raises(LabelsError, match=r"x\.labels\.csv:2: "):
+        read_labels(path)
+
+
+def test_a_labels_file_written_by_a_spreadsheet_reads(tmp_path):
+    from dpack.traffic.labels import read_labels
+
+    path = tmp_path / "x.labels.csv"
+    path.write_bytes(
+        "\ufeffts_first,proto,src,sport,dst,dport,label,family\r\n1.0,tcp,10.0.0.1,1,10.0.0.2,80,Attack,dos\r\n".encode()
+    )
+    assert read_labels(path) == {("1.0", "tcp", "10.0.0.1", 1, "10.0.0.2", 80): (True, "dos")}

@@ -7,13 +7,15 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import DpackError
+from .errors import DpackError, one_line
+from .fileio import check_output
 from .traffic.encode import DEFAULT_BYTES, DEFAULT_PACKETS, DEFAULT_POLICY, POLICIES
 
 log = logging.getLogger("dpack")
@@ -158,15 +160,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("dpack").setLevel(logging.INFO)
 
-    async def main() -> None:
+    async def main() -> int:
         service = Service(cfg)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.stop.set)
         await service.run()
+        return 1 if service.failure else 0
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -290,9 +292,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.verdicts == "-":
         out = sys.stdout
     elif args.verdicts:
-        tmp = Path(args.verdicts).with_name(f".{Path(args.verdicts).name}.partial")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        out = open(tmp, "w")
+        target = Path(args.verdicts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # exclusive, unpredictable name in the target's directory: a planted name is never followed
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        os.fchmod(fd, 0o644)
+        tmp = Path(tmp_name)
+        out = os.fdopen(fd, "w")
     collected: list[Any] = []
     try:
         run = score_capture(
@@ -305,6 +311,10 @@ def cmd_score(args: argparse.Namespace) -> int:
             workers=args.workers or cfg.scoring.processes(),
             on_verdicts=collected.extend if args.rules else None,
         )
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
     finally:
         if out is not None and out is not sys.stdout:
             out.close()
@@ -321,6 +331,19 @@ def cmd_score(args: argparse.Namespace) -> int:
         + (", TRUNCATED" if cs.truncated else ""),
         file=info,
     )
+    if fs.evicted:
+        print(
+            f"note     {fs.evicted} flows ended early: more than flows.max_flows ({cfg.flows.max_flows}) "
+            "were open at once",
+            file=info,
+        )
+    if run.flows == 0:
+        why = (
+            "it holds no frames"
+            if cs.frames == 0
+            else f"none of its {cs.frames} frames is an IP packet of a flow (link type, or all non-IP?)"
+        )
+        print(f"note     no flows in this capture: {why}", file=info)
     print(
         f"model    {model.name} (N={model.spec.n_packets}, L={model.spec.n_bytes}, "
         f"policy={model.spec.policy}, threshold={model.threshold:.6g})",
@@ -381,12 +404,24 @@ def cmd_rules(args: argparse.Namespace) -> int:
                 print(e.rule)
                 return 0
         raise RulesError(f"no active rule with sid {args.sid}")
-    changed = book.expire(now) if args.rules_cmd == "expire" else book.remove(args.address)
-    if args.rules_cmd == "remove" and not changed:
-        raise RulesError(f"no active entry for {args.address}")
-    book.write(validate=book.suricata is not None)
+    # under the state's lock, which a running dpack serve takes too: its next write keeps this change
+    with book.locked():
+        changed = book.expire(now) if args.rules_cmd == "expire" else book.remove(args.address)
+        if args.rules_cmd == "remove" and not changed:
+            raise RulesError(f"no active entry for {args.address}")
+        book.write(validate=book.suricata is not None)
+        applied = ""
+        socket_path = cfg.rules_setting("socket")
+        if socket_path:  # tell the running Suricata, as serve would
+            from .sinks.suricata import SuricataSocket
+
+            try:
+                applied = "; Suricata: " + book.apply(SuricataSocket(socket_path))
+            except (DpackError, OSError) as err:
+                applied = f"; Suricata not told ({one_line(err, 120)}): it reads the file at its next reload"
     print(
-        f"{len(changed)} entr{'y' if len(changed) == 1 else 'ies'} removed; {len(book.state.entries)} active"
+        f"{len(changed)} entr{'y' if len(changed) == 1 else 'ies'} removed; "
+        f"{len(book.state.entries)} active{applied}"
     )
     return 0
 
@@ -480,6 +515,27 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     return 0
 
 
+# (command, attribute) -> what the output is; a directory output (the evaluation report) is not here.
+_OUTPUT_FILES = {
+    ("score", "verdicts"): "verdicts file",
+    ("score", "rules"): "rules file",
+    ("evaluate", "json"): "JSON summary",
+    ("crossval", "json"): "JSON summary",
+    ("train", "out"): "model file",
+}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output path the command will write, checked before the first packet is read."""
+    for (cmd, attr), what in _OUTPUT_FILES.items():
+        value = getattr(args, attr, None) if args.cmd == cmd else None
+        if value and value != "-":
+            check_output(value, what, DpackError)
+    report = getattr(args, "report", None) if args.cmd == "evaluate" else None
+    if report and Path(report).exists() and not Path(report).is_dir():
+        raise DpackError(f"{one_line(report)}: is a file; --report needs a directory for the HTML and PNGs")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fmt = (
@@ -489,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format=fmt)
     try:
+        _check_outputs(args)
         cmds = {
             "train": cmd_train,
             "score": cmd_score,
@@ -503,6 +560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except OSError as err:  # an output that failed mid-run (disk full, path vanished): one line, no traceback
+        where = f"{one_line(err.filename)}: " if err.filename else ""
+        print(f"dpack: error: {where}{one_line(err.strerror or err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dpack: interrupted", file=sys.stderr)
         return 130

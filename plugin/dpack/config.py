@@ -51,7 +51,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
+from .fileio import open_regular
 from .traffic.encode import (
     DEFAULT_BYTES,
     DEFAULT_MAX_WAIT,
@@ -79,13 +80,14 @@ class ExportConfig:
 
 @dataclass
 class FlowsConfig:
-    """``flows:``: ``flows.FlowRules``, Zeek's connection timeouts."""
+    """``flows:``: ``flows.FlowRules``, Zeek's connection timeouts, and the table's cap."""
 
     tcp_timeout: float = FlowRules.tcp_timeout
     udp_timeout: float = FlowRules.udp_timeout
     icmp_timeout: float = FlowRules.icmp_timeout
     other_timeout: float = FlowRules.other_timeout
     dns_timeout: float = FlowRules.dns_timeout
+    max_flows: int = FlowRules.max_flows  # flows held at once (per dpack score process)
 
     def rules(self) -> FlowRules:
         return FlowRules(**dataclasses.asdict(self))
@@ -119,6 +121,8 @@ class ZeekConfig:
     topic: str = "dpack/samples"
     # Reconnect backoff doubles from 0.2 s up to this many seconds.
     reconnect_max: float = 30.0
+    # WebSocket keepalive: a ping every this many seconds, and the link is down if the pong takes longer.
+    keepalive: float = 20.0
 
 
 @dataclass
@@ -170,23 +174,60 @@ class Config:
     rules: dict[str, Any] = field(default_factory=dict)
 
     def rules_policy(self) -> Any:
+        """The ``rules:`` section's policy, each value of its declared type (``ConfigError`` otherwise)."""
         from .errors import RulesError
         from .sinks.rules import Policy
 
-        known = {f.name for f in dataclasses.fields(Policy)}
-        extra = {"file", "state", "suricata", "suricata_config", "socket", "tick"}
-        unknown = set(self.rules) - known - extra
+        known = {f.name: str(f.type) for f in dataclasses.fields(Policy) if f.init}
+        unknown = set(self.rules) - set(known) - set(_RULES_EXTRA)
         if unknown:
-            raise ConfigError(f"unknown setting(s) rules.{', rules.'.join(sorted(unknown))}")
+            raise ConfigError(f"unknown setting(s) rules.{', rules.'.join(sorted(map(str, unknown)))}")
+        values = {}
+        for k, v in self.rules.items():
+            if k in known:
+                values[k] = _coerce_typed(f"rules.{k}", v, known[k])
         try:
-            return Policy(**{k: v for k, v in self.rules.items() if k in known})
-        except (TypeError, RulesError) as err:
+            return Policy(**values)
+        except RulesError as err:
             raise ConfigError(f"rules: {err}") from None
+
+    def rules_setting(self, key: str) -> Any:
+        """One of the rules section's other settings (``_RULES_EXTRA``), checked; None when unset."""
+        typ, check, default = _RULES_EXTRA[key]
+        v = self.rules.get(key, default)
+        if v is None:
+            return None
+        v = _coerce(f"rules.{key}", v, typ)
+        if not check(v):
+            raise ConfigError(f"rules.{key} = {one_line(repr(v), 80)} is out of range")
+        return v
 
     def model_path(self) -> str:
         if self.model:
             return self.model
         return str(default_model_path())
+
+
+# rules: settings besides the Policy's: type, check, default
+_RULES_EXTRA: dict[str, tuple[type, Any, Any]] = {
+    "file": (str, lambda v: 0 < len(v) <= 4096, None),
+    "state": (str, lambda v: 0 < len(v) <= 4096, None),
+    "suricata": (str, lambda v: 0 < len(v) <= 4096, None),
+    "suricata_config": (str, lambda v: 0 < len(v) <= 4096, None),
+    "socket": (str, lambda v: 0 < len(v) <= 107, None),  # a unix socket path (sun_path)
+    # seconds between expiry checks and apply retries; 0 would spin a core (also refuses NaN)
+    "tick": (float, lambda v: 0.1 <= v <= 3600, 30.0),
+}
+
+
+def _coerce_typed(where: str, value: Any, annotation: str) -> Any:
+    """``_coerce`` for a dataclass field's annotation text (``int``, ``float``, ``str``, ``bool``,
+    ``list[str]``)."""
+    if annotation == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return list(value)
+    return _coerce(where, value, {"int": int, "float": float, "str": str, "bool": bool}[annotation])
 
 
 def repo_root() -> Path:
@@ -208,11 +249,13 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("scoring", "cache_size"): lambda v: 0 <= v <= 10_000_000,
     ("export", "max_wait"): lambda v: 0 < v <= 3600,
     **{("flows", f.name): (lambda v: 0 < v <= 86400) for f in dataclasses.fields(FlowRules)},
+    ("flows", "max_flows"): lambda v: 1 <= v <= 100_000_000,
     ("scoring", "workers"): lambda v: 0 <= v <= 64,
     ("zeek", "url"): lambda v: v.startswith(("ws://", "wss://", "tcp://")),
     ("zeek", "transport"): lambda v: v in ("websocket", "broker"),
     ("zeek", "topic"): lambda v: 0 < len(v) <= 200 and v.isprintable(),
     ("zeek", "reconnect_max"): lambda v: 0.2 <= v <= 3600,
+    ("zeek", "keepalive"): lambda v: 0.5 <= v <= 3600,
     ("serve", "batch_size"): lambda v: 1 <= v <= 4096,
     ("serve", "max_delay_ms"): lambda v: 0 <= v <= 1000,
     ("serve", "queue_size"): lambda v: 1 <= v <= 10_000_000,
@@ -224,24 +267,28 @@ _CHECKS: dict[tuple[str, str], Any] = {
 _SECTIONS = ("export", "scoring", "flows", "zeek", "serve", "detectors")
 
 
+def _show(value: Any) -> str:
+    return one_line(repr(value), 80)
+
+
 def _coerce(where: str, value: Any, typ: type) -> Any:
     if typ is bool:
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
         return value
     if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {_show(value)}")
     if isinstance(value, str) and typ in (int, float):
         try:
             return typ(value)
         except ValueError:
-            raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}") from None
+            raise ConfigError(f"{where}: expected {typ.__name__}, got {_show(value)}") from None
     if typ is float and isinstance(value, int):
         return float(value)
     if not isinstance(value, typ):
-        raise ConfigError(f"{where}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {type(value).__name__} {_show(value)}")
     return value
 
 
@@ -258,6 +305,57 @@ def _apply_section(obj: Any, section: str, values: Mapping[str, Any], origin: st
         setattr(obj, key, v)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML without aliases and with bounded nesting: a config has no use for either, and an
+    alias bomb of a few hundred bytes expands to gigabytes; deep nesting exhausts the stack."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"{self.name}: YAML aliases (*name) are not allowed, at line {mark.line + 1}")
+        self.depth += 1
+        if self.depth > MAX_YAML_DEPTH:
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"{self.name}: nested deeper than {MAX_YAML_DEPTH}, at line {mark.line + 1}")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """The YAML document in ``path``; every way it can be wrong is one ``ConfigError`` line."""
+    where = one_line(path)
+    with open_regular(path, "config file", ConfigError) as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a dpack config")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {err.start})") from None
+    loader = None
+    try:
+        loader = _Loader(text)  # the reader checks the characters here already
+        loader.name = where
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}") from None
+    except (ValueError, OverflowError, RecursionError):  # e.g. a timestamp the YAML resolver cannot build
+        raise ConfigError(f"{where}: not valid YAML (a value cannot be read)") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -266,14 +364,7 @@ def load_config(
     """Build the configuration: defaults, then ``path``, then ``env`` (os.environ), then ``overrides``."""
     cfg = Config()
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        raw = read_yaml(path)
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -293,6 +384,10 @@ def load_config(
     _merge(cfg, from_env, "environment", base=Path.cwd())
     if overrides:
         _merge(cfg, {k: v for k, v in overrides.items() if v or v == ""}, "command line", base=Path.cwd())
+    if cfg.rules:  # before any work starts: a bad rules setting is a bad config, not a crash later
+        cfg.rules_policy()
+        for key in _RULES_EXTRA:
+            cfg.rules_setting(key)
     return cfg
 
 
@@ -326,5 +421,5 @@ def _merge(cfg: Config, raw: Mapping[str, Any], origin: str, base: Path) -> None
                         setattr(d, k, str(base / v))
         else:
             raise ConfigError(
-                f"{origin}: unknown setting {key!r} (known: model, rules, {', '.join(_SECTIONS)})"
+                f"{origin}: unknown setting {_show(key)} (known: model, rules, {', '.join(_SECTIONS)})"
             )

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ModelError
 from ..fileio import sha256_file
-from ..modelio import load_blob, save_blob
+from ..modelio import build_checked, finite_threshold, load_blob, save_blob
 from ..traffic.encode import PrefixSpec
 from .model import DPackNet, ModelConfig
 
@@ -60,9 +60,8 @@ def load_model(path: str | os.PathLike[str], expect: PrefixSpec | None = None) -
         cfg = ModelConfig(**blob["config"])
         # files from before max_wait existed read flows without a time limit
         spec = PrefixSpec(**{"max_wait": math.inf, **blob["prefix"]})
-        net = DPackNet(cfg)
-        net.load_state_dict(blob["state_dict"])
-        threshold = float(blob["threshold"])
+        net = build_checked(lambda: DPackNet(cfg), blob["state_dict"], p)
+        threshold = finite_threshold(blob["threshold"], p)
     except (KeyError, TypeError, ValueError, RuntimeError, AssertionError) as err:
         raise ModelError(f"{path}: damaged dpack model ({str(err).splitlines()[0][:160]})") from None
     if (spec.n_packets, spec.n_bytes) != (cfg.n_packets, cfg.n_bytes):

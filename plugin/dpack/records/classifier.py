@@ -242,12 +242,12 @@ def save_record_classifier(path: str | os.PathLike[str], clf: RecordClassifier, 
 def load_record_classifier(path: str | os.PathLike[str]) -> RecordClassifier:
     from ..errors import ModelError
     from ..fileio import sha256_file
-    from ..modelio import load_blob
+    from ..modelio import build_checked, load_blob
 
     blob = load_blob(path, FORMAT, FORMAT_VERSION, "dpack record-classifier model")
     try:
-        net = CNNBiLSTM(BiLSTMConfig(**blob["config"]))
-        net.load_state_dict(blob["state_dict"])
+        ccfg = BiLSTMConfig(**blob["config"])
+        net = build_checked(lambda: CNNBiLSTM(ccfg), blob["state_dict"], path, "dpack classifier")
         enc = TableEncoder.from_state(blob["encoder"])
         names = [str(c) for c in blob["class_names"]]
         if enc.n_features != net.cfg.n_features or len(names) != net.cfg.n_classes:

@@ -30,7 +30,7 @@ from torch import nn
 from .. import __version__
 from ..errors import ModelError
 from ..fileio import sha256_file
-from ..modelio import load_blob, save_blob
+from ..modelio import build_checked, finite_threshold, load_blob, save_blob
 from .fitting import EarlyStopping
 from .tables import Table, TableEncoder
 
@@ -220,10 +220,10 @@ def load_record_model(path: str | os.PathLike[str]) -> RecordDetector:
     try:
         cfg_d = dict(blob["config"])
         cfg_d["hidden"] = tuple(cfg_d["hidden"])
-        net = RecordAE(RecordAEConfig(**cfg_d))
-        net.load_state_dict(blob["state_dict"])
+        rcfg = RecordAEConfig(**cfg_d)
+        net = build_checked(lambda: RecordAE(rcfg), blob["state_dict"], p, "dpack record model")
         enc = TableEncoder.from_state(blob["encoder"])
-        threshold = float(blob["threshold"])
+        threshold = finite_threshold(blob["threshold"], p, "dpack record model")
         if enc.n_features != net.cfg.n_features:
             raise ValueError("encoder and network disagree")
     except (KeyError, TypeError, ValueError, RuntimeError, AssertionError) as err:

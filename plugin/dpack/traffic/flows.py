@@ -68,11 +68,18 @@ class FlowRules:
     icmp_timeout: float = DEFAULT_IDLE_TIMEOUT  # icmp_inactivity_timeout
     other_timeout: float = DEFAULT_IDLE_TIMEOUT  # unknown_ip_inactivity_timeout
     dns_timeout: float = 10.0  # dns_session_timeout
+    # Not Zeek's: flows held at once at most. A flow beyond it ends the least recently active one (its
+    # sample handed out with what it has, counted in ``FlowStats.evicted``), so a flood of one-packet
+    # flows costs bounded memory (about 1.5 KB a flow while its prefix is collected).
+    max_flows: int = 500_000
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if not 0 < v <= 86400:
+            if f.name == "max_flows":
+                if not 1 <= v <= 100_000_000:
+                    raise ValueError(f"flows.max_flows must be in [1, 100000000], got {v}")
+            elif not 0 < v <= 86400:
                 raise ValueError(f"flows.{f.name} must be in (0, 86400] seconds, got {v}")
 
     def timeout(self, proto: int) -> float:
@@ -122,6 +129,7 @@ class FlowStats:
     fragments: int = 0  # pieces of fragmented datagrams (left out, as Zeek reassembles them)
     tunnels: int = 0  # IP-in-IP, IPv6-in-IPv4, GRE packets (left out, as Zeek decapsulates them)
     flows: int = 0
+    evicted: int = 0  # flows ended early because the table held FlowRules.max_flows
 
 
 @dataclass(slots=True)
@@ -202,6 +210,13 @@ class FlowTable:
         self._ts = 0.0  # capture time of the last frame
         self.index = 0  # frames seen, ``add``ed or ``tick``ed
         self.records: list[ConnRecord] | None = [] if records else None
+
+    def _evict(self, out: list[FlowSample], ts: float) -> None:
+        """End the least recently active flow (the oldest first entry of the tables) to make room."""
+        table = min((t for t in self._tables if t), key=lambda t: next(iter(t.values())).last)
+        _, f = table.popitem(last=False)
+        self.stats.evicted += 1
+        self._ended(f, out, ts)
 
     def _find(
         self, p: Packet, key: tuple[object, ...]
@@ -328,6 +343,8 @@ class FlowTable:
                 f = None
         if f is None:
             self.stats.flows += 1
+            if len(self) >= self.rules.max_flows:
+                self._evict(out, ts)
             sport, dport = flow_ports(p)
             f = _Flow(ts, ts, self.index, p.proto, p.src, sport, p.dst, dport)
             f.timeout = self.rules.timeout(p.proto)
