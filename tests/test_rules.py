@@ -324,3 +324,39 @@ def test_rules_cli_list_show_remove_expire(tmp_path, capsys):
     assert main(["rules", "--file", str(rules), "expire"]) == 0
     assert "1 entry removed; 0 active" in capsys.readouterr().out
     assert "dpack anomalous" not in rules.read_text()
+
+
+def test_escalation_memory_of_a_spoofed_flood_stays_bounded(tmp_path):
+    """Each flagged flow from a new source would add a source to the escalation memory; under a flood of
+    distinct sources the memory keeps the most recent ``max_sources`` (forgetting is counted), and a
+    source that keeps attacking is still escalated."""
+    book = RuleBook(Policy(threshold_flows=3, window=60), tmp_path / "dpack.rules")
+    book.max_sources = 1000
+    flood = [verdict(src=f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", ts=1000 + i * 1e-3) for i in range(5000)]
+    book.observe(flood, now=2000)
+    assert len(book.recent) == 1000 and book.stats["forgotten"] == 4000 and not book.state.entries
+    # a persistent attacker among the flood: three flows in the window still make a rule
+    mixed = []
+    for i in range(3):
+        mixed += [verdict(src="192.0.2.66", ts=1010 + i)]
+        mixed += [verdict(src=f"11.0.{j >> 8}.{j & 255}", ts=1010 + i) for j in range(i * 300, i * 300 + 300)]
+    book.observe(mixed, now=2000)
+    assert [e.key for e in book.state.entries.values()] == ["src:192.0.2.66"]
+    assert len(book.recent) <= 1000
+    assert all(len(d) <= 3 for d in book.recent.values())
+
+
+def test_flow_scope_rules_for_thousands_of_flows_get_unique_sids_in_one_pass(tmp_path):
+    n = 20_000
+    # sid_last is the dataset rule's: n SIDs for n entries
+    policy = Policy(
+        scope="flow", threshold_flows=1, max_entries=n, sid_first=1_900_000, sid_last=1_900_000 + n
+    )
+    book = RuleBook(policy, tmp_path / "dpack.rules")
+    book.observe([verdict(src=f"10.1.{i >> 8}.{i & 255}", sport=1024 + i) for i in range(n)], now=2000)
+    sids = [e.sid for e in book.state.entries.values()]
+    assert len(sids) == len(set(sids)) == n and min(sids) == 1_900_000 and max(sids) == 1_900_000 + n - 1
+    # the SID range is full: one more flow evicts the oldest entry and reuses its SID
+    book.observe([verdict(src="10.9.9.9", sport=9)], now=2001)
+    assert len(book.state.entries) == n and book.stats["capped"] == 1
+    assert len({e.sid for e in book.state.entries.values()}) == n

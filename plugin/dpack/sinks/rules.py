@@ -10,6 +10,7 @@ is kept. Nothing from a packet or a peer is ever pasted into a rule as text.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import logging
@@ -21,14 +22,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import DpackError, RulesError
+from ..errors import DpackError, RulesError, one_line
 from ..fileio import atomic_write_bytes
 from ..verdict import Verdict
 from .suricata import SuricataSocket
@@ -46,6 +48,7 @@ MESSAGES = {
 APPLY = ("rules", "dataset")
 _DATASET_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 LOCAL_SID_RANGE = (1_000_000, 1_999_999)  # reserved for local rules
+MAX_ENTRIES = 100_000  # active entries at most (rules.max_entries)
 # metadata key -> the only values it may carry
 _META_PATTERNS = {
     "dpack_version": re.compile(r"[0-9][0-9A-Za-z.+-]{0,30}"),
@@ -59,10 +62,15 @@ _META_PATTERNS = {
 
 
 def _addr(text: str) -> str:
+    """The canonical text of an address, for a rule; a scope id (``fe80::1%eth0``) is no address a
+    Suricata rule can hold."""
     try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise RulesError(f"not an IP address: {text[:50]!r}") from None
+        a = ipaddress.ip_address(text)
+    except (ValueError, TypeError):
+        raise RulesError(f"not an IP address: {one_line(repr(text), 60)}") from None
+    if getattr(a, "scope_id", None) is not None:
+        raise RulesError(f"address with a scope id: {one_line(repr(text), 60)}")
+    return str(a)
 
 
 def _port(p: int | str) -> str:
@@ -221,15 +229,23 @@ class Policy:
             )
         if self.apply == "dataset" and self.scope != "source":
             raise RulesError("rules.apply: dataset blocks sources; it needs rules.scope: source")
-        if self.threshold_flows < 1 or self.window <= 0 or self.ttl <= 0 or self.max_entries < 1:
-            raise RulesError("rules.threshold_flows, window, ttl and max_entries must be positive")
+        if not (
+            1 <= self.threshold_flows <= 1_000_000
+            and 0 < self.window <= 7 * 86400
+            and 0 < self.ttl <= 366 * 86400
+            and 1 <= self.max_entries <= MAX_ENTRIES
+        ):  # (comparisons are False for NaN, so NaN is refused too)
+            raise RulesError(
+                "rules.threshold_flows (1-1000000), window (up to 7 days), ttl (up to 366 days) and "
+                f"max_entries (1-{MAX_ENTRIES}) must be positive and in range"
+            )
         try:
             self.networks = [ipaddress.ip_network(c, strict=False) for c in self.allowlist]
         except ValueError as err:
             raise RulesError(f"rules.allowlist: {err}") from None
 
     def allowed(self, addr: str) -> bool:
-        a = ipaddress.ip_address(addr)
+        a = ipaddress.ip_address(_addr(addr))
         return any(a in n for n in self.networks)
 
 
@@ -261,7 +277,8 @@ class State:
         try:
             raw = json.loads(path.read_text())
             st = cls(
-                {k: Entry(**e) for k, e in raw["entries"].items()},
+                # in expiry order, which RuleBook keeps (the first entry is the next to expire)
+                {k: Entry(**e) for k, e in sorted(raw["entries"].items(), key=lambda kv: kv[1]["expires"])},
                 {k: int(v) for k, v in raw["sids"].items()},
                 {k: int(v) for k, v in raw.get("revs", {}).items()},
                 [_addr(a) for a in raw.get("applied", [])],
@@ -284,10 +301,24 @@ class State:
             "revs": self.revs,
             "applied": self.applied,
         }
-        atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(
+            path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), mode=SHARED_MODE
+        )
 
 
 # --- the engine -----------------------------------------------------------------------------------------
+
+MAX_SOURCES = 100_000  # sources whose recent anomalous flows the escalation remembers
+# Rules and state files: readable by the group (give Suricata's user that group), not by everyone.
+SHARED_MODE = 0o640
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _proto(v: Verdict) -> str:
@@ -309,10 +340,17 @@ class RuleBook:
         self.path = Path(rules_path)
         self.state_path = Path(state_path) if state_path else Path(f"{self.path}.state.json")
         self.state = State.load(self.state_path)
+        self._stamp = _stamp(self.state_path)  # the state file as this book last read or wrote it
         self.suricata = suricata if suricata is not None else shutil.which("suricata")
         self.suricata_config = suricata_config
-        self.recent: dict[str, deque[float]] = {}
+        # Escalation memory: the recent anomalous flows' times per source, least recently flagged first.
+        # Bounded: a flood of ever new (spoofed) sources forgets the oldest, counted in ``forgotten``.
+        self.recent: OrderedDict[str, deque[float]] = OrderedDict()
+        self.max_sources = MAX_SOURCES
+        self._sids_used = set(self.state.sids.values())
+        self._sid_cursor = policy.sid_first
         self.stats = {
+            "forgotten": 0,
             "added": 0,
             "refreshed": 0,
             "expired": 0,
@@ -321,6 +359,36 @@ class RuleBook:
             "capped": 0,
             "invalid": 0,
         }
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the rule state's lock (``<state>.lock``, an advisory ``flock``) and bring this book up to
+        date with the state file. Every writer of the state takes it - ``dpack serve``'s rule writer for
+        each update, ``dpack rules`` for each command - so a change one of them made is never written
+        over by the other (before: ``dpack rules remove`` said removed, and serve's next write put the
+        entry back)."""
+        fd = os.open(f"{self.state_path}.lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._refresh()
+            yield
+        finally:
+            os.close(fd)  # (closing releases the lock)
+
+    def _refresh(self) -> None:
+        """Re-read the state file if someone else wrote it since this book did. Sources whose entries were
+        removed there (not expired) lose their escalation memory: only new flows count against them."""
+        stamp = _stamp(self.state_path)
+        if stamp == self._stamp:
+            return
+        before = self.state.entries
+        self.state = State.load(self.state_path)
+        self._stamp = stamp
+        self._sids_used = set(self.state.sids.values())
+        now = time.time()
+        for key, e in before.items():
+            if key not in self.state.entries and e.expires > now and key.startswith("src:"):
+                self.recent.pop(key[len("src:") :], None)
 
     # which flows lead to an entry
     def observe(
@@ -356,14 +424,29 @@ class RuleBook:
                 count = 1
             else:
                 key = f"src:{v.src}"
-                q = self.recent.setdefault(v.src, deque())
+                q = self.recent.get(v.src)
+                if q is None:
+                    q = self.recent[v.src] = deque()
+                    if len(self.recent) > self.max_sources:
+                        self.recent.popitem(last=False)
+                        self.stats["forgotten"] += 1
+                else:
+                    self.recent.move_to_end(v.src)
                 q.append(t)
                 while q and t - q[0] > self.policy.window:
+                    q.popleft()
+                while len(q) > self.policy.threshold_flows:  # more than enough to decide: bounded
                     q.popleft()
                 count = len(q)
                 if count < self.policy.threshold_flows:
                     continue
-            if self._put(key, v, wall, count):
+            try:
+                put = self._put(key, v, wall, count)
+            except RulesError as err:  # this verdict makes no rule; the others still do
+                self.stats["invalid"] += 1
+                log.warning("no rule for %s: %s", one_line(key, 120), err)
+                continue
+            if put:
                 changed.append(key)
         return changed
 
@@ -372,6 +455,11 @@ class RuleBook:
         existing = self.state.entries.get(key)
         if existing is not None and existing.expires - now > self.policy.ttl / 2:
             return False  # active and far from expiry: nothing to change
+        if existing is None and len(self.state.entries) >= self.policy.max_entries:
+            # at the cap, before a SID is taken: the leaving entry's SID is free for the new one. Entries
+            # are kept in expiry order (see the re-insert below), so the first expires first.
+            del self.state.entries[next(iter(self.state.entries))]
+            self.stats["capped"] += 1
         sid = self.state.sids.get(key) or self._new_sid()
         rev = self.state.revs.get(key, 0) + 1
         p = self.policy
@@ -407,25 +495,29 @@ class RuleBook:
         text = rule.format()
         if Rule.parse(text) != rule:  # re-parse before keeping it
             raise RulesError(f"rule for {key} does not parse back")
-        if existing is None and len(self.state.entries) >= p.max_entries:
-            oldest = min(self.state.entries.values(), key=lambda e: e.expires)
-            del self.state.entries[oldest.key]
-            self.stats["capped"] += 1
+        self.state.entries.pop(key, None)  # re-inserted last: the latest expiry
         self.state.entries[key] = Entry(key, sid, rev, text, now, expires)
         self.state.sids[key], self.state.revs[key] = sid, rev
+        self._sids_used.add(sid)
         self.stats["refreshed" if existing else "added"] += 1
         return True
 
     def _new_sid(self) -> int:
-        used = set(self.state.sids.values())
-        for sid in range(self.policy.sid_first, self.policy.sid_last):  # sid_last: the dataset rule
-            if sid not in used:
-                return sid
+        """The lowest free SID at or after a cursor (amortised O(1): 40,000 new flow rules used to scan the
+        range for each), else the SID of the key that left longest ago."""
+        used, last = self._sids_used, self.policy.sid_last  # sid_last: the dataset rule
+        if self._sid_cursor < self.policy.sid_first:
+            self._sid_cursor = self.policy.sid_first
+        while self._sid_cursor < last and self._sid_cursor in used:
+            self._sid_cursor += 1
+        if self._sid_cursor < last:
+            return self._sid_cursor
         # range exhausted: reuse the SID of the longest-expired key
-        stale = [k for k in self.state.sids if k not in self.state.entries]
-        if not stale:
+        stale = next((k for k in self.state.sids if k not in self.state.entries), None)
+        if stale is None:
             raise RulesError("no free SID in rules.sid_first..sid_last; widen the range or lower max_entries")
-        sid = self.state.sids.pop(stale[0])
+        sid = self.state.sids.pop(stale)
+        self.state.revs.pop(stale, None)
         return sid
 
     def expire(self, now: float) -> list[str]:
@@ -510,22 +602,25 @@ class RuleBook:
         """Write the rules file: a temporary file beside it, ``suricata -T``, then an atomic rename; the
         state is saved after the file, so a crash in between leaves an older file and a newer state, which
         the next write reconciles."""
-        atomic_write_bytes(self.path, self.text().encode(), check=self.validate if validate else None)
+        atomic_write_bytes(
+            self.path, self.text().encode(), check=self.validate if validate else None, mode=SHARED_MODE
+        )
         self.state.save(self.state_path)
+        self._stamp = _stamp(self.state_path)
         return self.path
 
 
 def book_from_config(cfg: Any, path: str | None = None) -> RuleBook:
     """The RuleBook the config describes (``rules:`` section); ``path`` overrides ``rules.file``."""
-    path = path or cfg.rules.get("file")
+    path = path or cfg.rules_setting("file")
     if not path:
         raise RulesError("no rules file: set rules.file in the config")
     return RuleBook(
         cfg.rules_policy(),
         path,
-        cfg.rules.get("state") or None,
-        suricata=cfg.rules.get("suricata"),
-        suricata_config=cfg.rules.get("suricata_config"),
+        cfg.rules_setting("state"),
+        suricata=cfg.rules_setting("suricata"),
+        suricata_config=cfg.rules_setting("suricata_config"),
     )
 
 
@@ -546,7 +641,9 @@ class RulesWorker:
             "rules_applies": 0,
             "rules_apply_failures": 0,
             "rules_dropped": 0,
+            "rules_errors": 0,
         }
+        self.failed = ""
         self.pending_apply = False
         self.thread = threading.Thread(target=self._run, name="dpack-rules", daemon=True)
         self.thread.start()
@@ -558,12 +655,28 @@ class RulesWorker:
             self.counts["rules_dropped"] += len(verdicts)
             log.error("rules queue full: %d anomalous verdict(s) not considered for rules", len(verdicts))
 
+    def figures(self) -> dict[str, int]:
+        """The counters, and the size of the rule book's bounded state (read without the lock: sizes
+        of dicts, good enough for a metric)."""
+        st = self.book.stats
+        return {
+            **self.counts,
+            "rules_active": len(self.book.state.entries),
+            "rules_sources_tracked": len(self.book.recent),
+            "rules_sources_forgotten": st["forgotten"],
+            "rules_verdicts_invalid": st["invalid"],
+        }
+
     def close(self, timeout: float = 30.0) -> None:
         self.q.put(None)
         self.thread.join(timeout)
 
     def _run(self) -> None:
+        """Until ``close``: one queued batch (or a tick) at a time. Nothing one batch holds can stop the
+        thread: an unexpected error is counted (``rules_errors``), logged once a minute at most, and the
+        next batch is taken; ``failed`` keeps the last one for the service's health check."""
         next_tick = time.monotonic() + self.tick
+        last_log = -1e9
         while True:
             try:
                 item = self.q.get(timeout=max(0.0, next_tick - time.monotonic()))
@@ -571,6 +684,17 @@ class RulesWorker:
                 item = []
             if item is None:
                 return
+            try:
+                next_tick = self._step(item, next_tick)
+            except Exception as err:
+                self.counts["rules_errors"] += 1
+                self.failed = f"{type(err).__name__}: {one_line(err, 200)}"
+                if time.monotonic() - last_log >= 60:
+                    last_log = time.monotonic()
+                    log.exception("rule writer: a batch of %d verdict(s) failed; going on", len(item))
+
+    def _step(self, item: list[Verdict], next_tick: float) -> float:
+        with self.book.locked():
             changed = bool(self.book.observe(item)) if item else False
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + self.tick
@@ -593,3 +717,4 @@ class RulesWorker:
                     log.error("rules written but not applied (retry in %.0f s): %s", self.tick, err)
             elif self.pending_apply:
                 self.pending_apply = False  # no socket configured: Suricata reads the file when it reloads
+        return next_tick
