@@ -90,3 +90,51 @@ def live_sensor(zeek):
     if why:
         need(why)
     return zeek
+
+
+# --- dpack serve against a fault-injecting Zeek peer (tests/servekit.py) ---------------------------------
+
+
+@pytest.fixture
+def peer():
+    """A WebSocket peer on 127.0.0.1 that plays Zeek's side of the contract (and injects faults)."""
+    from zeekpeer import ZeekPeer
+
+    p = ZeekPeer().start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def model_copy(tmp_path):
+    import shutil
+
+    dst = tmp_path / "model.pt"
+    shutil.copy(DEFAULT_MODEL, dst)
+    return dst
+
+
+@pytest.fixture
+def start(tmp_path, peer, model_copy):
+    """Start a service against ``peer``, wait until it is connected; stopped after the test."""
+    from servekit import Running, make_cfg
+
+    runs = []
+
+    def go(scorer_wrap=None, **serve):
+        run = Running(make_cfg(tmp_path, peer, model_copy, **serve), scorer_wrap)
+        runs.append(run)
+        assert peer.connected.wait(10)
+        return run
+
+    yield go
+    for run in runs:
+        run.stop()
+
+
+@pytest.fixture(scope="module")
+def sample_recs():
+    """The shipped sample's flows as the samples Zeek would send."""
+    from zeekpeer import samples_from_pcap
+
+    return samples_from_pcap(str(SAMPLE))

@@ -357,3 +357,12 @@ def test_text_built_records_equal_json_dumps(t, v):
     fields = (("a", t), ("b", "string"))
     values = {"a": v, "b": "x"}
     assert _record_json(fields, values) == json.dumps(encode_record(fields, values), separators=(",", ":"))
+
+
+def test_the_batch_limits_are_the_same_on_both_sides():
+    from dpack.zeek.wire import MAX_FRAME_TEXT
+
+    text = (ROOT / "zeek_scripts" / "contract.zeek").read_text()
+    consts = {k: int(v) for k, v in re.findall(r"const (max_batch\w*) = (\d+);", text)}
+    assert consts == {"max_batch_text": C.MAX_BATCH_TEXT, "max_batch": C.MAX_BATCH}
+    assert C.MAX_BATCH_TEXT < MAX_FRAME_TEXT  # Zeek's estimate may be a little low; the cap has room

@@ -3,30 +3,26 @@ scripts send (tests/zeekpeer.py), plus faults: disconnects, hostile messages, fl
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import DEFAULT_MODEL, SAMPLE
-from zeekpeer import ZeekPeer, connections_from_pcap, samples_frame, samples_from_pcap
+from servekit import Running, free_port, make_cfg, metrics_text, send_batches, wait_for
+from zeekpeer import ZeekPeer, connections_from_pcap, samples_frame
 
 from dpack.config import load_config
 from dpack.offline.score import score_capture
 from dpack.prefix.modelfile import load_model
 from dpack.prefix.scorer import Scorer
 from dpack.records.scorer import RecordScorer
-from dpack.serve.service import Service
 from dpack.sinks.rules import Rule
 from dpack.zeek import contract as C
 from dpack.zeek.codec import parse_connections
@@ -35,120 +31,6 @@ from dpack.zeek.wire import decode_message
 WIRE = Path(__file__).resolve().parent / "zeek-wire"  # recorded from Zeek 8.0.10 (see its README)
 # The tests of what Zeek sees, run with scoring in the serving process and with 2 scoring workers.
 IN_PROCESS_AND_WORKERS = pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
-
-
-def wait_for(cond, timeout=20.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Running:
-    """A Service on its own event loop in a thread (as ``dpack serve`` runs it), stoppable like SIGTERM."""
-
-    def __init__(self, cfg, scorer_wrap=None):
-        self.cfg = cfg
-        self.service = None
-        self.error = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.scorer_wrap = scorer_wrap
-        self.thread.start()
-        wait_for(lambda: self.service is not None and self.service.loop is not None, what="service start")
-
-    def _run(self):
-        async def main():
-            self.service = Service(self.cfg)
-            if self.scorer_wrap:
-                self.scorer_wrap(self.service)
-            await self.service.run()
-
-        try:
-            asyncio.run(main())
-        except BaseException as err:  # noqa: BLE001 - reported by stop()
-            self.error = err
-
-    @property
-    def m(self):
-        return self.service.metrics.counts
-
-    def stop(self):
-        self.service.loop.call_soon_threadsafe(self.service.stop.set)
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "service did not stop"
-        assert self.error is None, self.error
-
-
-@pytest.fixture
-def peer():
-    p = ZeekPeer().start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def model_copy(tmp_path):
-    dst = tmp_path / "model.pt"
-    shutil.copy(DEFAULT_MODEL, dst)
-    return dst
-
-
-@pytest.fixture
-def start(tmp_path, peer, model_copy):
-    """Start a service against ``peer``, wait until it is connected; stopped after the test."""
-    runs = []
-
-    def go(scorer_wrap=None, **serve):
-        run = Running(make_cfg(tmp_path, peer, model_copy, **serve), scorer_wrap)
-        runs.append(run)
-        assert peer.connected.wait(10)
-        return run
-
-    yield go
-    for run in runs:
-        run.stop()
-
-
-def make_cfg(tmp_path, peer, model, **serve):
-    cfg = load_config(
-        None,
-        env={},
-        overrides={
-            "model": str(model),
-            "zeek": {"url": peer.url, "topic": "dpack/samples", "reconnect_max": 0.5},
-            "serve": {
-                "alerts": str(tmp_path / "alerts.jsonl"),
-                "metrics_port": free_port(),
-                "log_interval": 0.5,
-                **serve,
-            },
-        },
-    )
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def sample_recs():
-    return samples_from_pcap(str(SAMPLE))
-
-
-def send_batches(peer, recs, size=64, **kw):
-    for i in range(0, len(recs), size):
-        peer.send(samples_frame(recs[i : i + size], time.time(), **kw))
-
-
-def metrics_text(cfg):
-    url = f"http://127.0.0.1:{cfg.serve.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return r.read().decode()
 
 
 @IN_PROCESS_AND_WORKERS

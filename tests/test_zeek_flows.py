@@ -111,3 +111,64 @@ def test_offline_flows_are_zeek_connections_on_the_lab_sample(zeek, tmp_path):
     zs, differ, _ = zeeklab.compare_flows(SAMPLE, tmp_path, SPEC)
     assert len(zs) > 1000
     assert differ == []
+
+
+BATCH_SIZES_SCRIPT = """\
+@load dpack
+hook DPack::publish_policy(hdr: DPack::BatchHeader, batch: vector of DPack::Sample)
+	{
+	print fmt("batch %d", |batch|);
+	for ( i in batch )
+		print to_json(batch[i]);
+	break;
+	}
+"""
+
+
+def test_zeek_splits_a_batch_of_large_ipv6_samples_under_the_frame_cap(zeek, tmp_path):
+    """The largest samples a node can export (IPv6, full-size frames, capture_bytes at the contract's
+    limit) with batch_size at the contract's maximum: Zeek publishes each batch before its JSON passes
+    DPack::max_batch_text, so no frame reaches the scorer's cap (which would drop the whole batch)."""
+    import json
+    import subprocess
+
+    from zeekpeer import samples_frame
+
+    from dpack.zeek import contract as C
+    from dpack.zeek.wire import MAX_FRAME_TEXT, Port
+
+    big = b"\xff" * 1400
+    frames = []
+    t = 1_700_000_000.0
+    for i in range(2000):  # one-packet-each-way UDP exchanges from 2000 source ports
+        a = f"2001:db8:ffff:ffff:ffff:ffff:ffff:{i:04x}"
+        frames.append((t + i * 0.001, eth(ip6(a, SERVER6, udp(10000 + i, 53, big), 17), src=b"\x02" * 6)))
+        frames.append((t + i * 0.001 + 0.0002, eth(ip6(SERVER6, a, udp(53, 10000 + i, big), 17))))
+    cap = write_pcap(tmp_path / "big6.pcap", frames)
+    (tmp_path / "sizes.zeek").write_text(BATCH_SIZES_SCRIPT)
+    site = zeeklab.site_dir(tmp_path)
+    r = subprocess.run(
+        ["zeek", "-C", "-r", str(cap), str(tmp_path / "sizes.zeek"), "DPack::batch_size=4096",
+         f"DPack::capture_bytes={C.MAX_FRAME_BYTES}", "DPack::max_wait=0.0001sec", "DPack::batch_interval=1hr"],
+        cwd=tmp_path, env=zeeklab.zeek_env(site), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    batches: list[list[dict]] = []
+    for line in r.stdout.splitlines():
+        if line.startswith("batch "):
+            batches.append([])
+        elif line.startswith("{"):
+            batches[-1].append(json.loads(line))
+    assert sum(len(b) for b in batches) == 2000
+    assert len(batches) >= 2  # 2000 samples of ~2.7 KB of JSON: more than one frame's worth
+
+    def rec(z: dict) -> dict:
+        return {
+            **z,
+            "orig_p": Port(z["orig_p"]["port"], z["orig_p"]["proto"]),
+            "resp_p": Port(z["resp_p"]["port"], z["resp_p"]["proto"]),
+        }
+
+    sizes = [len(samples_frame([rec(z) for z in b], t)) for b in batches]
+    assert max(sizes) <= MAX_FRAME_TEXT, sizes
+    assert max(sizes) > MAX_FRAME_TEXT // 2, sizes  # split near the cap, not into tiny batches

@@ -248,6 +248,8 @@ class ZeekPeer:
         self._ready = threading.Event()
         self._server: Any = None
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.reading = asyncio.Event()  # cleared by pause_reading: what clients send waits unread
+        self.reading.set()
 
     @property
     def url(self) -> str:
@@ -281,6 +283,8 @@ class ZeekPeer:
         self.connected.set()
         try:
             async for msg in ws:
+                if not self.reading.is_set():
+                    await self.reading.wait()
                 if not self.check_on_receipt:
                     self.raw.append((time.perf_counter(), msg))
                     continue
@@ -308,6 +312,22 @@ class ZeekPeer:
                     await ws.send(text, text=True)
                 else:
                     await ws.send(text)
+
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout)
+
+    def pause_reading(self, paused: bool) -> None:
+        """Fault: stop reading what clients send (as a Zeek too busy to read). The socket's buffers fill,
+        and the client's keepalive pings go unanswered too."""
+        self.loop.call_soon_threadsafe(self.reading.clear if paused else self.reading.set)
+
+    def send_all(self, frames: list[str], timeout: float = 600) -> None:
+        """Send ``frames`` back to back to every client, with no round trip to the test's thread between
+        them (a burst as fast as the socket takes it)."""
+
+        async def go() -> None:
+            for ws in list(self.clients):
+                for f in frames:
+                    await ws.send(f)
 
         asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout)
 

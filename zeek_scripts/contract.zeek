@@ -11,6 +11,14 @@ export {
 	## :zeek:see:`DPack::scorer_refused`.
 	const contract_version = 3;
 
+	## Upper bound of a batch's size on the wire (Broker's JSON text, bytes). A batch is
+	## published early when its estimated size would pass it; the scorer refuses larger
+	## frames (and counts their flows as dropped).
+	const max_batch_text = 3145728;
+
+	## Most entries in one batch; :zeek:see:`DPack::batch_size` above it is cut to it.
+	const max_batch = 4096;
+
 	## Sent with every batch of samples.
 	type BatchHeader: record {
 		## Contract version of the sending script.

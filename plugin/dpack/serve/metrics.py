@@ -13,11 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import one_line
+
 log = logging.getLogger("dpack.serve")
 
 
 class RateLimitedLog:
-    """At most one line per ``key`` every ``every`` seconds, with the count of what was held back."""
+    """At most one line per ``key`` every ``every`` seconds, with the count of what was held back. Keys
+    come from dpack's code (a fixed vocabulary), never from what a peer sends; every argument but a
+    number is written with ``one_line``."""
 
     def __init__(self, every: float = 10.0) -> None:
         self.every = every
@@ -28,17 +32,17 @@ class RateLimitedLog:
         t, held = self.last.get(key, (-1e9, 0))
         if now - t >= self.every:
             suffix = f" (+{held} more like it)" if held else ""
-            log.log(level, msg + suffix, *args)
+            clean = tuple(a if isinstance(a, int | float) else one_line(a) for a in args)
+            log.log(level, msg + suffix, *clean)
             self.last[key] = (now, 0)
         else:
             self.last[key] = (t, held + 1)
-        if len(self.last) > 1000:
-            self.last.clear()
 
 
 class Metrics:
     """Operational counters, exported in Prometheus text format and summarised in a periodic log line."""
 
+    EXTRA_GAUGES = frozenset({"rules_active", "rules_sources_tracked"})  # levels, not counts
     COUNTERS = {
         "messages_received": "WebSocket messages received from Zeek",
         "messages_malformed": "messages that did not decode or did not fit the contract",
@@ -46,7 +50,8 @@ class Metrics:
         "batches_refused": "batches refused (contract version or prefix mismatch)",
         "flows_received": "flow samples accepted into the queue",
         "samples_skipped": "samples left out of a batch because they were malformed",
-        "flows_dropped": "flow samples dropped because the queue was full",
+        "flows_dropped": "flow samples dropped: the queue was full, or their batch was over the frame cap",
+        "frames_too_large": "batches over the frame cap, dropped unparsed (their flows counted as dropped)",
         "flows_scored": "flows scored",
         "flows_flagged": "flows scored as anomalous",
         "inputs_from_cache": "distinct flow inputs whose score and explanation came from the scorer's cache",
@@ -65,6 +70,7 @@ class Metrics:
         "reconnects": "connections made to Zeek",
         "model_reloads": "models swapped in while serving",
         "model_reload_failures": "new model files refused (the old model kept serving)",
+        "config_reloads": "changed config files applied while serving",
         "config_reload_failures": "changed config files refused",
         "worker_restarts": "scoring workers that ended unexpectedly (restarted; their queued flows counted as dropped)",
     }
@@ -99,7 +105,10 @@ class Metrics:
                 f"dpack_{name}_total {c[name]}",
             ]
         for name, value in self.extra().items():
-            lines += [f"# TYPE dpack_{name}_total counter", f"dpack_{name}_total {value}"]
+            if name in self.EXTRA_GAUGES:
+                lines += [f"# TYPE dpack_{name} gauge", f"dpack_{name} {value}"]
+            else:
+                lines += [f"# TYPE dpack_{name}_total counter", f"dpack_{name}_total {value}"]
         for name, value, help_ in (
             ("queue_depth", self.queue_depth, "flow samples waiting to be scored"),
             ("outbox_depth", self.outbox_depth, "verdicts waiting for a Zeek connection"),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config import Config
-from ..errors import CodecError
+from ..errors import CodecError, FrameTooLarge
 from ..prefix.modelfile import LoadedModel
 from ..prefix.scorer import Scorer
 from ..records.scorer import RecordScorer
@@ -167,7 +167,12 @@ class Pipeline:
                 return
             batch = parse_samples(msg)  # refuses any other event with a reason
         except ContractMismatch as err:
-            await self._refuse(err.reply_topic, version_reason(err.version, err.node))
+            await self._refuse(err.reply_topic, version_reason(err.version, err.node), "version")
+            return
+        except FrameTooLarge as err:
+            self.metrics.inc("frames_too_large")
+            self.metrics.inc(err.counter, err.entries)
+            self.ratelog(logging.WARNING, "too-large", "batch dropped: %s (%d entries)", err, err.entries)
             return
         except CodecError as err:
             self.metrics.inc("messages_malformed")
@@ -178,11 +183,13 @@ class Pipeline:
             return
         await self._accept(batch, received)
 
-    async def _refuse(self, topic: str, reason: str) -> None:
+    async def _refuse(self, topic: str, reason: str, kind: str) -> None:
+        """``kind`` (version, prefix) keys the rate limit: the reason names the node, and a peer that
+        makes up a new node name for every batch must not get a log line for each."""
         if not self.count_refusals:
             return
         self.metrics.inc("batches_refused")
-        self.ratelog(logging.ERROR, "refuse:" + reason, "batch refused: %s", reason)
+        self.ratelog(logging.ERROR, "refuse-" + kind, "batch refused: %s", reason)
         await self.output.refuse(topic, reason)
 
     def _refusal(self, batch: SampleBatch) -> str | None:
@@ -217,7 +224,7 @@ class Pipeline:
             )
         reason = self._refusal(batch)
         if reason is not None:
-            await self._refuse(batch.header.reply_topic, reason)
+            await self._refuse(batch.header.reply_topic, reason, "prefix")
             return
         h = batch.header
         if not valid_topic(h.reply_topic):
@@ -256,7 +263,7 @@ class Pipeline:
                 batch.skipped[0],
             )
         if h.version != C.CONTRACT_VERSION:
-            await self._refuse(h.reply_topic, version_reason(h.version, h.node))
+            await self._refuse(h.reply_topic, version_reason(h.version, h.node), "version")
             return
         scorer = self.record_scorer
         if scorer is None or self.stop.is_set() or not valid_topic(h.reply_topic):

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ import torch
 
 from ..config import Config, load_config
 from ..errors import CodecError, DpackError, ModelError
+from ..fileio import sha256_file
 from ..prefix.modelfile import LoadedModel, load_model
 from ..verdict import Verdict
 from ..zeek.codec import encode_refusal
@@ -38,6 +39,18 @@ from .pipeline import Pipeline, valid_topic
 log = logging.getLogger(__name__)
 
 AnomalyHook = Callable[[Sequence[Verdict], Sequence[str]], None]
+
+
+REFUSALS_REMEMBERED = 1024
+_CHANGES = ("modified", "created", "moved", "closed")  # watchdog event types that may change a file
+
+
+def _digest(path: str) -> str | None:
+    """The SHA-256 of a file's content; None when it cannot be read (it is being replaced)."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 class Scoring(Protocol):
@@ -99,21 +112,29 @@ class Service:
         self.model = model if model is not None else self._load_model(cfg)
         self.hooks = list(hooks)
         self.rules_worker = self._rules_worker(cfg)
+        self.failure = ""  # set when serve stops because a part of it stopped (health); exit status 1
         if self.rules_worker is not None:
             self.hooks.append(self.rules_worker)
             rules = self.rules_worker
-            self.metrics.extra = lambda: dict(rules.counts)
+            self.metrics.extra = rules.figures
         self.outbox: deque[str] = deque()
         self.outbox_verdicts: deque[int] = deque()  # verdicts per outbox message
-        self.refusals_sent: set[tuple[str, str]] = set()
+        # (topic, reason) pairs told to Zeek since it connected; bounded, since reasons name nodes
+        self.refusals_sent: OrderedDict[tuple[str, str], None] = OrderedDict()
         if link is None:
-            kind = BrokerLink if cfg.zeek.transport == "broker" else WebSocketLink
-            link = kind(cfg.zeek.url, cfg.zeek.topic, cfg.zeek.reconnect_max, self._on_link)
+            z = cfg.zeek
+            link = (
+                BrokerLink(z.url, z.topic, z.reconnect_max, self._on_link)
+                if z.transport == "broker"
+                else WebSocketLink(z.url, z.topic, z.reconnect_max, self._on_link, z.keepalive)
+            )
         self.link: Link = link
         self.stop = asyncio.Event()  # set by SIGTERM: stop taking samples, drain, then close the link
         self.link_stop = asyncio.Event()
         self.link_up = asyncio.Event()  # set when Zeek (re)connects: the outbox goes out
         self.reload_requested: set[str] = set()
+        # the content last seen of each watched file (the files loaded at start, then each change)
+        self.seen = {"model": _digest(self.model.path), "config": _digest(cfg.path) if cfg.path else None}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.flush_lock = asyncio.Lock()  # one outbox flush at a time (else a message could go out twice)
         self.scoring: Scoring
@@ -133,8 +154,8 @@ class Service:
         from ..sinks.suricata import SuricataSocket
 
         book = book_from_config(cfg)
-        sock = SuricataSocket(cfg.rules["socket"]) if cfg.rules.get("socket") else None
-        return RulesWorker(book, sock, tick=float(cfg.rules.get("tick", 30.0)))
+        sock = SuricataSocket(cfg.rules_setting("socket")) if cfg.rules.get("socket") else None
+        return RulesWorker(book, sock, tick=cfg.rules_setting("tick"))
 
     # --- the pipeline's output (in-process; a pool hands its workers' results to these too) ----------------
 
@@ -161,7 +182,9 @@ class Service:
         """Tell Zeek why its batches are refused: once per topic and reason while connected."""
         key = (topic, reason)
         if key not in self.refusals_sent and valid_topic(topic):
-            self.refusals_sent.add(key)
+            self.refusals_sent[key] = None
+            if len(self.refusals_sent) > REFUSALS_REMEMBERED:
+                self.refusals_sent.popitem(last=False)
             await self.link.send(encode_refusal(topic, reason))
 
     def flagged(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
@@ -215,6 +238,7 @@ class Service:
             self.metrics.inc("model_reload_failures")
             log.error("new model refused, still serving %s: %s", self.model.name, err)
             return False
+        self.seen["model"] = model.sha256
         if model.sha256 == self.model.sha256:
             return False
         if model.spec != self.model.spec:
@@ -245,6 +269,7 @@ class Service:
             return
         model_changed = new.model_path() != self.cfg.model_path()
         self.apply_config(new)
+        self.metrics.inc("config_reloads")
         log.info("config reloaded from %s", self.cfg.path)
         if model_changed:
             self.reload_model()
@@ -266,6 +291,28 @@ class Service:
             except TimeoutError:
                 log.info("%s", self.metrics.summary())
 
+    def health(self, observer: Any = None) -> str:
+        """Why the service cannot go on, or "": a part that should run for as long as it serves (the rule
+        writer thread, the file watcher) has stopped. Each survives a failure of one item by itself;
+        this catches what it could not survive, so that serve never runs half-alive."""
+        rw = self.rules_worker
+        if rw is not None and not rw.thread.is_alive():
+            return f"the rule writer stopped ({rw.failed or 'no error recorded'}); no rule would be written"
+        if observer is not None and not observer.is_alive():
+            return "the file watcher stopped; model and config changes would go unseen"
+        return ""
+
+    async def _health_loop(self, observer: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=1.0)
+            except TimeoutError:
+                why = self.health(observer)
+                if why:
+                    self.failure = why
+                    log.critical("stopping: %s; restart dpack serve", why)
+                    self.stop.set()
+
     def _watch(self) -> Any:
         """Watch the model file and the config file; reloads run on the event loop, debounced."""
         if not self.cfg.serve.watch:
@@ -282,6 +329,10 @@ class Service:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                # Only what can change a file's content: reading it (as a reload does) raises opened
+                # and closed_no_write events, and reacting to those reloaded again and again.
+                if event.event_type not in _CHANGES:
+                    return
                 for p in (event.src_path, getattr(event, "dest_path", "")):
                     kind = targets.get(os.path.realpath(str(p))) if p else None
                     if kind:
@@ -301,11 +352,20 @@ class Service:
         self.reload_requested.add(kind)
 
     def _do_reloads(self) -> None:
+        """Reload what changed: a file whose content is what was last seen (an editor's save of the same
+        bytes, a touch) is left alone, and a bad file is refused once, not at every event it causes."""
         kinds, self.reload_requested = self.reload_requested, set()
-        if "config" in kinds:
+        if "config" in kinds and self.cfg.path and self._changed("config", self.cfg.path):
             self.reload_config()
-        if "model" in kinds:
+        if "model" in kinds and self._changed("model", self.cfg.model_path()):
             self.reload_model()
+
+    def _changed(self, kind: str, path: str) -> bool:
+        digest = _digest(path)
+        if digest is None or digest == self.seen.get(kind):
+            return False
+        self.seen[kind] = digest
+        return True
 
     async def run(self) -> None:
         """Serve until ``self.stop`` is set; then score and send what is queued, and return."""
@@ -341,6 +401,7 @@ class Service:
         )
         link_task = asyncio.create_task(self.link.run(self.on_message, self.link_stop))
         log_task = asyncio.create_task(self._log_loop())
+        health_task = asyncio.create_task(self._health_loop(observer))
         flush_task = asyncio.create_task(self._flush_on_reconnect())
         score_task = asyncio.create_task(self.scoring.run())
         stopper = asyncio.create_task(self.stop.wait())
@@ -371,7 +432,7 @@ class Service:
                 await asyncio.wait_for(asyncio.shield(link_task), timeout=5)  # closes with code 1000
             except (TimeoutError, Exception):  # noqa: BLE001 - shutting down; the link reports its own errors
                 pass
-            tasks = (link_task, log_task, flush_task, score_task, stopper)
+            tasks = (link_task, log_task, health_task, flush_task, score_task, stopper)
             for t in tasks:
                 if not t.done():
                     t.cancel()

@@ -38,11 +38,11 @@ from typing import Any, Protocol
 import torch
 
 from ..config import Config, usable_cores
-from ..errors import CodecError
+from ..errors import CodecError, FrameTooLarge
 from ..prefix.modelfile import LoadedModel
 from ..verdict import Verdict
 from ..zeek.contract import CONNECTIONS_EVENT, SAMPLES_EVENT
-from ..zeek.wire import Event, batch_entries, decode_message, split_batch
+from ..zeek.wire import MAX_FRAME_TEXT, Event, batch_entries, decode_message, split_batch
 from .metrics import Metrics, RateLimitedLog
 from .pipeline import Output, Pipeline
 
@@ -108,6 +108,8 @@ def count_dropped(raw: Any) -> tuple[str, int]:
         return "flows_dropped", 0
     try:
         msg = decode_message(raw)
+    except FrameTooLarge as err:
+        return err.counter, err.entries
     except CodecError:
         return "flows_dropped", 0
     batch = batch_entries(msg) if isinstance(msg, Event) else None
@@ -173,11 +175,13 @@ async def _on_part(pipeline: Pipeline, raw: Any, received: float, index: int, pa
     the frame and takes its share of the entries. Anything that is not such a batch (or has fewer entries
     than parts) is handled whole by part 0 only, so each message is counted once; refusals, the same for
     every part, are counted by part 0 only."""
-    try:
-        obj = raw if isinstance(raw, Event) else json.loads(raw)
-        share = split_batch(obj, parts)
-    except (ValueError, RecursionError):
-        share = None
+    share = None
+    if not (isinstance(raw, str | bytes) and len(raw) > MAX_FRAME_TEXT):  # too large: part 0 refuses it
+        try:
+            obj = raw if isinstance(raw, Event) else json.loads(raw)
+            share = split_batch(obj, parts)
+        except (ValueError, RecursionError):
+            share = None
     if share is not None and index < len(share):
         pipeline.count_refusals = index == 0
         try:

@@ -10,14 +10,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CodecError
+from ..errors import CodecError, one_line
 from ..traffic.conn import ConnRecord
 from ..traffic.encode import Frame
 from ..traffic.flows import FlowSample
 from ..traffic.keys import community_id
 from ..traffic.packets import PROTO_ICMP, PROTO_ICMP6, PROTO_NAMES, PROTO_TCP, PROTO_UDP
 from ..zeek import contract as C
-from .wire import Event, Port, _event_json, _record_json, _text, encode_event, encode_value
+from .wire import (
+    Event,
+    Invalid,
+    Port,
+    _event_json,
+    _record_json,
+    _text,
+    check_time,
+    encode_event,
+    encode_value,
+)
 
 _PORT_TRANSPORT = {PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMP: "icmp", PROTO_ICMP6: "icmp"}
 
@@ -27,7 +37,8 @@ class ContractMismatch(CodecError):
     refused with a reason sent back to the node, not just counted."""
 
     def __init__(self, version: int, node: str, reply_topic: str) -> None:
-        super().__init__(f"contract version {version} from node {node[:60]!r}")
+        node = one_line(node, 60)
+        super().__init__(f"contract version {version} from node {node!r}")
         self.version, self.node, self.reply_topic = version, node, reply_topic
 
 
@@ -65,6 +76,8 @@ _FIELD_TYPES: dict[str, type] = {
 
 
 def _record(value: Any, fields: Sequence[tuple[str, str]], what: str) -> dict[str, Any]:
+    if isinstance(value, Invalid):
+        raise CodecError(f"{what}: {value.reason}")
     if not isinstance(value, list) or len(value) != len(fields):
         n = len(value) if isinstance(value, list) else "no"
         raise CodecError(f"{what}: expected a record of {len(fields)} fields, got {n}")
@@ -77,6 +90,8 @@ def _record(value: Any, fields: Sequence[tuple[str, str]], what: str) -> dict[st
             ok = type(v) is checks[t] or (t == "count" and type(v) is int)
         if not ok:
             raise CodecError(f"{what}: field {name} is not a {t}")
+        if t == "timestamp":  # both transports: Broker's times arrive as floats, not as ISO text
+            check_time(v)
         out[name] = v
     return out
 
@@ -137,6 +152,10 @@ def _batch(ev: Event, name: str, max_batch: int) -> tuple[BatchHeader, list[Any]
         node, topic = (v if isinstance(v, str) else "?" for v in head[1:3])
         raise ContractMismatch(head[0], node, topic)
     hdr = BatchHeader(**_record(head, C.BATCH_HEADER, "batch header"))
+    for k in ("node", "reply_topic", "policy"):  # they reach logs and refusals: short, one printable line
+        text = getattr(hdr, k)
+        if not 0 < len(text) <= C.MAX_TEXT or not text.isprintable():
+            raise CodecError(f"batch header {k} is not a short printable string")
     batch = ev.args[1]
     if not isinstance(batch, list):
         raise CodecError("batch is not a vector")

@@ -101,6 +101,7 @@ CONNECTION_VERDICT: tuple[Field, ...] = (
 
 # Limits a batch must respect; larger ones are refused and counted (Zeek's defaults are far below).
 MAX_BATCH = 4096
+MAX_BATCH_TEXT = 3 * 1024 * 1024  # Zeek publishes a batch before its JSON would pass this (max_batch_text)
 MAX_PACKETS = 64
 MAX_TEXT = 256  # history, conn_state and service strings of a connection summary
 MAX_FRAME_BYTES = 1600  # base64-decoded; Zeek cuts frames at DPack::capture_bytes (default 128)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..errors import CodecError, TransportError
-from .wire import Event, Port
+from .wire import MAX_LINK_FRAME, Event, Invalid, Port
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,17 @@ class Backoff:
 
 
 class WebSocketLink:
-    def __init__(self, url: str, topic: str, reconnect_max: float, on_state: OnState | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        topic: str,
+        reconnect_max: float,
+        on_state: OnState | None = None,
+        keepalive: float = 20.0,
+    ) -> None:
         if not url.startswith(("ws://", "wss://")):
             raise TransportError(f"zeek.url must start with ws:// or wss://, got {url[:60]!r}")
-        self.url, self.topic = url, topic
+        self.url, self.topic, self.keepalive = url, topic, keepalive
         self.backoff = Backoff(reconnect_max)
         self.on_state = on_state or (lambda up: None)
         self.ws: Any = None
@@ -101,10 +108,10 @@ class WebSocketLink:
                     self.url,
                     proxy=None,
                     compression=None,
-                    max_size=8 * 1024 * 1024,
+                    max_size=MAX_LINK_FRAME,
                     open_timeout=5,
-                    ping_interval=20,
-                    ping_timeout=20,
+                    ping_interval=self.keepalive,
+                    ping_timeout=self.keepalive,
                 ) as ws:
                     await ws.send(json.dumps([self.topic]))
                     ack = json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
@@ -207,7 +214,15 @@ def from_broker(b: Any, v: Any) -> Any:
     if isinstance(v, b.Count):
         return int(v.value)
     if isinstance(v, tuple | list):
-        return [from_broker(b, x) for x in v]
+        out: list[Any] = []
+        for x in v:
+            try:
+                out.append(from_broker(b, x))
+            except CodecError as err:  # as on the WebSocket: a bad record of a batch is one skip
+                if not isinstance(x, tuple | list):
+                    raise
+                out.append(Invalid(str(err)))
+        return out
     if isinstance(v, b.Port):
         proto = {b.Port.TCP: "tcp", b.Port.UDP: "udp", b.Port.ICMP: "icmp"}.get(v.get_type(), "unknown")
         return Port(int(v.number()), proto)

@@ -26,9 +26,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CodecError
+from ..errors import CodecError, FrameTooLarge
+from .contract import CONNECTIONS_EVENT
 
-_MAX_FRAME_TEXT = 4 * 1024 * 1024  # a text frame larger than this is refused before parsing
+# A text frame larger than this is refused before parsing. Zeek publishes a batch before its text would
+# pass DPack::max_batch_text (3 MiB); the WebSocket accepts frames up to MAX_LINK_FRAME, so that one above
+# the cap still arrives, and its flows are counted as dropped rather than the connection closed.
+MAX_FRAME_TEXT = 4 * 1024 * 1024
+MAX_LINK_FRAME = 4 * MAX_FRAME_TEXT
+
+
+def too_large(raw: str | bytes) -> FrameTooLarge:
+    """The refusal of an oversized frame, with the flows it carried counted from its text: every sample
+    and connection summary has two ports (``orig_p``, ``resp_p``), and nothing else in a batch is one."""
+    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+    entries = (text.count('"@data-type":"port"') + text.count('"@data-type": "port"')) // 2
+    counter = "connections_dropped" if f'"{CONNECTIONS_EVENT}"' in text[:4096] else "flows_dropped"
+    return FrameTooLarge(f"frame of {len(raw)} bytes is larger than {MAX_FRAME_TEXT}", counter, entries)
+
+
 _U64 = 2**64
 
 
@@ -52,6 +68,9 @@ class Event:
     has_metadata: bool
 
 
+PORT_PROTOS = ("tcp", "udp", "icmp", "unknown")  # what Zeek writes after a port number
+
+
 @dataclass(frozen=True)
 class Port:
     number: int
@@ -62,6 +81,15 @@ class Port:
 
 
 Message = Ack | ErrorReply | Event
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A vector inside a message that did not decode, with the reason. The rest of the message still
+    decodes, so that the contract can skip (and count) one bad sample of a batch instead of the whole
+    batch; where a whole record was expected (a batch header), the contract refuses the message."""
+
+    reason: str
 
 
 # --- values -------------------------------------------------------------------------------------------
@@ -75,6 +103,18 @@ def _ts_to_iso(ts: float) -> str:
     return f"{dt.strftime('%Y-%m-%dT%H:%M:%S')}.{ms % 1000:03d}"
 
 
+# The times a message may carry: 1970-01-01 to 9999-12-30 UTC, so that every one of them can be written
+# back in Zeek's ISO form (a verdict echoes its batch's time; the SIEM feed writes a flow's) without
+# leaving the calendar Python's datetime knows (years 1-9999).
+TIME_RANGE = (0.0, 253_402_128_000.0)
+
+
+def check_time(ts: float) -> float:
+    if not TIME_RANGE[0] <= ts <= TIME_RANGE[1]:  # also refuses NaN
+        raise CodecError(f"time {str(ts)[:24]} is outside 1970-9999")
+    return ts
+
+
 def _iso_to_ts(text: str) -> float:
     try:
         dt = _dt.datetime.fromisoformat(text)
@@ -82,7 +122,10 @@ def _iso_to_ts(text: str) -> float:
         raise CodecError(f"bad timestamp {text[:40]!r}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=_dt.UTC)
-    return dt.timestamp()
+    try:
+        return check_time(dt.timestamp())
+    except OverflowError:
+        raise CodecError(f"bad timestamp {text[:40]!r}") from None
 
 
 def _count(v: Any) -> int:
@@ -139,6 +182,8 @@ def _address(v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
             a = ipaddress.ip_address(v)
         except (ValueError, TypeError):
             raise CodecError(f"bad address {str(v)[:45]!r}") from None
+        if getattr(a, "scope_id", None) is not None:  # Zeek's addr has no scope; a rule cannot hold one
+            raise CodecError(f"address with a scope id {str(v)[:45]!r}")
         _remember(_ADDRS, v, a)
     return a
 
@@ -156,7 +201,8 @@ def _port(v: Any) -> Port:
     if type(v) is not str or "/" not in v:
         raise CodecError(f"bad port {str(v)[:20]!r}")
     num, _, proto = v.partition("/")
-    if not num.isdigit() or len(num) > 5 or int(num) > 65535:
+    # ASCII digits only: str.isdigit() also takes superscripts and other scripts' digits, int() not all
+    if not (num.isascii() and num.isdigit()) or len(num) > 5 or int(num) > 65535 or proto not in PORT_PROTOS:
         raise CodecError(f"bad port {v[:20]!r}")
     return _remember(_PORTS, v, Port(int(num), proto))
 
@@ -183,7 +229,10 @@ def _vector(v: Any) -> list[Any]:
                 raise CodecError("bad string")
             append(d)
         elif t == "vector":
-            append(_vector(d))
+            try:
+                append(_vector(d))
+            except CodecError as err:  # one bad record of a batch: the contract skips it
+                append(Invalid(str(err)))
         elif t == "boolean":
             if type(d) is not bool:
                 raise CodecError("bad boolean")
@@ -283,8 +332,8 @@ def decode_message(raw: str | bytes | dict[str, Any] | Event) -> Message:
         return decode_object(raw)
     if not isinstance(raw, str | bytes):
         raise CodecError(f"not a message: {type(raw).__name__}")
-    if len(raw) > _MAX_FRAME_TEXT:
-        raise CodecError(f"frame of {len(raw)} bytes is larger than {_MAX_FRAME_TEXT}")
+    if len(raw) > MAX_FRAME_TEXT:
+        raise too_large(raw)
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
