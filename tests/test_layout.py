@@ -19,6 +19,19 @@ from conftest import DEFAULT_MODEL, ROOT
 
 PKG = ROOT / "plugin" / "dpack"
 
+# everything above the base and the traffic layer (with torch)
+ABOVE_TRAFFIC = {
+    "torch",
+    "modelio",
+    "prefix",
+    "records",
+    "zeek",
+    "sinks",
+    "serve",
+    "offline",
+    "config",
+    "cli",
+}
 # what an area may not import (areas: a subpackage, or a top-level module)
 FORBIDDEN = {
     # the base: plain data and files, importing nothing of dpack but each other
@@ -26,27 +39,18 @@ FORBIDDEN = {
     "verdict": {"*"},
     "fileio": {"*"},
     # packets, flows, labels: no model, no transport, no sink, no service, no command line
-    "traffic": {
-        "torch",
-        "modelio",
-        "prefix",
-        "records",
-        "zeek",
-        "sinks",
-        "serve",
-        "offline",
-        "config",
-        "cli",
-    },
+    "traffic": ABOVE_TRAFFIC,
+    # the host-context stage: plain numbers over verdicts, the same
+    "context": ABOVE_TRAFFIC,
     # model files (torch): for the models only
     "modelio": {"traffic", "prefix", "records", "zeek", "sinks", "serve", "offline", "config", "cli"},
     # models know no transport, sink, service, evaluation or command line
     "prefix": {"zeek", "sinks", "serve", "offline", "config", "cli", "records"},
     "records": {"zeek", "sinks", "serve", "offline", "config", "cli", "prefix"},
     # transports know no model and no sink
-    "zeek": {"torch", "modelio", "prefix", "records", "sinks", "serve", "offline", "config", "cli"},
+    "zeek": ABOVE_TRAFFIC - {"zeek"},
     # sinks import no torch and no model
-    "sinks": {"torch", "modelio", "prefix", "records", "zeek", "serve", "offline", "config", "cli"},
+    "sinks": ABOVE_TRAFFIC - {"sinks"},
     "offline": {"zeek", "sinks", "serve", "config", "cli"},
     "config": {"torch", "modelio", "prefix", "records", "zeek", "serve", "offline", "cli"},
     "serve": {"offline", "cli"},

@@ -94,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--rules", help="write Suricata rules for the flagged flows here (policy: config 'rules:')"
     )
 
+    s.add_argument("--no-context", action="store_true", help="the prefix model alone (no host-context stage)")
+
+    tc = sub.add_parser("train-context", help="fit a model's host-context stage on benign captures")
+    tc.add_argument("captures", nargs="+", help="benign pcap/pcapng files (gzip allowed), in time order")
+    _add_model_args(tc)
+    tc.add_argument("--out", required=True, help="model file to write (the model with its context stage)")
+    tc.add_argument("--target-fpr", type=float, default=0.005, help="false-positive rate (default 0.005)")
+    tc.add_argument("--held-back", type=float, default=0.2, help="last part kept for the threshold (0.2)")
+    tc.add_argument("--prefix-v4", type=int, default=32, help="IPv4 host key length (default 32)")
+    tc.add_argument("--prefix-v6", type=int, default=64, help="IPv6 host key length (default 64)")
+    tc.add_argument("--workers", type=int, help="processes (default: config scoring.workers)")
+
     v = sub.add_parser("serve", help="score flows exported by Zeek, live")
     _add_model_args(v)
     v.add_argument("--url", help="Zeek WebSocket URL (default ws://127.0.0.1:27759/v1/messages/json)")
@@ -275,7 +287,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_context(args: argparse.Namespace) -> int:
+    from .context.state import HostKey
+    from .offline.context_fit import fit_context
+
+    cfg, model = _load(args)
+    if not 0 < args.target_fpr < 0.5 or not 0.05 <= args.held_back <= 0.5:
+        raise DpackError("--target-fpr must be in (0, 0.5) and --held-back in [0.05, 0.5]")
+    try:
+        key = HostKey(args.prefix_v4, args.prefix_v6)
+        r = fit_context(
+            model, args.captures, args.out, args.target_fpr, key, args.held_back, cfg.flows.rules(),
+            args.workers or cfg.scoring.processes(),
+        )  # fmt: skip
+    except ValueError as err:
+        raise DpackError(str(err)) from None
+    print(f"model      {args.out}  ({model.name} + host context, /{key.prefix_v4} and /{key.prefix_v6})")
+    print(
+        f"flows      {r['flows']} from {r['hosts']} originators; {r['fit_rows']} fit, {r['calibration_rows']} held back"
+    )
+    print(f"threshold  {r['threshold']:.4g} (summed tails; held-back FPR {r['calibration_fpr']:.4f})")
+    print(f"time       {r['seconds']} s")
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    from .context.stage import context_scorer
     from .offline.score import score_capture
     from .prefix.scorer import Scorer
 
@@ -310,6 +347,9 @@ def cmd_score(args: argparse.Namespace) -> int:
             keep_top=args.top,
             workers=args.workers or cfg.scoring.processes(),
             on_verdicts=collected.extend if args.rules else None,
+            context=None
+            if args.no_context
+            else context_scorer(model, cfg.detectors.context, cfg.detectors.context_max_hosts),
         )
     except BaseException:
         if tmp is not None:
@@ -452,6 +492,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if data.unlabelled:
         print(f"note: {data.unlabelled} flows had no label row and were left out")
     print(format_table(m, attack_fams))
+    if model.context is not None and cfg.detectors.context:
+        from .offline.evaluate import evaluate_stages, format_stages
+
+        stages = evaluate_stages(model, data)
+        print(
+            "\nsame flows, by stage (prefix alone, host context alone, combined; combined is what dpack uses):"
+        )
+        print(format_stages(stages, attack_fams))
+        m["stages"] = stages
     if args.records_model:
         from .records.recordae import load_record_model
         from .records.train import format_side_by_side, side_by_side
@@ -522,6 +571,7 @@ _OUTPUT_FILES = {
     ("evaluate", "json"): "JSON summary",
     ("crossval", "json"): "JSON summary",
     ("train", "out"): "model file",
+    ("train-context", "out"): "model file",
 }
 
 
@@ -553,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "serve": cmd_serve,
             "rules": cmd_rules,
             "crossval": cmd_crossval,
+            "train-context": cmd_train_context,
         }
         return cmds[args.cmd](args)
     except DpackError as err:

@@ -155,6 +155,8 @@ class DetectorsConfig:
     prefix: bool = True  # D-PACK on the first packets (model: the top-level ``model``)
     records_model: str = ""  # flow-record autoencoder on connection summaries (``DPack::connections``)
     classifier_model: str = ""  # CNN-BiLSTM: names the category of connections
+    context: bool = True  # the model's host-context stage, when its file has one (off: the prefix alone)
+    context_max_hosts: int = 100_000  # hosts whose recent flows are kept (least recently seen forgotten)
 
 
 @dataclass
@@ -263,6 +265,7 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("serve", "outbox_size"): lambda v: 1 <= v <= 10_000_000,
     ("serve", "metrics_port"): lambda v: 0 <= v <= 65535,
     ("serve", "log_interval"): lambda v: 0.1 <= v <= 86400,
+    ("detectors", "context_max_hosts"): lambda v: 1 <= v <= 10_000_000,
 }
 _SECTIONS = ("export", "scoring", "flows", "zeek", "serve", "detectors")
 

@@ -33,6 +33,10 @@ class Verdict:
     detector: str = "prefix"  # prefix (D-PACK, first packets) | records | classifier (connection summaries)
     category: str = ""  # the classifier's category of a connection, when one is configured
     confidence: float = 0.0  # the classifier's probability for that category
+    # the prefix shows the flow failed (no answer, or a reset): host context; not in the JSON
+    failed: bool = False
+    # the host-context stage's score (summed benign tails), when the model has that stage; in the JSON then
+    context_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -51,7 +55,11 @@ class Verdict:
         }
         if self.uid:
             d["uid"] = self.uid
-        if self.detector != "prefix":
+        if self.context_score is not None:
+            d["context_score"] = float(f"{self.context_score:.6g}")
+        if self.detector == "context":
+            d["detector"] = self.detector
+        elif self.detector != "prefix":
             d |= {
                 "detector": self.detector,
                 "category": self.category,
@@ -62,7 +70,7 @@ class Verdict:
     def to_json(self) -> str:
         """``json.dumps(self.to_dict(), separators=(",", ":"))``, built as text for prefix verdicts (the
         encoder's set-up per line cost a tenth of ``dpack score``'s time)."""
-        if self.detector != "prefix":
+        if self.detector != "prefix" or self.context_score is not None:
             return json.dumps(self.to_dict(), separators=(",", ":"))
         uid = f',"uid":{_jstr(self.uid)}' if self.uid else ""
         return (

@@ -16,6 +16,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from ..context.stage import ContextScorer
 from ..errors import DpackError
 from ..prefix.flowset import encode_samples
 from ..prefix.scorer import Scorer
@@ -84,11 +85,14 @@ def score_capture(
     keep_top: int = 10,
     on_verdicts: Any = None,
     workers: int = 1,
+    context: ContextScorer | None = None,
 ) -> ScoreRun:
     """Score every flow of a capture, streaming: verdict JSON lines go to ``out`` as batches finish.
 
     ``workers`` > 1 splits the flows into that many shards, each read, grouped, encoded and scored by its
     own process (``_shard_worker``); their verdicts merge back in the order one process writes them.
+    ``context``: the host-context stage, applied here to that one ordered stream (shards split flows,
+    not hosts), as ``dpack serve`` applies it to the flows of each host in the order they arrive.
     """
     run = ScoreRun()
 
@@ -107,9 +111,21 @@ def score_capture(
 
     if workers <= 1 or "fork" not in mp.get_all_start_methods():
         for samples, data, direction in _encoded_chunks(path, scorer.model.spec, rules, batch_size, run):
-            emit(scorer.verdicts_encoded(samples, data, direction))
+            vs = scorer.verdicts_encoded(samples, data, direction)
+            if context is not None:
+                context.apply(vs)
+            emit(vs)
         return run
-    _score_sharded(path, scorer, emit, batch_size, rules, workers, on_verdicts is not None, run)
+    stage = context
+
+    def with_context(vs: Sequence[Verdict], lines: Sequence[str] | None = None) -> None:  # all verdicts
+        assert stage is not None
+        stage.apply(vs)
+        emit(vs, [_verdict_line(v) for v in vs])
+
+    send_all = on_verdicts is not None or context is not None
+    sink = emit if context is None else with_context
+    _score_sharded(path, scorer, sink, batch_size, rules, workers, send_all, run)
     return run
 
 

@@ -13,13 +13,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
 from ..fileio import sha256_file
 from ..modelio import build_checked, finite_threshold, load_blob, save_blob
 from ..traffic.encode import PrefixSpec
 from .model import DPackNet, ModelConfig
+
+if TYPE_CHECKING:
+    from ..context.stage import ContextModel
 
 FORMAT = "dpack-model"
 FORMAT_VERSION = 1
@@ -33,6 +36,7 @@ class LoadedModel:
     meta: dict[str, Any]
     path: str
     sha256: str
+    context: ContextModel | None = None  # the host-context stage, when the file has one
 
     @property
     def name(self) -> str:
@@ -72,5 +76,13 @@ def load_model(path: str | os.PathLike[str], expect: PrefixSpec | None = None) -
             f"configured as {expect.describe()} masking={expect.masking}"
         )
     net.eval()
-    meta = {k: v for k, v in blob.items() if k not in ("state_dict",)}
-    return LoadedModel(net, spec, threshold, meta, str(p), sha256_file(p))
+    context = None
+    if blob.get("context") is not None:
+        from ..context.stage import ContextModel
+
+        context = ContextModel.from_blob(blob["context"], str(p))
+        fitted = context.provenance.get("prefix_threshold")
+        if fitted is not None and not math.isclose(float(fitted), threshold, rel_tol=1e-6):
+            raise ModelError(f"{path}: the context stage was fitted with another prefix threshold; refit it")
+    meta = {k: v for k, v in blob.items() if k not in ("state_dict", "context")}
+    return LoadedModel(net, spec, threshold, meta, str(p), sha256_file(p), context)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..context.stage import failed_rows
 from ..traffic import handshake
 from ..traffic.fields import FIELD_NAMES, field_layout
 from ..traffic.flows import FlowSample
@@ -164,7 +165,8 @@ class Scorer:
         s = distinct_scores[inverse]
         flagged = s > thr
         inv = inverse.tolist()
-        return [
+        failed = failed_rows(data, direction).tolist()
+        out = [
             Verdict(
                 smp.ts,
                 smp.proto_name,
@@ -180,6 +182,8 @@ class Scorer:
                 list(explained[inv[i]]),
                 smp.uid,
                 bool(flagged[i]) and _handshake(smp),
+                failed=failed[i],
             )
             for i, smp in enumerate(samples)
         ]
+        return out

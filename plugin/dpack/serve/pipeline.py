@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config import Config
+from ..context.stage import context_scorer
 from ..errors import CodecError, FrameTooLarge
 from ..prefix.modelfile import LoadedModel
 from ..prefix.scorer import Scorer
@@ -104,6 +105,8 @@ class Pipeline:
         self.metrics = metrics
         self.ratelog = ratelog
         self.scorer = self._scorer(model)
+        d = cfg.detectors
+        self.context = context_scorer(model, d.context, d.context_max_hosts)
         self.record_scorer = RecordScorer.load(cfg.detectors.records_model, cfg.detectors.classifier_model)
         self.feed = AlertFeed(cfg.serve.alerts, cfg.serve.alerts_all) if cfg.serve.alerts else None
         self.queue: deque[Queued] = deque()
@@ -119,6 +122,11 @@ class Pipeline:
         """Score the next batches with ``model`` (a batch being scored finishes with the old one)."""
         self.model = model
         self.scorer = self._scorer(model)
+        old = self.context
+        d = self.cfg.detectors
+        self.context = context_scorer(model, d.context, d.context_max_hosts)
+        if old is not None and self.context is not None and old.state.key == self.context.state.key:
+            self.context.state = old.state  # the hosts' histories outlive a model swap
 
     def apply_config(self, new: Config) -> None:
         """What can change while serving: scoring and batching settings; the queue, the outputs and the
@@ -320,6 +328,8 @@ class Pipeline:
         # queue, where drops are counted, rather than in the socket.
         hits = scorer.cache_hits
         verdicts = scorer.verdicts([q.sample for q in batch])
+        if self.context is not None:
+            self.context.apply(verdicts)
         self.metrics.inc("inputs_from_cache", scorer.cache_hits - hits)
         await self._catch_up()
         self.metrics.inc("flows_scored", len(verdicts))

@@ -42,7 +42,7 @@ from ..errors import CodecError, FrameTooLarge
 from ..prefix.modelfile import LoadedModel
 from ..verdict import Verdict
 from ..zeek.contract import CONNECTIONS_EVENT, SAMPLES_EVENT
-from ..zeek.wire import MAX_FRAME_TEXT, Event, batch_entries, decode_message, split_batch
+from ..zeek.wire import MAX_FRAME_TEXT, Event, batch_entries, decode_message, split_batch, split_by_host
 from .metrics import Metrics, RateLimitedLog
 from .pipeline import Output, Pipeline
 
@@ -179,7 +179,10 @@ async def _on_part(pipeline: Pipeline, raw: Any, received: float, index: int, pa
     if not (isinstance(raw, str | bytes) and len(raw) > MAX_FRAME_TEXT):  # too large: part 0 refuses it
         try:
             obj = raw if isinstance(raw, Event) else json.loads(raw)
-            share = split_batch(obj, parts)
+            ctx = pipeline.context
+            share = (
+                split_by_host(obj, parts, ctx.state.host_of) if ctx is not None else split_batch(obj, parts)
+            )
         except (ValueError, RecursionError):
             share = None
     if share is not None and index < len(share):
@@ -353,6 +356,15 @@ class WorkerPool:
             if is_connections(raw):
                 if self._take(self.workers[0], raw, received):
                     return
+            elif self.by_host():
+                # host context: every worker gets the batch and scores the flows of its hosts (always the
+                # same worker for one host); a worker without room drops the whole batch, counted once
+                ws = [w for w in self.workers if w is not None and not w.done]
+                room = all(w.writer.transport.get_write_buffer_size() < self.backlog_limit for w in ws)
+                if ws and room and len(ws) == self.n:
+                    for i, w in enumerate(ws):
+                        self._take(w, raw, received, i, len(ws))
+                    return
             else:
                 idle = [w for w in self._in_turn() if w.idle]
                 parts = min(len(idle), self._parts(raw), self.max_parts)
@@ -368,6 +380,10 @@ class WorkerPool:
         self.svc.metrics.inc(counter, n)
         why = "stopping" if self.stopping else "the scoring workers are behind"
         self.svc.ratelog(logging.WARNING, "pool-drop", "%s: a message of %d entries dropped", why, n)
+
+    def by_host(self) -> bool:
+        """Flows are dealt by host while the model has a host-context stage that is on."""
+        return self.svc.model.context is not None and self.svc.cfg.detectors.context
 
     def _in_turn(self) -> list[_Worker]:
         """The live workers, the next in turn first."""

@@ -22,7 +22,8 @@ import functools
 import ipaddress
 import json
 import math
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -392,28 +393,63 @@ def batch_entries(ev: Event) -> list[Any] | None:
     return ev.args[1] if len(ev.args) == 2 and isinstance(ev.args[1], list) else None
 
 
+def _orig_h(entry: Any) -> str:
+    """A batch entry's originator address as it came (JSON node or Broker value), unchecked: only for
+    dealing entries by host; "" when the entry is not shaped like a sample (it is refused later)."""
+    try:
+        v = entry["data"][1]["data"] if isinstance(entry, dict) else entry[1]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return v if isinstance(v, str) else str(v)
+
+
+def split_by_host(msg: Any, parts: int, host_of: Callable[[str], str]) -> list[Any] | None:
+    """Like ``split_batch``, but entry by entry to part ``crc32(host) % parts``: every flow of one host
+    goes to the same part, always (the host-context stage keeps per-host state in each worker); parts
+    may be empty."""
+
+    def part(entry: Any) -> int:
+        addr = _orig_h(entry)
+        try:
+            key = host_of(addr)
+        except ValueError:
+            key = addr
+        return zlib.crc32(key.encode("utf-8", "replace")) % parts
+
+    def deal(batch: list[Any]) -> list[list[Any]]:
+        cut: list[list[Any]] = [[] for _ in range(parts)]
+        for e in batch:
+            cut[part(e)].append(e)
+        return cut
+
+    return _cut(msg, deal)
+
+
 def split_batch(msg: Any, parts: int) -> list[Any] | None:
     """A parsed samples or connections message (``json.loads`` of a frame, or an ``Event``) cut into up
     to ``parts`` messages of consecutive entries of its batch, each with the same header (the same input
     always gives the same cut); None if it is not shaped like one or has fewer than two entries. Nothing
     is checked here: every part gets all the codec's checks when it is decoded."""
+    return _cut(msg, lambda batch: _chunks(batch, parts) if min(parts, len(batch)) >= 2 else None)
+
+
+def _cut(msg: Any, chunker: Callable[[list[Any]], list[list[Any]] | None]) -> list[Any] | None:
+    """``msg`` as one message per chunk of its batch's entries (``chunker``; None: not to be cut)."""
     if isinstance(msg, Event):
         batch = batch_entries(msg)
-        if batch is None or min(parts, len(batch)) < 2:
-            return None
-        parts = min(parts, len(batch))
-        return [dataclasses.replace(msg, args=[msg.args[0], chunk]) for chunk in _chunks(batch, parts)]
+        chunks = chunker(batch) if batch is not None else None
+        return None if chunks is None else [dataclasses.replace(msg, args=[msg.args[0], c]) for c in chunks]
     try:
         body = msg["data"][2]
         args = body["data"][1]
         batch = args["data"][1]["data"]
     except (KeyError, IndexError, TypeError):
         return None
-    parts = min(parts, len(batch)) if isinstance(batch, list) else 0
-    if parts < 2:
+    chunks = chunker(batch) if isinstance(batch, list) else None
+    if chunks is None:
         return None
     out = []
-    for chunk in _chunks(batch, parts):  # shallow copies along the path to the batch
+    for chunk in chunks:  # shallow copies along the path to the batch
         a = dict(args, data=[args["data"][0], dict(args["data"][1], data=chunk), *args["data"][2:]])
         b = dict(body, data=[body["data"][0], a, *body["data"][2:]])
         out.append(dict(msg, data=[*msg["data"][:2], b, *msg["data"][3:]]))

@@ -1,0 +1,240 @@
+"""The second stage: the prefix score and the host context of a flow, scored against benign host histories.
+
+Each column (the prefix score as ``log(score / threshold)``, and every ``state.FEATURES`` count or share)
+has a one-sided benign tail: ``t = -log10((benign rows >= x, + 1) / (benign rows, + 1))``; large is
+unusual for every column (more flows, more responders, more failures, a higher prefix score). A flow's
+context score sums, over groups of columns that measure one thing, the largest tail of each (Fisher's
+combination on -log10 p, correlated columns counted once): an HTTP flood's GETs are each ordinary to the
+prefix model but carry the rate and the same-service tails; a lone, mildly odd benign flow in an ordinary
+host context stays under the threshold that a prefix alarm alone would pass. A flow whose prefix score is
+above every benign score it was fitted on is anomalous whatever its context (a spoofed flood has no host
+history to add). The threshold is the benign held-back quantile at the target false-positive rate.
+
+Fitted on benign traffic only: host histories of the benign capture in time order, the first part for
+the tails, the held-back last part for the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+from ..verdict import Verdict
+from .state import FEATURES, HostKey, HostState, prefix_feature
+
+COLUMNS = ("prefix.score", *FEATURES)
+# columns that measure one thing: the prefix; the host's rate; its spread over responders and ports; the
+# same service again and again; failures; what the prefix flagged of it
+GROUPS = ([0], [1, 2, 3], [4, 5], [6], [7, 8], [9])
+PORT = len(COLUMNS)  # rows carry the responder port after the columns (for the record; not scored)
+FORMAT_VERSION = 2  # 2: decayed rates, grouped tails
+MAX_LEVELS = 8192  # distinct values kept per column (quantiles beyond): bounded model file
+
+
+@dataclass
+class Tails:
+    """Per column: sorted distinct benign values and how many benign rows are >= each."""
+
+    levels: list[np.ndarray]
+    ge: list[np.ndarray]
+    n: int
+
+    @classmethod
+    def fit(cls, rows: np.ndarray) -> Tails:
+        levels, ge = [], []
+        for j in range(rows.shape[1]):
+            col = np.sort(rows[:, j].astype(np.float64))
+            vals = np.unique(col)
+            if len(vals) > MAX_LEVELS:  # quantiles, and every value of the top 1% exactly
+                top = vals[vals >= np.quantile(col, 0.99)]
+                q = np.quantile(col, np.linspace(0, 0.99, MAX_LEVELS - min(len(top), MAX_LEVELS // 2)))
+                vals = np.unique(np.concatenate([q, top[-MAX_LEVELS // 2 :]]))
+            idx = np.searchsorted(col, vals, side="left")
+            levels.append(vals.astype(np.float32))
+            ge.append((len(col) - idx).astype(np.int64))
+        return cls(levels, ge, len(rows))
+
+    def tails(self, rows: np.ndarray) -> np.ndarray:
+        """(B, C) tail of each value: -log10((benign >= x, + 1) / (n + 1))."""
+        out = np.zeros(rows.shape, dtype=np.float64)
+        for j in range(rows.shape[1]):
+            i = np.searchsorted(self.levels[j], rows[:, j], side="left")
+            ge = np.where(i < len(self.ge[j]), self.ge[j][np.minimum(i, len(self.ge[j]) - 1)], 0)
+            out[:, j] = -np.log10((ge + 1) / (self.n + 1))
+        return out
+
+
+@dataclass
+class ContextModel:
+    tails: Tails
+    threshold: float  # on the summed tails
+    prefix_max: float  # highest benign prefix column it was fitted on
+    key: HostKey = field(default_factory=HostKey)
+    columns: tuple[str, ...] = COLUMNS
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def score_rows(self, rows: np.ndarray, use_prefix: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(context score, tails) of rows of ``columns``; without ``use_prefix``, the host context alone.
+        The score sums, over groups of columns that measure one thing (``GROUPS``), the largest tail in
+        each: one burst raises the 1, 10 and 60 s rates together and is one piece of evidence."""
+        t = self.tails.tails(rows[:, :PORT])
+        if not use_prefix:
+            t[:, 0] = 0.0
+        return sum(t[:, g].max(axis=1) for g in GROUPS), t
+
+    # --- model file ---------------------------------------------------------------------------------------
+
+    def to_blob(self) -> dict[str, Any]:
+        """Plain lists and numbers: what a model file loaded with ``weights_only=True`` may hold."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "columns": list(self.columns),
+            "levels": [v.tolist() for v in self.tails.levels],
+            "ge": [v.tolist() for v in self.tails.ge],
+            "n": self.tails.n,
+            "threshold": self.threshold,
+            "prefix_max": self.prefix_max,
+            "prefix_v4": self.key.prefix_v4,
+            "prefix_v6": self.key.prefix_v6,
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_blob(cls, blob: Any, where: str) -> ContextModel:
+        """Checked: one ``ModelError`` line for anything that does not fit."""
+        try:
+            if blob.get("format_version") != FORMAT_VERSION:
+                raise ModelError(
+                    f"{where}: context stage of version {blob.get('format_version')!r}, dpack reads {FORMAT_VERSION}"
+                )
+            if tuple(blob["columns"]) != COLUMNS:
+                raise ModelError(
+                    f"{where}: the context stage's features are not the ones this dpack computes"
+                )
+            levels = [np.asarray(v, dtype=np.float32) for v in blob["levels"]]
+            ge = [np.asarray(v, dtype=np.int64) for v in blob["ge"]]
+            n = int(blob["n"])
+            thr, pmax = float(blob["threshold"]), float(blob["prefix_max"])
+            key = HostKey(int(blob["prefix_v4"]), int(blob["prefix_v6"]))
+            prov = dict(blob.get("provenance", {}))
+        except ModelError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ModelError(f"{where}: damaged context stage") from None
+        ok = (
+            len(levels) == len(ge) == len(COLUMNS)
+            and all(len(a) == len(b) and len(a) <= MAX_LEVELS for a, b in zip(levels, ge, strict=True))
+            and n > 0
+            and math.isfinite(thr)
+            and thr > 0
+            and math.isfinite(pmax)
+            and all(np.isfinite(a).all() and (np.diff(a) >= 0).all() for a in levels)
+        )
+        if not ok:
+            raise ModelError(f"{where}: damaged context stage (tails, threshold or counts out of range)")
+        return cls(Tails(levels, ge, n), thr, pmax, key, COLUMNS, prov)
+
+
+def failed_rows(data: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """(B,) bool: the prefix shows the flow failed - no packet from the responder, or a TCP reset (the
+    encoded bytes start at the IP header; masking keeps version, protocol and TCP flags)."""
+    no_answer = ~(direction == -1).any(axis=1)
+    version = data[:, :, 0] >> 4
+    ihl = (data[:, :, 0] & 0x0F).astype(np.intp) * 4
+    v4_tcp = (version == 4) & (data[:, :, 9] == 6)
+    v6_tcp = (version == 6) & (data[:, :, 6] == 6)
+    at = np.where(v6_tcp, 40 + 13, ihl + 13)
+    at = np.clip(at, 0, data.shape[2] - 1)
+    flags = np.take_along_axis(data, at[:, :, None], axis=2)[:, :, 0]
+    rst = ((v4_tcp | v6_tcp) & (direction != 0) & ((flags & 0x04) != 0)).any(axis=1)
+    return no_answer | rst
+
+
+def context_scorer(model: Any, enabled: bool = True, max_hosts: int | None = None) -> ContextScorer | None:
+    """The stage for a loaded prefix model (``model.context``), or None: no stage in the file, or off."""
+    ctx = getattr(model, "context", None)
+    return ContextScorer(ctx, max_hosts) if enabled and ctx is not None else None
+
+
+class ContextScorer:
+    """The stage over a stream of prefix verdicts, in the order they are decided; state carried across
+    calls (a host's history spans batches). ``use_prefix=False`` scores the host context alone."""
+
+    def __init__(self, model: ContextModel, max_hosts: int | None = None, use_prefix: bool = True) -> None:
+        self.model = model
+        self.state = HostState(model.key, **({"max_hosts": max_hosts} if max_hosts else {}))
+        self.use_prefix = use_prefix
+
+    def rows(self, verdicts: Sequence[Verdict]) -> np.ndarray:
+        """Context rows of prefix verdicts in stream order, updating the state as ``apply`` does (for
+        fitting)."""
+        out = np.zeros((len(verdicts), PORT + 1), dtype=np.float32)
+        for i, v in enumerate(verdicts):
+            host, feats = self.state.observe(v.src, v.ts, v.dst, v.dport, v.failed)
+            out[i, 0] = prefix_feature(v.score, v.threshold)
+            out[i, 1:PORT] = feats
+            out[i, PORT] = v.dport
+            self.state.add(host, v.ts, v.dst, v.dport, v.failed, v.anomalous)
+        return out
+
+    def apply(self, verdicts: Sequence[Verdict]) -> None:
+        """Decide each verdict with its host context (in place): ``anomalous`` from the stage, the context
+        score in ``context_score``, and the host features that made it anomalous first in the
+        explanation. One flow at a time: a flow's decision is part of the next one's context."""
+        m = self.model
+        for v in verdicts:
+            host, feats = self.state.observe(v.src, v.ts, v.dst, v.dport, v.failed)
+            row = np.empty((1, PORT + 1), dtype=np.float32)
+            row[0, 0] = prefix_feature(v.score, v.threshold)
+            row[0, 1:PORT] = feats
+            row[0, PORT] = v.dport
+            score, tails = m.score_rows(row, self.use_prefix)
+            s = float(score[0])
+            beyond = self.use_prefix and float(row[0, 0]) > m.prefix_max
+            anomalous = s >= m.threshold or beyond
+            prefix_said = v.anomalous
+            v.context_score = s
+            v.anomalous = anomalous
+            if anomalous:
+                ranked = np.argsort(-tails[0, 1:], kind="stable")
+                named = [FEATURES[j] for j in ranked[:3] if tails[0, 1 + j] >= 1.0]
+                if not prefix_said:
+                    v.detector = "context"
+                v.explanation = named + [e for e in v.explanation if e not in named]
+            elif prefix_said:
+                v.explanation = []
+            self.state.add(host, v.ts, v.dst, v.dport, v.failed, prefix_said)  # the prefix's flag, as fitted
+
+
+def fit(
+    rows: np.ndarray, calibration: np.ndarray, target_fpr: float, key: HostKey, provenance: dict[str, Any]
+) -> ContextModel:
+    """The stage from benign context rows (``rows``: for the tails; ``calibration``: held back, for the
+    threshold at ``target_fpr``)."""
+    if len(rows) < 100 or len(calibration) < 100:
+        raise ValueError(
+            "too few benign flows to fit the context stage (at least 100 each for tails and threshold)"
+        )
+    tails = Tails.fit(rows[:, :PORT])
+    prefix_max = float(np.max(rows[:, 0]))
+    m = ContextModel(tails, 1.0, prefix_max, key, COLUMNS, provenance)
+    s, _ = m.score_rows(calibration)
+    beyond = calibration[:, 0] > prefix_max
+    # the smallest threshold whose held-back false-positive rate (beyond-prefix flows included) is <= target
+    allowed = int(math.floor(target_fpr * len(calibration))) - int(beyond.sum())
+    cand = np.sort(s[~beyond])[::-1]
+    thr = float(cand[allowed]) + 1e-6 if 0 <= allowed < len(cand) else float(cand[0]) + 1e-6
+    m.threshold = max(thr, 1e-6)
+    m.provenance = {
+        **provenance,
+        "target_fpr": target_fpr,
+        "fit_rows": int(len(rows)),
+        "calibration_rows": int(len(calibration)),
+        "calibration_fpr": float(((s >= m.threshold) | beyond).mean()),
+    }
+    return m

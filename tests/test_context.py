@@ -1,0 +1,191 @@
+"""The host-context stage: causal, bounded host state; a stage fitted on benign histories; one code path
+for dpack score (one process or shards) and the live pipeline."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import DEFAULT_MODEL, SAMPLE
+
+from dpack.context.stage import COLUMNS, ContextScorer, failed_rows, fit
+from dpack.context.state import FEATURES, HISTORY, HostKey, HostState
+from dpack.errors import ModelError
+from dpack.verdict import Verdict
+
+
+def v(src, ts, dst="10.0.0.1", dport=80, failed=False, score=0.001, anomalous=False):
+    return Verdict(ts, "tcp", src, 40000, dst, dport, "", score, 0.002, anomalous, "m", [], failed=failed)
+
+
+def test_features_count_only_the_past_window_and_the_flow_itself():
+    st = HostState()
+    f = dict(zip(FEATURES, st.observe("10.0.0.9", 100.0, "10.0.0.1", 80, False)[1], strict=True))
+    assert f["host.new_flows_1s"] == f["host.new_flows_60s"] == 1 and f["host.responders_60s"] == 1
+    for i in range(20):  # 20 flows to 20 responders over 19 s, every third failed
+        h, _ = st.observe("10.0.0.9", 100.0 + i, f"10.0.1.{i}", 22, i % 3 == 0)
+        st.add(h, 100.0 + i, f"10.0.1.{i}", 22, i % 3 == 0, False)
+    f = dict(zip(FEATURES, st.observe("10.0.0.9", 119.5, "10.0.1.19", 22, False)[1], strict=True))
+    ages = [119.5 - (100.0 + i) for i in range(20)]
+    for name, window in (("host.new_flows_1s", 1), ("host.new_flows_10s", 10), ("host.new_flows_60s", 60)):
+        # decayed counts: the flows of about the last window, never saturated
+        assert f[name] == pytest.approx(1 + sum(math.exp(-a / window) for a in ages), rel=1e-5)
+    assert f["host.same_service_60s"] == pytest.approx(1 + math.exp(-0.5 / 60), rel=1e-5)
+    assert f["host.responders_60s"] == 20 and f["host.ports_60s"] == 1
+    assert f["host.failed_60s"] == 7 and f["host.failed_share_60s"] == pytest.approx(7 / 21)
+    # a minute later the window is empty again; another host never saw any of it
+    assert st.observe("10.0.0.9", 1000.0, "x", 1, False)[1][2] == pytest.approx(1, abs=1e-4)
+    assert st.observe("10.0.0.8", 119.5, "10.0.1.19", 22, False)[1][2] == 1
+
+
+def test_host_state_is_bounded_under_a_flood_of_spoofed_sources():
+    st = HostState(max_hosts=1000)
+    for i in range(50_000):
+        src = f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"
+        h, _ = st.observe(src, float(i), "10.0.0.1", 80, True)
+        st.add(h, float(i), "10.0.0.1", 80, True, False)
+    assert len(st.hosts) == 1000 and st.forgotten == 49_000 and len(st._keys) <= 2000
+    for _ in range(3 * HISTORY):  # one busy host keeps HISTORY flows at most
+        st.add("10.9.9.9", 1.0, "10.0.0.1", 80, False, False)
+    assert len(st.hosts["10.9.9.9"].ring) == HISTORY
+
+
+def test_host_keys():
+    assert HostKey().of("192.0.2.7") == "192.0.2.7"
+    assert HostKey(24).of("192.0.2.7") == "192.0.2.0"
+    assert HostKey().of("2001:db8:1:2:aaaa::1") == HostKey().of("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::"
+    with pytest.raises(ValueError):
+        HostKey(0, 64)
+
+
+def test_failed_rows_read_no_answer_and_resets_from_the_encoded_input():
+    data = np.zeros((3, 2, 80), dtype=np.uint8)
+    direction = np.array([[1, -1], [1, 0], [1, -1]], dtype=np.int8)
+    data[:, :, 0], data[:, :, 9] = 0x45, 6  # IPv4, TCP
+    data[2, 1, 20 + 13] = 0x14  # the answer is RST+ACK
+    assert failed_rows(data, direction).tolist() == [False, True, True]
+
+
+def _stream(n_hosts=8, flows=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        v(f"10.1.0.{rng.integers(n_hosts)}", 1000.0 + i * rng.uniform(0.5, 3.0), f"10.2.0.{rng.integers(20)}",
+          int(rng.choice([53, 80, 443])), bool(rng.random() < 0.1), float(rng.uniform(0.0002, 0.0019)))
+        for i in range(flows)
+    ]  # fmt: skip
+
+
+def _fitted(rows_from):
+    from dpack.offline.context_fit import context_rows
+
+    rows = context_rows(rows_from, HostKey())
+    return fit(rows[::2], rows[1::2], 0.01, HostKey(), {"prefix_threshold": 0.002})
+
+
+def test_a_flood_of_ordinary_requests_is_caught_by_its_host_context():
+    """Each GET of the flood scores like benign traffic on its own (prefix score under the threshold);
+    the host's rate makes it anomalous, and the explanation names the host features."""
+    stage = _fitted(_stream())
+    benign = _stream(seed=1)
+    flood = [v("10.1.0.200", 2000.0 + i * 0.005, "10.2.0.1", 80, score=0.001) for i in range(300)]
+    sc = ContextScorer(stage)
+    sc.apply(benign)
+    sc.apply(flood)
+    assert sum(x.anomalous for x in benign) / len(benign) < 0.05
+    caught = [x for x in flood if x.anomalous]
+    assert all(x.anomalous for x in flood[-150:])  # once its rate is beyond any benign host's
+    assert len(caught) >= 200 and all(x.detector == "context" for x in caught)
+    assert caught[-1].explanation[0].startswith("host.")
+    assert all(x.context_score is not None for x in benign + flood)
+
+
+def test_the_stage_round_trips_through_the_model_file_and_damage_is_refused(tmp_path):
+    import torch
+
+    from dpack.prefix.modelfile import load_model
+
+    blob = torch.load(DEFAULT_MODEL, weights_only=True)
+    stage = _fitted(_stream())
+    stage.provenance["prefix_threshold"] = blob["threshold"]
+    blob["context"] = stage.to_blob()
+    good = tmp_path / "ctx.pt"
+    torch.save(blob, good)
+    m = load_model(good)
+    assert m.context is not None and m.context.threshold == stage.threshold and m.context.columns == COLUMNS
+    for damage in (
+        {"columns": ["prefix.score"]},
+        {"threshold": float("nan")},
+        {"format_version": 99},
+        {"levels": "x"},
+        {"provenance": {"prefix_threshold": blob["threshold"] * 2}},
+    ):
+        bad = dict(blob, context={**blob["context"], **damage})
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(ModelError) as err:
+            load_model(tmp_path / "bad.pt")
+        assert "\n" not in str(err.value)
+
+
+def test_score_applies_the_stage_the_same_on_one_core_and_on_shards(tmp_path):
+    """Shards split flows, not hosts: the stage runs on the merged stream, so 2 shards give the verdicts
+    one process gives."""
+    import io
+    import json
+
+    from dpack.offline.context_fit import fit_context
+    from dpack.offline.score import score_capture
+    from dpack.prefix.modelfile import load_model
+    from dpack.prefix.scorer import Scorer
+
+    out = tmp_path / "ctx.pt"
+    fit_context(load_model(DEFAULT_MODEL), [SAMPLE], out, target_fpr=0.01)
+    model = load_model(out)
+    texts = []
+    for workers in (1, 2):
+        buf = io.StringIO()
+        ctx = ContextScorer(model.context)
+        score_capture(SAMPLE, Scorer(model), buf, 512, workers=workers, context=ctx)
+        texts.append(buf.getvalue())
+    assert texts[0] == texts[1]
+    lines = [json.loads(x) for x in texts[0].splitlines()]
+    assert len(lines) == 1054 and all("context_score" in x for x in lines)
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_serve_gives_the_verdicts_dpack_score_gives_with_host_context(tmp_path, peer, sample_recs, workers):
+    """Live (the peer sends the sample's flows as Zeek would, in batches of 64; with 2 workers every
+    host's flows go to one worker) against offline on the same flows: same decision and explanation."""
+    import io
+    import json
+
+    from servekit import Running, make_cfg, send_batches, wait_for
+
+    from dpack.offline.context_fit import fit_context
+    from dpack.offline.score import score_capture
+    from dpack.prefix.modelfile import load_model
+    from dpack.prefix.scorer import Scorer
+
+    out = tmp_path / "ctx.pt"
+    fit_context(load_model(DEFAULT_MODEL), [SAMPLE], out, target_fpr=0.01)
+    model = load_model(out)
+    buf = io.StringIO()
+    score_capture(SAMPLE, Scorer(model), buf, 4096, context=ContextScorer(model.context))
+    offline = {}
+    for line in buf.getvalue().splitlines():
+        x = json.loads(line)
+        offline[(x["src"], x["sport"], x["dst"], x["dport"])] = (x["anomalous"], ",".join(x["explanation"]))
+    run = Running(make_cfg(tmp_path, peer, out, workers=workers))
+    try:
+        assert peer.connected.wait(10)
+        send_batches(peer, sample_recs)
+        wait_for(lambda: len(peer.verdicts()) == len(sample_recs), what="every verdict")
+    finally:
+        run.stop()
+    live = {}
+    for r in peer.verdicts():
+        live[(str(r[1]), r[2].number, str(r[3]), r[4].number)] = (r[7], r[9])
+    assert len(live) == len(offline) == 1054
+    differ = [k for k in offline if offline[k] != live.get(k)]
+    assert differ == [], [(k, offline[k], live.get(k)) for k in differ[:3]] + [next(iter(live.items()))]
+    assert sum(a for a, _ in offline.values()) > 0
