@@ -33,7 +33,9 @@ def test_features_count_only_the_past_window_and_the_flow_itself():
         assert f[name] == pytest.approx(1 + sum(math.exp(-a / window) for a in ages), rel=1e-5)
     assert f["host.same_service_60s"] == pytest.approx(1 + math.exp(-0.5 / 60), rel=1e-5)
     assert f["host.responders_60s"] == 20 and f["host.ports_60s"] == 1
-    assert f["host.failed_60s"] == 7 and f["host.failed_share_60s"] == pytest.approx(7 / 21)
+    failed = sum(math.exp(-a / 60) for i, a in enumerate(ages) if i % 3 == 0)  # 7 of them, decayed
+    assert f["host.failed_60s"] == pytest.approx(failed, rel=1e-5)
+    assert f["host.failed_share_60s"] == pytest.approx(failed / f["host.new_flows_60s"], rel=1e-5)
     # a minute later the window is empty again; another host never saw any of it
     assert st.observe("10.0.0.9", 1000.0, "x", 1, False)[1][2] == pytest.approx(1, abs=1e-4)
     assert st.observe("10.0.0.8", 119.5, "10.0.1.19", 22, False)[1][2] == 1
@@ -48,7 +50,7 @@ def test_host_state_is_bounded_under_a_flood_of_spoofed_sources():
     assert len(st.hosts) == 1000 and st.forgotten == 49_000 and len(st._keys) <= 2000
     for _ in range(3 * HISTORY):  # one busy host keeps HISTORY flows at most
         st.add("10.9.9.9", 1.0, "10.0.0.1", 80, False, False)
-    assert len(st.hosts["10.9.9.9"].ring) == HISTORY
+    assert len(st.hosts["10.9.9.9"].ring) == HISTORY and sum(st.hosts["10.9.9.9"].ports.values()) == HISTORY
 
 
 def test_host_keys():

@@ -171,44 +171,45 @@ class ContextScorer:
         self.use_prefix = use_prefix
 
     def rows(self, verdicts: Sequence[Verdict]) -> np.ndarray:
-        """Context rows of prefix verdicts in stream order, updating the state as ``apply`` does (for
-        fitting)."""
-        out = np.zeros((len(verdicts), PORT + 1), dtype=np.float32)
-        for i, v in enumerate(verdicts):
-            host, feats = self.state.observe(v.src, v.ts, v.dst, v.dport, v.failed)
-            out[i, 0] = prefix_feature(v.score, v.threshold)
-            out[i, 1:PORT] = feats
-            out[i, PORT] = v.dport
-            self.state.add(host, v.ts, v.dst, v.dport, v.failed, v.anomalous)
-        return out
+        """Context rows (``COLUMNS``, then the responder port) of prefix verdicts in stream order, each
+        flow added to its host's state after its row (fitting and ``apply`` alike)."""
+        out = []
+        observe, add = self.state.observe, self.state.add
+        for v in verdicts:
+            # times to the millisecond: what Zeek's JSON carries, so live and offline histories agree
+            t = round(v.ts * 1000) / 1000
+            host, feats = observe(v.src, t, v.dst, v.dport, v.failed)
+            out.append([prefix_feature(v.score, v.threshold), *feats, float(v.dport)])
+            add(host, t, v.dst, v.dport, v.failed, v.anomalous)
+        return np.array(out, dtype=np.float32).reshape(len(out), PORT + 1)
 
     def apply(self, verdicts: Sequence[Verdict]) -> None:
         """Decide each verdict with its host context (in place): ``anomalous`` from the stage, the context
         score in ``context_score``, and the host features that made it anomalous first in the
-        explanation. One flow at a time: a flow's decision is part of the next one's context."""
+        explanation. The rows are built flow by flow (the state remembers the prefix's flags, so no
+        flow waits for the stage's decision on the one before) and scored in one pass."""
+        if not verdicts:
+            return
         m = self.model
-        for v in verdicts:
-            host, feats = self.state.observe(v.src, v.ts, v.dst, v.dport, v.failed)
-            row = np.empty((1, PORT + 1), dtype=np.float32)
-            row[0, 0] = prefix_feature(v.score, v.threshold)
-            row[0, 1:PORT] = feats
-            row[0, PORT] = v.dport
-            score, tails = m.score_rows(row, self.use_prefix)
-            s = float(score[0])
-            beyond = self.use_prefix and float(row[0, 0]) > m.prefix_max
-            anomalous = s >= m.threshold or beyond
+        rows = self.rows(verdicts)
+        score, tails = m.score_rows(rows, self.use_prefix)
+        beyond = rows[:, 0] > m.prefix_max if self.use_prefix else np.zeros(len(rows), dtype=bool)
+        flagged = (score >= m.threshold) | beyond
+        host_tails = tails[:, 1:PORT]
+        for i in np.flatnonzero(flagged | np.array([v.anomalous for v in verdicts])).tolist():
+            v = verdicts[i]
             prefix_said = v.anomalous
-            v.context_score = s
-            v.anomalous = anomalous
-            if anomalous:
-                ranked = np.argsort(-tails[0, 1:], kind="stable")
-                named = [FEATURES[j] for j in ranked[:3] if tails[0, 1 + j] >= 1.0]
+            v.anomalous = bool(flagged[i])
+            if v.anomalous:
+                ranked = np.argsort(-host_tails[i], kind="stable")
+                named = [FEATURES[j] for j in ranked[:3] if host_tails[i, j] >= 1.0]
                 if not prefix_said:
                     v.detector = "context"
                 v.explanation = named + [e for e in v.explanation if e not in named]
-            elif prefix_said:
+            else:  # the prefix alone flagged it, in an ordinary host context
                 v.explanation = []
-            self.state.add(host, v.ts, v.dst, v.dport, v.failed, prefix_said)  # the prefix's flag, as fitted
+        for v, s in zip(verdicts, score.tolist(), strict=True):
+            v.context_score = s
 
 
 def fit(

@@ -5,9 +5,9 @@ machine; an IPv6 host picks its interface id freely inside its /64). Not /24: be
 attacker in the same /24 would share its history and its alarms (guilt by address block; measured in
 docs/results.md).
 
-Each host keeps exponentially decayed flow counts over 1, 10 and 60 s (and per responder:port), which
-read a flood's real rate, and its last ``HISTORY`` flows (time, responder, port, failed, flagged) for the
-distinct responders and ports and the shares; at most ``max_hosts`` hosts are kept, the least recently seen forgotten first (counted in ``forgotten``), so a
+Each host keeps exponentially decayed counts over 1, 10 and 60 s (flows, failed and flagged flows, per
+responder:port), which read a flood's real rate, and its last ``HISTORY`` flows of the last minute for
+the distinct responders and ports; at most ``max_hosts`` hosts are kept, the least recently seen forgotten first (counted in ``forgotten``), so a
 flood of spoofed sources costs bounded memory. Features of a flow count the flow itself and the host's
 flows in the window before it; they use only what precedes the flow's verdict.
 """
@@ -18,8 +18,7 @@ import ipaddress
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 HISTORY = 128  # flows per host kept for distinct counts and shares (the rates are counters, not this)
 MAX_HOSTS = 100_000
@@ -62,27 +61,39 @@ class HostKey:
 
 
 class _Host:
-    """One host: decayed flow counts (rates that do not saturate: a flood of 1,000 flows per second
-    reads 1,000, not the ring's size), decayed counts per service, and the ring of its last flows."""
+    """One host: exponentially decayed counts over 1, 10 and 60 s (flows, failed flows, flows the prefix
+    flagged, flows per responder:port) - O(1) per flow, never saturated (a flood of 1,000 flows per
+    second reads 1,000) - and its last ``HISTORY`` flows of the last minute with counts of their
+    responders and ports, for the distinct counts."""
 
-    __slots__ = ("last", "rates", "services", "ring")
+    __slots__ = ("last", "r1", "r10", "r60", "failed", "flagged", "services", "ring", "dsts", "ports")
 
     def __init__(self) -> None:
         self.last = -math.inf
-        self.rates = [0.0, 0.0, 0.0]  # flows in about the last 1, 10, 60 s (exponentially decayed)
+        self.r1 = self.r10 = self.r60 = self.failed = self.flagged = 0.0
         self.services: OrderedDict[tuple[str, int], tuple[float, float]] = OrderedDict()
-        self.ring: deque[tuple[float, str, int, bool, bool]] = deque(maxlen=HISTORY)
+        self.ring: deque[tuple[float, str, int]] = deque()
+        self.dsts: dict[str, int] = {}
+        self.ports: dict[int, int] = {}
 
-    def decayed(self, ts: float) -> list[float]:
-        dt = max(0.0, ts - self.last)
-        return [r * math.exp(-dt / w) for r, w in zip(self.rates, WINDOWS, strict=True)]
+    def expire(self, before: float) -> None:
+        ring = self.ring
+        while ring and (ring[0][0] <= before or len(ring) > HISTORY):
+            _, d, p = ring.popleft()
+            _drop(self.dsts, d)
+            _drop(self.ports, p)
 
-    def service(self, ts: float, key: tuple[str, int]) -> float:
-        t, c = self.services.get(key, (ts, 0.0))
-        return c * math.exp(-max(0.0, ts - t) / WINDOWS[2])
+
+def _drop(counts: dict[Any, int], key: Any) -> None:
+    n = counts[key] - 1
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
 
 
 SERVICES_PER_HOST = 32  # responder:port counters per host (least recently used forgotten)
+_W1, _W10, _W60 = WINDOWS
 
 
 class HostState:
@@ -103,36 +114,31 @@ class HostState:
             k = self._keys[addr] = self.key.of(addr)
         return k
 
-    def observe(self, src: str, ts: float, dst: str, dport: int, failed: bool) -> tuple[str, np.ndarray]:
-        """The features of a new flow of ``src`` (its host's past plus this flow); the flow is not yet
-        added (``add`` does that once its verdict is known: ``flagged`` is a feature of later flows)."""
+    def observe(self, src: str, ts: float, dst: str, dport: int, failed: bool) -> tuple[str, list[float]]:
+        """The features of a new flow of ``src`` (its host's past plus this flow), in ``FEATURES``
+        order; the flow is not yet added (``add`` does that)."""
         host = self.host_of(src)
         h = self.hosts.get(host)
-        out = np.zeros(len(FEATURES), dtype=np.float32)
-        n60 = 1
-        failed_n, flagged_n = int(failed), 0
-        responders = {dst}
-        ports = {dport}
-        if h is not None:
-            r = h.decayed(ts)
-            out[0], out[1], out[2] = r[0] + 1, r[1] + 1, r[2] + 1
-            out[5] = h.service(ts, (dst, dport)) + 1
-            lo = ts - WINDOWS[2]
-            for t, d, p, f, g in reversed(h.ring):
-                if t <= lo:
-                    break
-                n60 += 1
-                responders.add(d)
-                ports.add(p)
-                failed_n += f
-                flagged_n += g
-        else:
-            out[0] = out[1] = out[2] = out[5] = 1
-        out[3], out[4] = len(responders), len(ports)
-        out[6] = failed_n
-        out[7] = failed_n / n60
-        out[8] = flagged_n / n60
-        return host, out
+        if h is None:
+            f = float(failed)
+            return host, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, f, f, 0.0]
+        h.expire(ts - _W60)
+        dt = ts - h.last if ts > h.last else 0.0
+        e60 = math.exp(-dt / _W60)
+        n60 = h.r60 * e60 + 1.0
+        t, c = h.services.get((dst, dport), (ts, 0.0))
+        failed_n = h.failed * e60 + failed
+        return host, [
+            h.r1 * math.exp(-dt / _W1) + 1.0,
+            h.r10 * math.exp(-dt / _W10) + 1.0,
+            n60,
+            float(len(h.dsts) + (dst not in h.dsts)),
+            float(len(h.ports) + (dport not in h.ports)),
+            c * math.exp(-(ts - t if ts > t else 0.0) / _W60) + 1.0,
+            failed_n,
+            failed_n / n60,
+            h.flagged * e60 / n60,
+        ]
 
     def add(self, host: str, ts: float, dst: str, dport: int, failed: bool, flagged: bool) -> None:
         h = self.hosts.get(host)
@@ -143,23 +149,32 @@ class HostState:
             h = self.hosts[host] = _Host()
         else:
             self.hosts.move_to_end(host)
-        r = h.decayed(ts)
-        h.rates = [x + 1 for x in r]
+        dt = ts - h.last if ts > h.last else 0.0
+        e60 = math.exp(-dt / _W60)
+        h.r1 = h.r1 * math.exp(-dt / _W1) + 1.0
+        h.r10 = h.r10 * math.exp(-dt / _W10) + 1.0
+        h.r60 = h.r60 * e60 + 1.0
+        h.failed = h.failed * e60 + failed
+        h.flagged = h.flagged * e60 + flagged
         key = (dst, dport)
-        c = h.service(ts, key) + 1
-        h.services[key] = (max(ts, h.last), c)
+        t, c = h.services.get(key, (ts, 0.0))
+        h.services[key] = (max(ts, t), c * math.exp(-(ts - t if ts > t else 0.0) / _W60) + 1.0)
         h.services.move_to_end(key)
         if len(h.services) > SERVICES_PER_HOST:
             h.services.popitem(last=False)
-        h.last = max(h.last, ts)
-        h.ring.append((ts, dst, dport, failed, flagged))
+        if ts > h.last:
+            h.last = ts
+        h.ring.append((ts, dst, dport))
+        h.dsts[dst] = h.dsts.get(dst, 0) + 1
+        h.ports[dport] = h.ports.get(dport, 0) + 1
+        h.expire(ts - _W60)
 
-    def flagged_recent(self, host: str, now: float, window: float) -> int:
-        """Flagged flows of ``host`` in the ``window`` seconds up to ``now`` (what the rules escalate on)."""
+    def flagged_recent(self, host: str, now: float) -> float:
+        """The host's prefix-flagged flows of about the last minute (decayed count)."""
         h = self.hosts.get(host)
         if h is None:
-            return 0
-        return sum(1 for t, _, _, _, g in h.ring if g and t > now - window)
+            return 0.0
+        return h.flagged * math.exp(-max(0.0, now - h.last) / _W60)
 
 
 def prefix_feature(score: float, threshold: float) -> float:
