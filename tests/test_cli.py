@@ -11,7 +11,7 @@ import sys
 
 import dpkt
 import pytest
-from conftest import DEFAULT_MODEL, SAMPLE, SAMPLE_LABELS
+from conftest import DEFAULT_MODEL, ROOT, SAMPLE, SAMPLE_LABELS
 from pcaps import write_pcap
 
 from dpack.cli import main
@@ -285,3 +285,66 @@ def test_verdicts_are_never_written_through_a_planted_temporary_name(tmp_path, c
         "v.jsonl",
         "victim",
     ]
+
+
+def _pickle_zip(path):
+    """A zip shaped like a torch file whose pickle names a function (os.system): weights_only refuses it."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("m/data.pkl", b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03.")
+        z.writestr("m/version", b"3\n")
+        z.writestr("m/byteorder", b"little")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"this is not a model"), "not a PyTorch model archive"),
+        (_pickle_zip, "Python objects a dpack model never holds"),
+    ],
+    ids=["not-an-archive", "hostile-pickle"],
+)
+def test_a_garbage_model_says_what_is_wrong_without_torchs_advice(tmp_path, capsys, make, message):
+    bad = tmp_path / "bad.pt"
+    make(bad)
+    rc, _, err = run(["score", str(SAMPLE), "--model", str(bad)], capsys)
+    assert rc == 2 and message in err and err.count("\n") == 1
+    assert "weights_only" not in err and "Re-running" not in err
+
+
+def test_rules_on_a_path_that_does_not_exist_is_an_error_not_an_empty_list(tmp_path, capsys):
+    rc, out, err = run(["rules", "--file", str(tmp_path / "typo.rules"), "list"], capsys)
+    assert rc == 2 and "no such rules file" in err and "active entries" not in out
+
+
+@pytest.mark.parametrize("argv", [["--workers", "500"], ["--top", "-5"], ["--workers", "x"]])
+def test_out_of_range_options_are_refused_by_the_parser(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(["score", str(SAMPLE), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and ("out of range" if argv[1] != "x" else "expected an integer") in err
+
+
+def test_the_package_carries_the_default_model_and_its_card(tmp_path):
+    """``pip install .`` or a wheel gives a working default: the model and its card are package data
+    (``plugin/dpack/models`` links to ``models/``), found without a checkout."""
+    import hashlib
+    import subprocess
+    import sys
+    import zipfile
+
+    from dpack.config import default_model_path
+
+    assert default_model_path().is_file() and default_model_path().parent.parent.name == "dpack"
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("dpack-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        shipped = z.read("dpack/models/dpack-default.pt")
+        card = z.read("dpack/models/MODEL_CARD.md").decode()
+    assert hashlib.sha256(shipped).digest() == hashlib.sha256(DEFAULT_MODEL.read_bytes()).digest()
+    assert card == (ROOT / "models" / "MODEL_CARD.md").read_text()

@@ -30,6 +30,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML configuration file")
 
 
+def _bounded(lo: int, hi: int) -> Any:
+    """An argparse type: an integer in [lo, hi] (argparse says the error in one line)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {one_line(text, 40)!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is out of range ({lo}-{hi})")
+        return v
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dpack", description="Early detection of malicious flows (D-PACK).")
     ap.add_argument("--version", action="version", version=f"dpack {__version__}")
@@ -88,8 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.add_argument("--verdicts", help="write one JSON line per flow here ('-' for stdout)")
     s.add_argument("--explain", choices=("anomalous", "all", "none"), help="which verdicts get explanations")
-    s.add_argument("--top", type=int, default=10, help="flagged flows shown in the summary")
-    s.add_argument("--workers", type=int, help="processes (default: config scoring.workers, 0 = per core)")
+    s.add_argument(
+        "--top", type=_bounded(0, 10_000), default=10, help="flagged flows shown in the summary (default 10)"
+    )
+    s.add_argument(
+        "--workers",
+        type=_bounded(0, 64),
+        help="processes, 0-64 (default: config scoring.workers, 0 = per core)",
+    )
     s.add_argument(
         "--rules", help="write Suricata rules for the flagged flows here (policy: config 'rules:')"
     )
@@ -104,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--held-back", type=float, default=0.2, help="last part kept for the threshold (0.2)")
     tc.add_argument("--prefix-v4", type=int, default=32, help="IPv4 host key length (default 32)")
     tc.add_argument("--prefix-v6", type=int, default=64, help="IPv6 host key length (default 64)")
-    tc.add_argument("--workers", type=int, help="processes (default: config scoring.workers)")
+    tc.add_argument(
+        "--workers", type=_bounded(0, 64), help="processes, 0-64 (default: config scoring.workers)"
+    )
 
     v = sub.add_parser("serve", help="score flows exported by Zeek, live")
     _add_model_args(v)
@@ -430,6 +453,9 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     path = args.file or cfg.rules.get("file") or str(repo_root() / "suricata_rules" / "dpack.rules")
+    state = cfg.rules.get("state") or f"{path}.state.json"
+    if not os.path.exists(path) and not os.path.exists(state):  # a typo must not read as "no rules"
+        raise DpackError(f"{one_line(path)}: no such rules file (and no state {one_line(state)})")
     book = book_from_config(cfg, path)
     now = time.time()
     if args.rules_cmd == "list":

@@ -238,7 +238,9 @@ def repo_root() -> Path:
 
 
 def default_model_path() -> Path:
-    return repo_root() / "models" / DEFAULT_MODEL_NAME
+    """The shipped model, inside the package (``plugin/dpack/models`` links to the top-level
+    ``models/``; a wheel or ``pip install .`` copies the files), so it is found without a checkout."""
+    return Path(__file__).resolve().parent / "models" / DEFAULT_MODEL_NAME
 
 
 _CHECKS: dict[tuple[str, str], Any] = {

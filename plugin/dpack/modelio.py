@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,13 +32,24 @@ def load_blob(path: str | os.PathLike[str], fmt: str, version: int, what: str) -
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; anything else is not a model file
+        raise ModelError(
+            f"{path}: not a readable dpack model (not a PyTorch model archive: damaged or another file)"
+        )
     try:
         blob = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only=True refused an object a model file never holds; nothing was run. (Torch's own
+        # message advises weights_only=False: never for a file of unknown origin.)
+        raise ModelError(
+            f"{path}: not a readable dpack model (it holds Python objects a dpack model never holds; "
+            "refused without running them)"
+        ) from None
     except Exception as err:  # noqa: BLE001 - torch.load of hostile bytes raises almost anything
-        # (UnpicklingError, RuntimeError, struct.error, KeyError, IndexError, ...); none may escape as a
-        # traceback, and weights_only=True means nothing was executed.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"{path}: not a readable dpack model ({first[:160]})") from None
+        # (RuntimeError, struct.error, KeyError, IndexError, ...); none may escape as a traceback
+        raise ModelError(
+            f"{path}: not a readable dpack model (damaged archive: {type(err).__name__})"
+        ) from None
     if not isinstance(blob, dict) or blob.get("format") != fmt:
         raise ModelError(f"{path}: not a {what} file")
     if blob.get("format_version") != version:
