@@ -81,8 +81,8 @@ def _stream(n_hosts=8, flows=3000, seed=0):
 def _fitted(rows_from):
     from dpack.offline.context_fit import context_rows
 
-    rows = context_rows(rows_from, HostKey())
-    return fit(rows[::2], rows[1::2], 0.01, HostKey(), {"prefix_threshold": 0.002})
+    rows, hosts = context_rows(rows_from, HostKey())
+    return fit(rows[::2], hosts[::2], rows[1::2], hosts[1::2], 0.01, HostKey(), {"prefix_threshold": 0.002})
 
 
 def test_a_flood_of_ordinary_requests_is_caught_by_its_host_context():

@@ -32,7 +32,14 @@ COLUMNS = ("prefix.score", *FEATURES)
 # same service again and again; failures; what the prefix flagged of it
 GROUPS = ([0], [1, 2, 3], [4, 5], [6], [7, 8], [9])
 PORT = len(COLUMNS)  # rows carry the responder port after the columns (for the record; not scored)
-FORMAT_VERSION = 2  # 2: decayed rates, grouped tails
+# count columns that are measured against the host's own benign level (``ContextModel.scales``)
+SCALED = [COLUMNS.index(c) for c in (
+    "host.new_flows_1s", "host.new_flows_10s", "host.new_flows_60s", "host.responders_60s",
+    "host.ports_60s", "host.same_service_60s", "host.failed_60s",
+)]  # fmt: skip
+MAX_KNOWN_HOSTS = 65_536  # hosts with a benign level of their own (the busiest of the benign capture)
+HOST_LEVEL_MIN_ROWS = 50  # a host with fewer benign flows is measured against the typical host
+FORMAT_VERSION = 3  # 2: decayed rates, grouped tails; 3: per-host levels
 MAX_LEVELS = 8192  # distinct values kept per column (quantiles beyond): bounded model file
 
 
@@ -77,12 +84,27 @@ class ContextModel:
     key: HostKey = field(default_factory=HostKey)
     columns: tuple[str, ...] = COLUMNS
     provenance: dict[str, Any] = field(default_factory=dict)
+    # host key -> its own benign level of each ``SCALED`` count (its 99th percentile in the benign
+    # capture); a host not in it has ``typical`` (the median host's). Counts are scored as multiples of
+    # the level: the site's load generator at 160 flows a second is itself, a new host at 160 is not.
+    levels: dict[str, np.ndarray] = field(default_factory=dict)
+    typical: np.ndarray = field(default_factory=lambda: np.ones(len(SCALED), dtype=np.float32))
 
-    def score_rows(self, rows: np.ndarray, use_prefix: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(context score, tails) of rows of ``columns``; without ``use_prefix``, the host context alone.
-        The score sums, over groups of columns that measure one thing (``GROUPS``), the largest tail in
-        each: one burst raises the 1, 10 and 60 s rates together and is one piece of evidence."""
-        t = self.tails.tails(rows[:, :PORT])
+    def relative(self, rows: np.ndarray, hosts: Sequence[str]) -> np.ndarray:
+        """``rows`` (``COLUMNS``) with the ``SCALED`` counts divided by each host's benign level."""
+        out = rows[:, :PORT].astype(np.float32, copy=True)
+        if len(out):
+            lv = np.stack([self.levels.get(h, self.typical) for h in hosts])
+            out[:, SCALED] /= lv
+        return out
+
+    def score_rows(
+        self, rows: np.ndarray, hosts: Sequence[str], use_prefix: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(context score, tails) of rows of ``columns`` of ``hosts``; without ``use_prefix``, the host
+        context alone. The score sums, over groups of columns that measure one thing (``GROUPS``), the
+        largest tail in each: one burst raises the 1, 10 and 60 s rates together, one piece of evidence."""
+        t = self.tails.tails(self.relative(rows, hosts))
         if not use_prefix:
             t[:, 0] = 0.0
         return sum(t[:, g].max(axis=1) for g in GROUPS), t
@@ -101,6 +123,8 @@ class ContextModel:
             "prefix_max": self.prefix_max,
             "prefix_v4": self.key.prefix_v4,
             "prefix_v6": self.key.prefix_v6,
+            "host_levels": {h: v.tolist() for h, v in self.levels.items()},
+            "typical_level": self.typical.tolist(),
             "provenance": self.provenance,
         }
 
@@ -122,6 +146,10 @@ class ContextModel:
             thr, pmax = float(blob["threshold"]), float(blob["prefix_max"])
             key = HostKey(int(blob["prefix_v4"]), int(blob["prefix_v6"]))
             prov = dict(blob.get("provenance", {}))
+            host_levels = {
+                str(h): np.asarray(v, dtype=np.float32) for h, v in dict(blob["host_levels"]).items()
+            }
+            typical = np.asarray(blob["typical_level"], dtype=np.float32)
         except ModelError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -134,10 +162,15 @@ class ContextModel:
             and thr > 0
             and math.isfinite(pmax)
             and all(np.isfinite(a).all() and (np.diff(a) >= 0).all() for a in levels)
+            and len(host_levels) <= MAX_KNOWN_HOSTS
+            and all(
+                v.shape == (len(SCALED),) and np.isfinite(v).all() and (v >= 1).all()
+                for v in (typical, *host_levels.values())
+            )
         )
         if not ok:
             raise ModelError(f"{where}: damaged context stage (tails, threshold or counts out of range)")
-        return cls(Tails(levels, ge, n), thr, pmax, key, COLUMNS, prov)
+        return cls(Tails(levels, ge, n), thr, pmax, key, COLUMNS, prov, host_levels, typical)
 
 
 def failed_rows(data: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -170,18 +203,20 @@ class ContextScorer:
         self.state = HostState(model.key, **({"max_hosts": max_hosts} if max_hosts else {}))
         self.use_prefix = use_prefix
 
-    def rows(self, verdicts: Sequence[Verdict]) -> np.ndarray:
+    def rows(self, verdicts: Sequence[Verdict]) -> tuple[np.ndarray, list[str]]:
         """Context rows (``COLUMNS``, then the responder port) of prefix verdicts in stream order, each
         flow added to its host's state after its row (fitting and ``apply`` alike)."""
         out = []
+        hosts = []
         observe, add = self.state.observe, self.state.add
         for v in verdicts:
             # times to the millisecond: what Zeek's JSON carries, so live and offline histories agree
             t = round(v.ts * 1000) / 1000
             host, feats = observe(v.src, t, v.dst, v.dport, v.failed)
             out.append([prefix_feature(v.score, v.threshold), *feats, float(v.dport)])
+            hosts.append(host)
             add(host, t, v.dst, v.dport, v.failed, v.anomalous)
-        return np.array(out, dtype=np.float32).reshape(len(out), PORT + 1)
+        return np.array(out, dtype=np.float32).reshape(len(out), PORT + 1), hosts
 
     def apply(self, verdicts: Sequence[Verdict]) -> None:
         """Decide each verdict with its host context (in place): ``anomalous`` from the stage, the context
@@ -191,8 +226,8 @@ class ContextScorer:
         if not verdicts:
             return
         m = self.model
-        rows = self.rows(verdicts)
-        score, tails = m.score_rows(rows, self.use_prefix)
+        rows, hosts = self.rows(verdicts)
+        score, tails = m.score_rows(rows, hosts, self.use_prefix)
         beyond = rows[:, 0] > m.prefix_max if self.use_prefix else np.zeros(len(rows), dtype=bool)
         flagged = (score >= m.threshold) | beyond
         host_tails = tails[:, 1:PORT]
@@ -212,19 +247,48 @@ class ContextScorer:
             v.context_score = s
 
 
+def host_levels(rows: np.ndarray, hosts: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each benign host's level of every ``SCALED`` count (99th percentile of its rows, at least 1), for
+    the ``MAX_KNOWN_HOSTS`` busiest with ``HOST_LEVEL_MIN_ROWS`` rows or more, and the median host's."""
+    h = np.asarray(hosts)
+    names, counts = np.unique(h, return_counts=True)
+    levels: dict[str, np.ndarray] = {}
+    for name in names[np.argsort(-counts, kind="stable")][:MAX_KNOWN_HOSTS]:
+        sel = h == name
+        if sel.sum() >= HOST_LEVEL_MIN_ROWS:
+            levels[str(name)] = np.maximum(np.percentile(rows[sel][:, SCALED], 99, axis=0), 1.0).astype(
+                np.float32
+            )
+    typical = (
+        np.median(np.stack(list(levels.values())), axis=0).astype(np.float32)
+        if levels
+        else np.maximum(np.percentile(rows[:, SCALED], 99, axis=0), 1.0).astype(np.float32)
+    )
+    return levels, np.maximum(typical, 1.0)
+
+
 def fit(
-    rows: np.ndarray, calibration: np.ndarray, target_fpr: float, key: HostKey, provenance: dict[str, Any]
+    rows: np.ndarray,
+    hosts: Sequence[str],
+    calibration: np.ndarray,
+    calibration_hosts: Sequence[str],
+    target_fpr: float,
+    key: HostKey,
+    provenance: dict[str, Any],
 ) -> ContextModel:
-    """The stage from benign context rows (``rows``: for the tails; ``calibration``: held back, for the
-    threshold at ``target_fpr``)."""
+    """The stage from benign context rows (``rows``, ``hosts``: for the host levels and the tails;
+    ``calibration``: held back, for the threshold at ``target_fpr``)."""
     if len(rows) < 100 or len(calibration) < 100:
         raise ValueError(
             "too few benign flows to fit the context stage (at least 100 each for tails and threshold)"
         )
-    tails = Tails.fit(rows[:, :PORT])
-    prefix_max = float(np.max(rows[:, 0]))
-    m = ContextModel(tails, 1.0, prefix_max, key, COLUMNS, provenance)
-    s, _ = m.score_rows(calibration)
+    levels, typical = host_levels(rows, hosts)
+    m = ContextModel(
+        Tails.fit(rows[:, :PORT]), 1.0, float(np.max(rows[:, 0])), key, COLUMNS, provenance, levels, typical
+    )
+    m.tails = Tails.fit(m.relative(rows, hosts))
+    prefix_max = m.prefix_max
+    s, _ = m.score_rows(calibration, calibration_hosts)
     beyond = calibration[:, 0] > prefix_max
     # the smallest threshold whose held-back false-positive rate (beyond-prefix flows included) is <= target
     allowed = int(math.floor(target_fpr * len(calibration))) - int(beyond.sum())

@@ -38,7 +38,7 @@ def prefix_verdicts(
     return out
 
 
-def context_rows(verdicts: Sequence[Verdict], key: HostKey) -> np.ndarray:
+def context_rows(verdicts: Sequence[Verdict], key: HostKey) -> tuple[np.ndarray, list[str]]:
     placeholder = ContextModel(
         Tails([np.zeros(1, np.float32)] * len(COLUMNS), [np.ones(1, np.int64)] * len(COLUMNS), 1),
         1.0,
@@ -61,7 +61,8 @@ def fit_context(
     t0 = time.time()
     key = key or HostKey()
     vs = prefix_verdicts(model, captures, rules, workers)
-    rows = context_rows(vs, key)
+    rows, hosts = context_rows(vs, key)
+    h = np.asarray(hosts)
     # held back: every k-th of 20 consecutive blocks of the stream (as the prefix model's calibration),
     # so that both parts see every hour's behaviour; the histories ran over the whole stream already
     block = np.arange(len(rows)) * 20 // max(1, len(rows))
@@ -69,7 +70,9 @@ def fit_context(
     cut = int((~back).sum())
     stage = fit(
         rows[~back],
+        h[~back].tolist(),
         rows[back],
+        h[back].tolist(),
         target_fpr,
         key,
         {
@@ -90,6 +93,7 @@ def fit_context(
         "threshold": stage.threshold,
         "prefix_max": stage.prefix_max,
         "calibration_fpr": stage.provenance["calibration_fpr"],
-        "hosts": len({v.src for v in vs}),
+        "hosts": len(set(hosts)),
+        "known_hosts": len(stage.levels),
         "seconds": round(time.time() - t0, 1),
     }
