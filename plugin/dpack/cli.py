@@ -327,7 +327,7 @@ def cmd_train_context(args: argparse.Namespace) -> int:
         raise DpackError(str(err)) from None
     print(f"model      {args.out}  ({model.name} + host context, /{key.prefix_v4} and /{key.prefix_v6})")
     print(
-        f"flows      {r['flows']} from {r['hosts']} originators; {r['fit_rows']} fit, {r['calibration_rows']} held back"
+        f"flows      {r['flows']} from {r['hosts']} hosts ({r['known_hosts']} with a level of their own); {r['fit_rows']} fit, {r['calibration_rows']} held back"
     )
     print(f"threshold  {r['threshold']:.4g} (summed tails; held-back FPR {r['calibration_fpr']:.4f})")
     print(f"time       {r['seconds']} s")
