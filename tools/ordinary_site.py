@@ -33,6 +33,16 @@ import dpkt
 
 S, A, P, F, R = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH, dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST
 RESOLVER, WEB, FTP, DEAD = "172.20.1.53", "172.20.1.80", "172.20.1.21", "172.20.9.9"
+# the behaviours, with their share of the site's flows (weights)
+FAMILIES = {
+    "dns_parallel": 30,
+    "dns_unanswered": 4,
+    "syn_retry": 2,
+    "icmp_unreachable": 2,
+    "ftp_data": 6,
+    "http": 30,
+    "tls": 26,
+}
 MAC_A, MAC_B = b"\x02\x00\x00\x00\x00\x0a", b"\x02\x00\x00\x00\x00\x0b"
 WIN_OPTS = b"\x02\x04\x05\xb4\x01\x03\x03\x08\x01\x01\x04\x02"  # MSS, NOP, wscale 8, NOP NOP SACK-permitted
 
@@ -132,18 +142,7 @@ class Site:
             h = rng.choice(hosts)
             port = 49152 + (port - 49151) % 16000
             at = t0 + t
-            kind = rng.choices(
-                [
-                    "dns_parallel",
-                    "dns_unanswered",
-                    "syn_retry",
-                    "icmp_unreachable",
-                    "ftp_data",
-                    "http",
-                    "tls",
-                ],
-                weights=[30, 4, 2, 2, 6, 30, 26],
-            )[0]
+            kind = rng.choices(list(FAMILIES), weights=list(FAMILIES.values()))[0]
             if kind == "dns_parallel":
                 qa, qb = rng.randrange(65536), rng.randrange(65536)
                 name = rng.choice(names)
