@@ -160,6 +160,23 @@ class DetectorsConfig:
 
 
 @dataclass
+class LearnConfig:
+    """``learn:``: learning mode of ``dpack serve`` (serve/learning.py)."""
+
+    enabled: bool = False
+    flows: int = 20_000  # recorded flows that end the learning period
+    duration: float = 0.0  # seconds that end it (0: only ``flows``)
+    dir: str = "dpack-learn"  # where the recording and the learned model go (relative: to the config file)
+    max_mb: int = 512  # the recording's size at most; reaching it ends the period
+    out: str = ""  # the learned model's path ("" = DIR/site-model.pt)
+    min_flows: int = 1000  # fewer recorded flows: refused
+    held_back: float = 0.2  # last part of the recording, for the validation
+    target_fpr: float = 0.005  # for the threshold
+    max_fpr: float = 0.01  # held-back false-positive rate above it: refused
+    site: str = ""  # a name for the provenance
+
+
+@dataclass
 class Config:
     model: str | None = None
     export: ExportConfig | None = None  # None: take the model's own prefix (offline use)
@@ -168,6 +185,7 @@ class Config:
     zeek: ZeekConfig = field(default_factory=ZeekConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
+    learn: LearnConfig = field(default_factory=LearnConfig)
     path: str | None = None  # the YAML file this came from, if any
     # Suricata rules: ``rules.Policy`` fields (mode, scope, threshold_flows, window, ttl, max_entries,
     # allowlist, require_handshake, sid_first, sid_last, apply, dataset_name) plus ``file``, ``state``,
@@ -268,8 +286,18 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("serve", "metrics_port"): lambda v: 0 <= v <= 65535,
     ("serve", "log_interval"): lambda v: 0.1 <= v <= 86400,
     ("detectors", "context_max_hosts"): lambda v: 1 <= v <= 10_000_000,
+    ("learn", "flows"): lambda v: 1 <= v <= 100_000_000,
+    ("learn", "duration"): lambda v: 0 <= v <= 366 * 86400,
+    ("learn", "max_mb"): lambda v: 1 <= v <= 1_000_000,
+    ("learn", "min_flows"): lambda v: 1 <= v <= 100_000_000,
+    ("learn", "held_back"): lambda v: 0.05 <= v <= 0.5,
+    ("learn", "target_fpr"): lambda v: 0 < v < 0.5,
+    ("learn", "max_fpr"): lambda v: 0 < v <= 1,
+    ("learn", "dir"): lambda v: 0 < len(v) <= 4096,
+    ("learn", "site"): lambda v: len(v) <= 200 and v.isprintable(),
 }
-_SECTIONS = ("export", "scoring", "flows", "zeek", "serve", "detectors")
+_SECTIONS = ("export", "scoring", "flows", "zeek", "serve", "detectors", "learn")
+_PATHS = {"detectors": ("records_model", "classifier_model"), "learn": ("dir", "out")}
 
 
 def _show(value: Any) -> str:
@@ -389,6 +417,8 @@ def load_config(
     _merge(cfg, from_env, "environment", base=Path.cwd())
     if overrides:
         _merge(cfg, {k: v for k, v in overrides.items() if v or v == ""}, "command line", base=Path.cwd())
+    if cfg.learn.enabled and cfg.serve.workers:
+        raise ConfigError("learning mode scores in the serving process: set serve.workers: 0 while learning")
     if cfg.rules:  # before any work starts: a bad rules setting is a bad config, not a crash later
         cfg.rules_policy()
         for key in _RULES_EXTRA:
@@ -417,13 +447,12 @@ def _merge(cfg: Config, raw: Mapping[str, Any], origin: str, base: Path) -> None
         elif key in _SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{origin}: {key} must be a mapping")
-            _apply_section(getattr(cfg, key), key, value, origin)
-            if key == "detectors":
-                d = cfg.detectors
-                for k in ("records_model", "classifier_model"):
-                    v = getattr(d, k)
-                    if v and not os.path.isabs(v):
-                        setattr(d, k, str(base / v))
+            section = getattr(cfg, key)
+            _apply_section(section, key, value, origin)
+            for k in _PATHS.get(key, ()):  # paths in a file are relative to it
+                v = getattr(section, k)
+                if v and not os.path.isabs(v):
+                    setattr(section, k, str(base / v))
         else:
             raise ConfigError(
                 f"{origin}: unknown setting {_show(key)} (known: model, rules, {', '.join(_SECTIONS)})"

@@ -113,6 +113,7 @@ class Pipeline:
         self.stop = asyncio.Event()  # stop taking samples; ``run`` returns once the queue is scored
         self.wakeup = asyncio.Event()
         self.count_refusals = True  # a part of a shared batch leaves refusals to part 0 (workers.py)
+        self.learner: Any = None  # learning mode (serve/learning.py): records samples, marks verdicts
 
     def _scorer(self, model: LoadedModel) -> Scorer:
         sc = self.cfg.scoring
@@ -330,6 +331,8 @@ class Pipeline:
         verdicts = scorer.verdicts([q.sample for q in batch])
         if self.context is not None:
             self.context.apply(verdicts)
+        if self.learner is not None:
+            self.learner.take([q.sample for q in batch], verdicts)
         self.metrics.inc("inputs_from_cache", scorer.cache_hits - hits)
         await self._catch_up()
         self.metrics.inc("flows_scored", len(verdicts))

@@ -33,6 +33,7 @@ from ..verdict import Verdict
 from ..zeek.codec import encode_refusal
 from ..zeek.link import BrokerLink, Link, WebSocketLink
 from ..zeek.wire import Event
+from .learning import Learner
 from .metrics import Metrics, RateLimitedLog, serve_metrics
 from .pipeline import Pipeline, valid_topic
 
@@ -113,10 +114,16 @@ class Service:
         self.hooks = list(hooks)
         self.rules_worker = self._rules_worker(cfg)
         self.failure = ""  # set when serve stops because a part of it stopped (health); exit status 1
+        self.learner: Learner | None = None
         if self.rules_worker is not None:
             self.hooks.append(self.rules_worker)
             rules = self.rules_worker
             self.metrics.extra = rules.figures
+        if cfg.learn.enabled:
+            self.learner = Learner(cfg.learn)
+            extra = self.metrics.extra
+            learner = self.learner
+            self.metrics.extra = lambda: {**extra(), **learner.figures()}
         self.outbox: deque[str] = deque()
         self.outbox_verdicts: deque[int] = deque()  # verdicts per outbox message
         # (topic, reason) pairs told to Zeek since it connected; bounded, since reasons name nodes
@@ -144,6 +151,7 @@ class Service:
             self.scoring = WorkerPool(self, cfg.serve.workers)
         else:
             self.scoring = InProcess(self)
+        self._set_learner(self.learner)
 
     @staticmethod
     def _rules_worker(cfg: Config) -> Any:
@@ -302,11 +310,40 @@ class Service:
             return "the file watcher stopped; model and config changes would go unseen"
         return ""
 
+    def _learning(self) -> None:
+        """Learning mode: once the background training passed, swap the learned model in (the Zeek
+        connection stays) and stop marking verdicts as learning; a refusal keeps them marked."""
+        if self.learner is None or self.learner.state in ("done", "refused"):
+            return
+        path = self.learner.poll()
+        if path is None:
+            return
+        try:
+            model = load_model(path, expect=self.cfg.export.spec() if self.cfg.export is not None else None)
+        except ModelError as err:
+            self.learner.refuse(f"the learned model does not load: {err}")
+            return
+        self.use_model(model)
+        self.metrics.inc("model_reloads")
+        self._set_learner(None)
+        self.learner.swapped()
+        log.info(
+            "learning done: now detecting with %s; to keep it across restarts set model: %s and learn.enabled: false",
+            model.name,
+            path,
+        )
+
+    def _set_learner(self, learner: Learner | None) -> None:
+        pipeline = getattr(self.scoring, "pipeline", None)
+        if pipeline is not None:
+            pipeline.learner = learner
+
     async def _health_loop(self, observer: Any) -> None:
         while not self.stop.is_set():
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=1.0)
             except TimeoutError:
+                self._learning()
                 why = self.health(observer)
                 if why:
                     self.failure = why

@@ -1,0 +1,273 @@
+"""Learning mode of ``dpack serve``: learn this site, then detect.
+
+While learning (config ``learn:``), every sample Zeek sends is still scored and answered, but its verdict
+is marked as learning (``anomalous`` false, explanation ``["learning"]``, model ``learning:NAME``), so
+Zeek raises no notice and no rule is written; the samples' frames are recorded to a capture file
+(``learn.dir``/``recorded.pcap``, bounded by ``learn.max_mb``). When ``learn.flows`` flows are recorded
+(or ``learn.duration`` seconds have passed), a background process trains a model on the first part of
+the recording with the same code as ``dpack train`` (the recording is an ordinary pcap: ``dpack train
+DIR/recorded.pcap`` gives the same model offline), scores the held-back last part with it, and refuses it
+with its reason (too few flows; held-back false-positive rate above ``learn.max_fpr``). A model that
+passes is written atomically to ``learn.out`` with its provenance (site, period, counts) and swapped in
+without dropping the Zeek connection. Learning never restarts by itself: relearning is a config change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import LearnConfig
+from ..traffic.flows import FlowSample
+from ..verdict import Verdict
+
+log = logging.getLogger(__name__)
+
+STATES = ("off", "recording", "training", "done", "refused")
+
+
+def _pcap_header(linktype: int) -> bytes:
+    return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+
+
+class Learner:
+    """The recording and the hand-over to the background training; polled by the service."""
+
+    def __init__(self, cfg: LearnConfig) -> None:
+        self.cfg = cfg
+        self.dir = Path(cfg.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "recorded.pcap"
+        self.out = Path(cfg.out) if cfg.out else self.dir / "site-model.pt"
+        self.fh: Any = None
+        self.linktype: int | None = None
+        self.flows = 0
+        self.skipped = 0  # samples of another link type than the recording's
+        self.bytes = 0
+        self.started = time.time()
+        self.first_ts: float | None = None
+        self.last_ts: float | None = None
+        self.state = "recording"
+        self.reason = ""
+        self.proc: Any = None
+        self.result_path = self.dir / "result.json"
+        self.trained: dict[str, Any] = {}
+
+    # --- recording --------------------------------------------------------------------------------------
+
+    def take(self, samples: list[FlowSample], verdicts: list[Verdict]) -> None:
+        """Record the samples and mark their verdicts as learning (no notice, no rule)."""
+        for v in verdicts:
+            v.anomalous = False
+            v.explanation = ["learning"]
+            v.model = f"learning:{v.model}"
+        if self.state != "recording":
+            return
+        for s in samples:
+            if not s.frames:
+                continue
+            lt = s.frames[0].linktype
+            if self.fh is None:
+                self.linktype = lt
+                self.fh = open(self.path, "wb")
+                self.fh.write(_pcap_header(lt))
+                self.bytes = 24
+            if lt != self.linktype:
+                self.skipped += 1
+                continue
+            for i, fr in enumerate(s.frames):
+                t = s.ts + i * 1e-6  # the export has each flow's first time; its packets follow it in order
+                sec, usec = int(t), int(round((t % 1) * 1e6)) % 1_000_000
+                self.fh.write(struct.pack("<IIII", sec, usec, len(fr.data), len(fr.data)) + fr.data)
+                self.bytes += 16 + len(fr.data)
+            self.flows += 1
+            self.first_ts = s.ts if self.first_ts is None else min(self.first_ts, s.ts)
+            self.last_ts = s.ts if self.last_ts is None else max(self.last_ts, s.ts)
+        if self.period_over():
+            self.finish_recording()
+
+    def period_over(self) -> bool:
+        c = self.cfg
+        return (
+            self.flows >= c.flows
+            or (c.duration > 0 and time.time() - self.started >= c.duration)
+            or self.bytes >= c.max_mb * 2**20
+        )
+
+    def finish_recording(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+        log.info(
+            "learning: %d flows recorded (%d skipped, %.1f MB); training",
+            self.flows,
+            self.skipped,
+            self.bytes / 1e6,
+        )
+        if self.flows < self.cfg.min_flows:
+            self.refuse(
+                f"too few flows to learn from ({self.flows} recorded, learn.min_flows is {self.cfg.min_flows})"
+            )
+            return
+        self.state = "training"
+        self.result_path.unlink(missing_ok=True)
+        ctx = mp.get_context("spawn")  # a clean process: training must not share the serving loop's state
+        self.proc = ctx.Process(target=_train_job, args=(str(self.path), str(self.out), str(self.result_path), self._provenance(), _opts(self.cfg)), daemon=True, name="dpack-learn")  # fmt: skip
+        self.proc.start()
+
+    def refuse(self, reason: str) -> None:
+        self.state = "refused"
+        self.reason = reason
+        log.error("learning refused: %s; still serving the old model (relearn: a config change)", reason)
+
+    def _provenance(self) -> dict[str, Any]:
+        return {
+            "site": self.cfg.site,
+            "period": [self.first_ts, self.last_ts],
+            "flows_recorded": self.flows,
+            "learned_live": True,
+        }
+
+    # --- the background job --------------------------------------------------------------------------
+
+    def poll(self) -> str | None:
+        """The learned model's path once training finished and it passed, else None (state says why)."""
+        if self.state == "recording" and self.period_over():
+            self.finish_recording()
+        if self.state != "training" or self.proc is None or self.proc.is_alive() or self.trained:
+            return None
+        self.proc.join()
+        try:
+            res = json.loads(self.result_path.read_text())
+        except (OSError, ValueError):
+            self.refuse(f"the training process ended without a result (exit {self.proc.exitcode})")
+            return None
+        if not res.get("ok"):
+            self.refuse(str(res.get("reason", "unknown")))
+            return None
+        self.trained = res
+        log.info(
+            "learning: model %s learned (held-back FPR %.4f on %d flows)",
+            self.out,
+            res["heldback_fpr"],
+            res["heldback_flows"],
+        )
+        return str(self.out)
+
+    def swapped(self) -> None:
+        """The service serves the learned model now (``done`` only then: tests and metrics see it so)."""
+        self.state = "done"
+
+    def figures(self) -> dict[str, int]:
+        return {"learning_flows": self.flows, "learning_state": STATES.index(self.state)}
+
+
+def _opts(c: LearnConfig) -> dict[str, Any]:
+    return {
+        "held_back": c.held_back,
+        "target_fpr": c.target_fpr,
+        "max_fpr": c.max_fpr,
+        "min_flows": c.min_flows,
+    }
+
+
+def _train_job(
+    recording: str, out: str, result: str, provenance: dict[str, Any], opts: dict[str, Any]
+) -> None:
+    """In the background process: train on the first part of the recording, validate on the rest, write
+    the model only if it passes; the result (ok, reason, figures) as JSON at ``result``."""
+    from ..fileio import atomic_write_bytes
+
+    def done(**res: Any) -> None:
+        atomic_write_bytes(result, json.dumps(res).encode())
+
+    try:
+        done(**learn_from(recording, out, provenance, **opts))
+    except Exception as err:  # noqa: BLE001 - reported to the service as the refusal's reason
+        done(ok=False, reason=f"training failed: {type(err).__name__}: {err}")
+
+
+def learn_from(
+    recording: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    provenance: dict[str, Any] | None = None,
+    held_back: float = 0.2,
+    target_fpr: float = 0.005,
+    max_fpr: float = 0.01,
+    min_flows: int = 1000,
+) -> dict[str, Any]:
+    """Learn a model from a recorded (or any benign) capture: ``dpack train`` on its first part, the
+    held-back last part scored for the validation; writes ``out`` only if it passes. The same for the
+    live learner and for ``dpack train`` on the recording plus this check."""
+    import tempfile
+
+    import numpy as np
+
+    from ..prefix.flowset import extract
+    from ..prefix.modelfile import load_model
+    from ..prefix.scorer import Scorer
+    from ..prefix.train import TrainOptions, train
+    from ..traffic.encode import PrefixSpec
+
+    fs = extract([str(recording)], PrefixSpec())
+    n = len(fs)
+    if n < min_flows:
+        return {"ok": False, "reason": f"too few flows to learn from ({n}, at least {min_flows})"}
+    # by time: the flows that start in the last ``held_back`` of the period are held back
+    starts = np.array([s.ts for s in fs.samples])
+    cut = float(np.quantile(starts, 1 - held_back))
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(out))) as d:
+        part = Path(d) / "learn.pcap"
+        _write_before(recording, part, cut)
+        tmp_model = Path(d) / "model.pt"
+        summary = train([part], tmp_model, TrainOptions(target_fpr=target_fpr, name="site-model"))
+        model = load_model(tmp_model)
+        rest = np.flatnonzero(starts >= cut)
+        scores = Scorer(model, explain="none").scores(fs.data[rest], fs.direction[rest])
+        fpr = float((scores > model.threshold).mean()) if len(rest) else 1.0
+        if fpr > max_fpr:
+            return {
+                "ok": False,
+                "reason": f"held-back false-positive rate {fpr:.4f} is above learn.max_fpr {max_fpr}",
+                "heldback_fpr": fpr,
+            }
+        import torch
+
+        blob = torch.load(tmp_model, weights_only=True)
+        blob["provenance"] = {
+            **blob.get("provenance", {}),
+            **(provenance or {}),
+            "heldback_fpr": fpr,
+            "heldback_flows": len(rest),
+        }
+        from ..modelio import save_blob
+
+        save_blob(out, blob)
+    return {
+        "ok": True,
+        "heldback_fpr": fpr,
+        "heldback_flows": int(len(rest)),
+        "train_flows": summary["flows"]["train"],
+    }
+
+
+def _write_before(capture: str | os.PathLike[str], part: Path, cut: float) -> None:
+    """The frames of ``capture`` captured before ``cut``, as a pcap (the training part)."""
+    from ..traffic.capture import CaptureStats, read_capture
+
+    frames = [(ts, lt, fr) for ts, lt, fr in read_capture(capture, CaptureStats()) if ts < cut]
+    linktype = frames[0][1] if frames else 1
+    out = bytearray(_pcap_header(linktype))
+    for ts, lt, fr in frames:
+        if lt != linktype:
+            continue
+        sec = int(ts)
+        usec = min(999_999, int(round((ts - sec) * 1e6)))
+        out += struct.pack("<IIII", sec, usec, len(fr), len(fr)) + fr
+    part.write_bytes(bytes(out))

@@ -1,0 +1,108 @@
+"""Learning mode of ``dpack serve``: learn the site from what Zeek sends, then detect - over a real
+WebSocket from a peer that speaks Zeek's format (tests/zeekpeer.py), with the training in a real
+background process. The site is tools/ordinary_site.py's (benign, unlike lab-dev)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+from conftest import DEFAULT_MODEL, ROOT
+from servekit import Running, free_port, send_batches, wait_for
+
+sys.path.insert(0, str(ROOT / "tools"))
+import ordinary_site
+from zeekpeer import samples_from_pcap
+
+from dpack.config import load_config
+from dpack.errors import ConfigError
+from dpack.serve.learning import STATES, learn_from
+from dpack.zeek import contract as C
+
+AT = {n: i for i, (n, _) in enumerate(C.VERDICT)}
+
+
+@pytest.fixture(scope="module")
+def site_capture(tmp_path_factory):
+    return ordinary_site.write(tmp_path_factory.mktemp("site") / "site.pcap", minutes=10, seed=5)
+
+
+@pytest.fixture(scope="module")
+def site_recs(site_capture):
+    return samples_from_pcap(str(site_capture))
+
+
+def cfg_for(tmp_path, peer, **learn):
+    return load_config(
+        None,
+        env={},
+        overrides={
+            "model": str(DEFAULT_MODEL),
+            "zeek": {"url": peer.url, "topic": "dpack/samples", "reconnect_max": 0.5},
+            "serve": {"alerts": "", "metrics_port": free_port(), "log_interval": 0.5, "watch": False},
+            "learn": {"enabled": True, "dir": str(tmp_path / "learn"), "site": "test-site", **learn},
+        },
+    )
+
+
+def test_serve_learns_the_site_swaps_the_model_in_and_then_detects(
+    tmp_path, peer, site_capture, site_recs, sample_recs
+):
+    n = len(site_recs)
+    cfg = cfg_for(tmp_path, peer, flows=n, min_flows=500, max_fpr=0.03)
+    run = Running(cfg)
+    try:
+        assert peer.connected.wait(10)
+        send_batches(peer, site_recs)
+        wait_for(lambda: len(peer.verdicts()) == n, what="verdicts while learning")
+        during = peer.verdicts()
+        assert not any(v[AT["anomalous"]] for v in during)  # no notice, no rule while learning
+        assert all(
+            v[AT["explanation"]] == "learning" and v[AT["model"]].startswith("learning:") for v in during
+        )
+        assert (tmp_path / "learn" / "recorded.pcap").stat().st_size > 24
+        wait_for(lambda: run.service.learner is not None and run.service.learner.state in ("done", "refused"),
+                 timeout=180, what="the background training")  # fmt: skip
+        assert run.service.learner.state == "done", run.service.learner.reason
+        learned = tmp_path / "learn" / "site-model.pt"
+        assert run.service.model.path == str(learned)
+        # detection, with the learned model, on the same connection
+        attacks = [r for r in sample_recs if r["orig_h"].startswith("10.201.66.")]
+        send_batches(peer, attacks)
+        wait_for(lambda: len(peer.verdicts()) == n + len(attacks), what="verdicts after learning")
+        after = peer.verdicts()[n:]
+        assert {v[AT["model"]] for v in after} == {run.service.model.name}
+        assert sum(v[AT["anomalous"]] for v in after) >= 0.9 * len(attacks)
+        assert run.m["reconnects"] == 1  # the Zeek connection was never dropped
+        import torch
+
+        prov = torch.load(learned, weights_only=True)["provenance"]
+        assert prov["site"] == "test-site" and prov["flows_recorded"] == n
+        # what was learned live is what learning offline from the site's own capture gives
+        offline = learn_from(site_capture, tmp_path / "offline.pt", min_flows=500, max_fpr=0.03)
+        assert offline["ok"] and prov["heldback_fpr"] == pytest.approx(offline["heldback_fpr"], abs=0.002)
+    finally:
+        run.stop()
+
+
+def test_learning_on_too_small_a_sample_is_refused_with_its_reason(tmp_path, peer, site_recs, caplog):
+    cfg = cfg_for(tmp_path, peer, flows=200, min_flows=1000)
+    run = Running(cfg)
+    try:
+        assert peer.connected.wait(10)
+        send_batches(peer, site_recs[:200])
+        wait_for(lambda: run.service.learner.state == "refused", what="the refusal")
+        assert "too few flows" in run.service.learner.reason and "200" in run.service.learner.reason
+        assert run.service.model.path == str(DEFAULT_MODEL)  # the old model keeps serving
+        time.sleep(0.5)
+        figures = run.service.metrics.extra()
+        assert STATES[figures["learning_state"]] == "refused" and figures["learning_flows"] == 200
+        assert not (tmp_path / "learn" / "site-model.pt").exists()
+    finally:
+        run.stop()
+
+
+def test_learning_with_workers_is_refused_at_start(tmp_path):
+    with pytest.raises(ConfigError, match="serve.workers: 0 while learning"):
+        load_config(None, env={}, overrides={"serve": {"workers": 2}, "learn": {"enabled": True}})
