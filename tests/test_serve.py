@@ -123,6 +123,10 @@ def test_malformed_and_hostile_messages_are_counted_not_fatal(start, peer, sampl
     peer.send(json.dumps(bad_b64))
     peer.send(samples_frame(sample_recs[3:10], time.time()))
     wait_for(lambda: len(peer.verdicts()) == 2 + 7, what="verdicts after the junk")
+    # a worker's counters reach the serving process after its verdicts do: wait for them as well
+    wait_for(
+        lambda: run.m["samples_skipped"] >= 1 and run.m["messages_malformed"] >= 5 + len(raw), what="counters"
+    )
     assert (
         run.m["messages_malformed"] == 5 + len(raw)
         and run.m["zeek_errors"] == 1
