@@ -348,3 +348,10 @@ def test_the_package_carries_the_default_model_and_its_card(tmp_path):
         card = z.read("dpack/models/MODEL_CARD.md").decode()
     assert hashlib.sha256(shipped).digest() == hashlib.sha256(DEFAULT_MODEL.read_bytes()).digest()
     assert card == (ROOT / "models" / "MODEL_CARD.md").read_text()
+
+
+def test_score_and_evaluate_say_what_the_model_learned_from(capsys):
+    rc, out, _ = run(["score", str(SAMPLE)], capsys)
+    assert rc == 0 and "learned from captures benign-train.pcap.gz" in out
+    rc, out, _ = run(["evaluate", "--pcap", str(SAMPLE), "--labels", str(SAMPLE_LABELS)], capsys)
+    assert rc == 0 and "learned from captures benign-train.pcap.gz" in out

@@ -409,7 +409,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"note     no flows in this capture: {why}", file=info)
     print(
         f"model    {model.name} (N={model.spec.n_packets}, L={model.spec.n_bytes}, "
-        f"policy={model.spec.policy}, threshold={model.threshold:.6g})",
+        f"policy={model.spec.policy}, threshold={model.threshold:.6g}); learned from {model.learned_from}",
         file=info,
     )
     print(
@@ -513,7 +513,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     m, scores = evaluate(scorer, data)
     attack_fams = {f for f, a in zip(data.family, data.is_attack, strict=True) if a}
     print(
-        f"model {model.name} (N={model.spec.n_packets}, L={model.spec.n_bytes}, policy={model.spec.policy})"
+        f"model {model.name} (N={model.spec.n_packets}, L={model.spec.n_bytes}, policy={model.spec.policy}); "
+        f"learned from {model.learned_from}"
     )
     if data.unlabelled:
         print(f"note: {data.unlabelled} flows had no label row and were left out")

@@ -39,6 +39,21 @@ class LoadedModel:
     context: ContextModel | None = None  # the host-context stage, when the file has one
 
     @property
+    def learned_from(self) -> str:
+        """Where the model learned benign traffic: its site (learning mode) or its captures' names."""
+        prov = self.meta.get("provenance") or {}
+        if isinstance(prov, dict):
+            if prov.get("site"):
+                return f"site {prov['site']}"
+            files = prov.get("files") or prov.get("captures") or []
+            names = [str(f.get("name")) for f in files if isinstance(f, dict) and f.get("name")]
+            if names:
+                return (
+                    "captures " + ", ".join(names[:3]) + (f" (+{len(names) - 3})" if len(names) > 3 else "")
+                )
+        return "unknown (no provenance)"
+
+    @property
     def name(self) -> str:
         """Short name for verdicts and rules: the stored name and the first 12 hex digits of the file hash."""
         return f"{self.meta.get('name', Path(self.path).stem)}@{self.sha256[:12]}"

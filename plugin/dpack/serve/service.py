@@ -430,9 +430,10 @@ class Service:
             else "scoring in this process"
         )
         log.info(
-            "serving model %s (%s; %s); Zeek at %s",
+            "serving model %s (%s; learned from %s; %s); Zeek at %s",
             self.model.name,
             self.model.spec.describe(),
+            self.model.learned_from,
             where,
             self.link.url,
         )
