@@ -79,9 +79,10 @@ def _stream(n_hosts=8, flows=3000, seed=0):
 
 
 def _fitted(rows_from):
-    from dpack.offline.context_fit import context_rows
+    from dpack.context.stage import context_rows
+    from dpack.context.state import HostState
 
-    rows, hosts = context_rows(rows_from, HostKey())
+    rows, hosts = context_rows(HostState(HostKey()), rows_from)
     return fit(rows[::2], hosts[::2], rows[1::2], hosts[1::2], 0.01, HostKey(), {"prefix_threshold": 0.002})
 
 

@@ -31,7 +31,6 @@ COLUMNS = ("prefix.score", *FEATURES)
 # columns that measure one thing: the prefix; the host's rate; its spread over responders and ports; the
 # same service again and again; failures; what the prefix flagged of it
 GROUPS = ([0], [1, 2, 3], [4, 5], [6], [7, 8], [9])
-PORT = len(COLUMNS)  # rows carry the responder port after the columns (for the record; not scored)
 # count columns that are measured against the host's own benign level (``ContextModel.scales``)
 SCALED = [COLUMNS.index(c) for c in (
     "host.new_flows_1s", "host.new_flows_10s", "host.new_flows_60s", "host.responders_60s",
@@ -92,11 +91,7 @@ class ContextModel:
 
     def relative(self, rows: np.ndarray, hosts: Sequence[str]) -> np.ndarray:
         """``rows`` (``COLUMNS``) with the ``SCALED`` counts divided by each host's benign level."""
-        out = rows[:, :PORT].astype(np.float32, copy=True)
-        if len(out):
-            lv = np.stack([self.levels.get(h, self.typical) for h in hosts])
-            out[:, SCALED] /= lv
-        return out
+        return _relative(rows, hosts, self.levels, self.typical)
 
     def score_rows(
         self, rows: np.ndarray, hosts: Sequence[str], use_prefix: bool = True
@@ -194,6 +189,32 @@ def context_scorer(model: Any, enabled: bool = True, max_hosts: int | None = Non
     return ContextScorer(ctx, max_hosts) if enabled and ctx is not None else None
 
 
+def context_rows(state: HostState, verdicts: Sequence[Verdict]) -> tuple[np.ndarray, list[str]]:
+    """Context rows (``COLUMNS``) of prefix verdicts in stream order and their host keys, each flow
+    added to ``state`` after its row: the one code fitting and scoring share."""
+    out = []
+    hosts = []
+    observe, add = state.observe, state.add
+    for v in verdicts:
+        # times to the millisecond: what Zeek's JSON carries, so live and offline histories agree
+        t = round(v.ts * 1000) / 1000
+        host, feats = observe(v.src, t, v.dst, v.dport, v.failed)
+        out.append([prefix_feature(v.score, v.threshold), *feats])
+        hosts.append(host)
+        add(host, t, v.dst, v.dport, v.failed, v.anomalous)
+    return np.array(out, dtype=np.float32).reshape(len(out), len(COLUMNS)), hosts
+
+
+def _relative(
+    rows: np.ndarray, hosts: Sequence[str], levels: dict[str, np.ndarray], typical: np.ndarray
+) -> np.ndarray:
+    """``rows`` with the ``SCALED`` counts divided by each host's benign level (``typical`` if unknown)."""
+    out = rows.astype(np.float32, copy=True)
+    if len(out):
+        out[:, SCALED] /= np.stack([levels.get(h, typical) for h in hosts])
+    return out
+
+
 class ContextScorer:
     """The stage over a stream of prefix verdicts, in the order they are decided; state carried across
     calls (a host's history spans batches). ``use_prefix=False`` scores the host context alone."""
@@ -203,21 +224,6 @@ class ContextScorer:
         self.state = HostState(model.key, **({"max_hosts": max_hosts} if max_hosts else {}))
         self.use_prefix = use_prefix
 
-    def rows(self, verdicts: Sequence[Verdict]) -> tuple[np.ndarray, list[str]]:
-        """Context rows (``COLUMNS``, then the responder port) of prefix verdicts in stream order, each
-        flow added to its host's state after its row (fitting and ``apply`` alike)."""
-        out = []
-        hosts = []
-        observe, add = self.state.observe, self.state.add
-        for v in verdicts:
-            # times to the millisecond: what Zeek's JSON carries, so live and offline histories agree
-            t = round(v.ts * 1000) / 1000
-            host, feats = observe(v.src, t, v.dst, v.dport, v.failed)
-            out.append([prefix_feature(v.score, v.threshold), *feats, float(v.dport)])
-            hosts.append(host)
-            add(host, t, v.dst, v.dport, v.failed, v.anomalous)
-        return np.array(out, dtype=np.float32).reshape(len(out), PORT + 1), hosts
-
     def apply(self, verdicts: Sequence[Verdict]) -> None:
         """Decide each verdict with its host context (in place): ``anomalous`` from the stage, the context
         score in ``context_score``, and the host features that made it anomalous first in the
@@ -226,11 +232,11 @@ class ContextScorer:
         if not verdicts:
             return
         m = self.model
-        rows, hosts = self.rows(verdicts)
+        rows, hosts = context_rows(self.state, verdicts)
         score, tails = m.score_rows(rows, hosts, self.use_prefix)
         beyond = rows[:, 0] > m.prefix_max if self.use_prefix else np.zeros(len(rows), dtype=bool)
         flagged = (score >= m.threshold) | beyond
-        host_tails = tails[:, 1:PORT]
+        host_tails = tails[:, 1:]
         for i in np.flatnonzero(flagged | np.array([v.anomalous for v in verdicts])).tolist():
             v = verdicts[i]
             prefix_said = v.anomalous
@@ -283,11 +289,9 @@ def fit(
             "too few benign flows to fit the context stage (at least 100 each for tails and threshold)"
         )
     levels, typical = host_levels(rows, hosts)
-    m = ContextModel(
-        Tails.fit(rows[:, :PORT]), 1.0, float(np.max(rows[:, 0])), key, COLUMNS, provenance, levels, typical
-    )
-    m.tails = Tails.fit(m.relative(rows, hosts))
-    prefix_max = m.prefix_max
+    prefix_max = float(np.max(rows[:, 0]))
+    tails = Tails.fit(_relative(rows, hosts, levels, typical))
+    m = ContextModel(tails, 1.0, prefix_max, key, COLUMNS, provenance, levels, typical)
     s, _ = m.score_rows(calibration, calibration_hosts)
     beyond = calibration[:, 0] > prefix_max
     # the smallest threshold whose held-back false-positive rate (beyond-prefix flows included) is <= target

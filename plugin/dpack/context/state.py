@@ -169,13 +169,6 @@ class HostState:
         h.ports[dport] = h.ports.get(dport, 0) + 1
         h.expire(ts - _W60)
 
-    def flagged_recent(self, host: str, now: float) -> float:
-        """The host's prefix-flagged flows of about the last minute (decayed count)."""
-        h = self.hosts.get(host)
-        if h is None:
-            return 0.0
-        return h.flagged * math.exp(-max(0.0, now - h.last) / _W60)
-
 
 def prefix_feature(score: float, threshold: float) -> float:
     """The prefix model's score as a context column: log of score over threshold (0 at the threshold)."""

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..context.stage import COLUMNS, ContextModel, ContextScorer, Tails, fit
-from ..context.state import HostKey
+from ..context.stage import context_rows, fit
+from ..context.state import HostKey, HostState
 from ..fileio import sha256_file
 from ..modelio import load_blob, save_blob
 from ..prefix.modelfile import FORMAT, FORMAT_VERSION, LoadedModel
@@ -38,16 +38,6 @@ def prefix_verdicts(
     return out
 
 
-def context_rows(verdicts: Sequence[Verdict], key: HostKey) -> tuple[np.ndarray, list[str]]:
-    placeholder = ContextModel(
-        Tails([np.zeros(1, np.float32)] * len(COLUMNS), [np.ones(1, np.int64)] * len(COLUMNS), 1),
-        1.0,
-        0.0,
-        key,
-    )
-    return ContextScorer(placeholder).rows(verdicts)
-
-
 def fit_context(
     model: LoadedModel,
     captures: Sequence[str | os.PathLike[str]],
@@ -61,7 +51,7 @@ def fit_context(
     t0 = time.time()
     key = key or HostKey()
     vs = prefix_verdicts(model, captures, rules, workers)
-    rows, hosts = context_rows(vs, key)
+    rows, hosts = context_rows(HostState(key), vs)
     h = np.asarray(hosts)
     # held back: every k-th of 20 consecutive blocks of the stream (as the prefix model's calibration),
     # so that both parts see every hour's behaviour; the histories ran over the whole stream already
