@@ -7,6 +7,7 @@ beside each capture when there is one, else the file name) or from a labels CSV 
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -21,6 +22,7 @@ import numpy as np
 from ..prefix.flowset import FlowSet, extract
 from ..prefix.scorer import Scorer
 from ..traffic.labels import labels_beside, read_labels, sample_key
+from ..verdict import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -240,18 +242,15 @@ def evaluate_stages(model: Any, data: Labelled) -> dict[str, dict[str, Any]]:
     scorer = Scorer(model, explain="none")
     y = data.is_attack[idx]
     fam = [data.family[i] for i in order]
-    out: dict[str, dict[str, Any]] = {}
-    for stage in STAGES:
-        vs = []
-        for a in range(0, len(samples), 8192):
-            sl = idx[a : a + 8192]
-            vs += scorer.verdicts_encoded(
-                samples[a : a + 8192], data.flows.data[sl], data.flows.direction[sl]
-            )
-        if stage == "prefix":
-            scores = np.array([v.score for v in vs])
-            out[stage] = metrics(y, scores, model.threshold, fam)
-            continue
+    prefix: list[Verdict] = []  # scored once; each context stage decides copies of them
+    for a in range(0, len(samples), 8192):
+        sl = idx[a : a + 8192]
+        prefix += scorer.verdicts_encoded(
+            samples[a : a + 8192], data.flows.data[sl], data.flows.direction[sl]
+        )
+    out = {"prefix": metrics(y, np.array([v.score for v in prefix]), model.threshold, fam)}
+    for stage in STAGES[1:]:
+        vs = [dataclasses.replace(v, explanation=list(v.explanation)) for v in prefix]
         ContextScorer(model.context, use_prefix=stage == "combined").apply(vs)
         scores = np.array([v.context_score for v in vs])
         pred = np.array([v.anomalous for v in vs])
