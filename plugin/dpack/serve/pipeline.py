@@ -215,6 +215,14 @@ class Pipeline:
             )
         return None
 
+    def _count_skipped(self, skipped: Sequence[str], counter: str, key: str, what: str) -> None:
+        """The entries the codec left out of a batch: counted, and one rate-limited line with an example."""
+        if skipped:
+            self.metrics.inc(counter, len(skipped))
+            self.ratelog(
+                logging.WARNING, key, f"%d malformed {what} skipped, e.g.: %s", len(skipped), skipped[0]
+            )
+
     async def _accept(self, batch: SampleBatch, received: float) -> None:
         if self.stop.is_set():
             self.metrics.inc("flows_dropped", len(batch.samples))
@@ -222,15 +230,7 @@ class Pipeline:
                 logging.WARNING, "stopping", "stopping: %d flow(s) arrived too late", len(batch.samples)
             )
             return
-        if batch.skipped:
-            self.metrics.inc("samples_skipped", len(batch.skipped))
-            self.ratelog(
-                logging.WARNING,
-                "sample",
-                "%d malformed sample(s) skipped, e.g.: %s",
-                len(batch.skipped),
-                batch.skipped[0],
-            )
+        self._count_skipped(batch.skipped, "samples_skipped", "sample", "sample(s)")
         reason = self._refusal(batch)
         if reason is not None:
             await self._refuse(batch.header.reply_topic, reason, "prefix")
@@ -262,15 +262,7 @@ class Pipeline:
         """Connection summaries: scored at once by the record detectors (they are cheap, and Zeek batches
         them), then delivered like flow verdicts."""
         h = batch.header
-        if batch.skipped:
-            self.metrics.inc("connections_skipped", len(batch.skipped))
-            self.ratelog(
-                logging.WARNING,
-                "conn",
-                "%d malformed connection summar(ies) skipped, e.g.: %s",
-                len(batch.skipped),
-                batch.skipped[0],
-            )
+        self._count_skipped(batch.skipped, "connections_skipped", "conn", "connection summar(ies)")
         if h.version != C.CONTRACT_VERSION:
             await self._refuse(h.reply_topic, version_reason(h.version, h.node), "version")
             return
