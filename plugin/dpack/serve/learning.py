@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LearnConfig
+from ..traffic.encode import PrefixSpec
 from ..traffic.flows import FlowSample
 from ..verdict import Verdict
 
@@ -39,8 +40,9 @@ def _pcap_header(linktype: int) -> bytes:
 class Learner:
     """The recording and the hand-over to the background training; polled by the service."""
 
-    def __init__(self, cfg: LearnConfig) -> None:
+    def __init__(self, cfg: LearnConfig, spec: PrefixSpec | None = None) -> None:
         self.cfg = cfg
+        self.spec = spec or PrefixSpec()  # the serving model's: what Zeek exports, so what to learn
         self.dir = Path(cfg.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "recorded.pcap"
@@ -118,7 +120,7 @@ class Learner:
         self.state = "training"
         self.result_path.unlink(missing_ok=True)
         ctx = mp.get_context("spawn")  # a clean process: training must not share the serving loop's state
-        self.proc = ctx.Process(target=_train_job, args=(str(self.path), str(self.out), str(self.result_path), self._provenance(), _opts(self.cfg)), daemon=True, name="dpack-learn")  # fmt: skip
+        self.proc = ctx.Process(target=_train_job, args=(str(self.path), str(self.out), str(self.result_path), self._provenance(), _opts(self.cfg, self.spec)), daemon=True, name="dpack-learn")  # fmt: skip
         self.proc.start()
 
     def refuse(self, reason: str) -> None:
@@ -168,12 +170,13 @@ class Learner:
         return {"learning_flows": self.flows, "learning_state": STATES.index(self.state)}
 
 
-def _opts(c: LearnConfig) -> dict[str, Any]:
+def _opts(c: LearnConfig, spec: PrefixSpec) -> dict[str, Any]:
     return {
         "held_back": c.held_back,
         "target_fpr": c.target_fpr,
         "max_fpr": c.max_fpr,
         "min_flows": c.min_flows,
+        "spec": spec,
     }
 
 
@@ -201,6 +204,7 @@ def learn_from(
     target_fpr: float = 0.005,
     max_fpr: float = 0.01,
     min_flows: int = 1000,
+    spec: PrefixSpec | None = None,
 ) -> dict[str, Any]:
     """Learn a model from a recorded (or any benign) capture: ``dpack train`` on its first part, the
     held-back last part scored for the validation; writes ``out`` only if it passes. The same for the
@@ -213,9 +217,9 @@ def learn_from(
     from ..prefix.modelfile import load_model
     from ..prefix.scorer import Scorer
     from ..prefix.train import TrainOptions, train
-    from ..traffic.encode import PrefixSpec
 
-    fs = extract([str(recording)], PrefixSpec())
+    spec = spec or PrefixSpec()  # the serving model's prefix: what Zeek exports
+    fs = extract([str(recording)], spec)
     n = len(fs)
     if n < min_flows:
         return {"ok": False, "reason": f"too few flows to learn from ({n}, at least {min_flows})"}
@@ -226,7 +230,7 @@ def learn_from(
         part = Path(d) / "learn.pcap"
         _write_before(recording, part, cut)
         tmp_model = Path(d) / "model.pt"
-        summary = train([part], tmp_model, TrainOptions(target_fpr=target_fpr, name="site-model"))
+        summary = train([part], tmp_model, TrainOptions(spec=spec, target_fpr=target_fpr, name="site-model"))
         model = load_model(tmp_model)
         rest = np.flatnonzero(starts >= cut)
         scores = Scorer(model, explain="none").scores(fs.data[rest], fs.direction[rest])

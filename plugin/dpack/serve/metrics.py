@@ -42,7 +42,7 @@ class RateLimitedLog:
 class Metrics:
     """Operational counters, exported in Prometheus text format and summarised in a periodic log line."""
 
-    EXTRA_GAUGES = frozenset({"rules_active", "rules_sources_tracked"})  # levels, not counts
+    EXTRA_GAUGES = frozenset({"rules_active", "rules_sources_tracked", "learning_state"})  # levels
     COUNTERS = {
         "messages_received": "WebSocket messages received from Zeek",
         "messages_malformed": "messages that did not decode or did not fit the contract",
