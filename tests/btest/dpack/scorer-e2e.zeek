@@ -1,4 +1,5 @@
 # @TEST-DOC: zeek -r with dpack serve attached (DPack::score_traces): every connection of the trace gets one verdict in dpack.log, the attacks raise notices, and Zeek ends once the verdicts are in.
+# @TEST-REQUIRES: which zeek
 # @TEST-REQUIRES: which dpack
 # @TEST-PORT: DPACK_PORT
 # @TEST-EXEC: btest-bg-run scorer "dpack serve --url ws://127.0.0.1:${DPACK_PORT%/tcp}/v1/messages/json --alerts alerts.jsonl --metrics-port 0"

@@ -1,4 +1,5 @@
 # @TEST-DOC: Connections go to the scorer shard of their originator: the same host (an IPv6 /64) always to one shard, different hosts spread over all of them.
+# @TEST-REQUIRES: which zeek
 # @TEST-EXEC: zeek -b $PACKAGE %INPUT > output
 # @TEST-EXEC: btest-diff output
 
