@@ -78,12 +78,20 @@ def _stream(n_hosts=8, flows=3000, seed=0):
     ]  # fmt: skip
 
 
-def _fitted(rows_from):
-    from dpack.context.stage import context_rows
+def _fitted(rows_from, held_back=None):
+    """The stage fitted on every other flow of ``rows_from`` and calibrated on the others, or on all of it
+    and calibrated on ``held_back`` (another stretch of the same site: adjacent flows share a host history)."""
+    from dpack.context.stage import context_rows, service_of
     from dpack.context.state import HostState
 
     rows, hosts = context_rows(HostState(HostKey()), rows_from)
-    return fit(rows[::2], hosts[::2], rows[1::2], hosts[1::2], 0.01, HostKey(), {"prefix_threshold": 0.002})
+    svc = [service_of(x) for x in rows_from]
+    if held_back is None:
+        fit_part, back = (rows[::2], hosts[::2], svc[::2]), (rows[1::2], hosts[1::2], svc[1::2])
+    else:
+        fit_part = (rows, hosts, svc)
+        back = (*context_rows(HostState(HostKey()), held_back), [service_of(x) for x in held_back])
+    return fit(*fit_part, *back, 0.01, HostKey(), {"prefix_threshold": 0.002})
 
 
 def test_a_flood_of_ordinary_requests_is_caught_by_its_host_context():
@@ -192,3 +200,59 @@ def test_serve_gives_the_verdicts_dpack_score_gives_with_host_context(tmp_path, 
     differ = [k for k in offline if offline[k] != live.get(k)]
     assert differ == [], [(k, offline[k], live.get(k)) for k in differ[:3]] + [next(iter(live.items()))]
     assert sum(a for a, _ in offline.values()) > 0
+
+
+def _busy_resolver_site(seed, hosts=8, seconds=1200.0):
+    """Workstations at about 2 flows a second each, most of them queries to one resolver."""
+    rng = np.random.default_rng(seed)
+    out, t = [], 1000.0
+    while t < 1000.0 + seconds:
+        t += rng.exponential(1 / (2 * hosts))
+        dns = rng.random() < 0.8
+        out.append(
+            v(
+                f"10.1.0.{rng.integers(hosts)}",
+                t,
+                "10.2.0.53" if dns else f"10.2.0.{rng.integers(20)}",
+                53 if dns else int(rng.choice([80, 443])),
+                score=float(rng.uniform(0.0002, 0.0019)),
+            )
+        )
+    return out  # fmt: skip
+
+
+def test_repeats_are_measured_against_the_service_a_brute_force_at_an_ordinary_rate_is_caught():
+    """A new host logging in to SSH 3 times a second opens flows no faster than a workstation and repeats
+    one responder:port no more often than a workstation asks its resolver; SSH is never repeated like
+    that, so the repeats, measured against the service's benign level, flag it."""
+    stage = _fitted(_busy_resolver_site(0), held_back=_busy_resolver_site(2))
+    assert (
+        stage.services["tcp/53"] > 20 * stage.services["tcp/22" if "tcp/22" in stage.services else "tcp/80"]
+    )
+    sc = ContextScorer(stage)
+    benign = _busy_resolver_site(1)
+    sc.apply(benign)
+    brute = [v("10.1.0.200", 1000.0 + i / 3, "10.2.0.22", 22, score=0.001) for i in range(200)]
+    sc.apply(brute)
+    assert sum(x.anomalous for x in benign) / len(benign) < 0.02
+    assert sum(x.anomalous for x in brute[100:]) >= 95  # once its repeats are beyond the service's
+    assert any(e == "host.same_service_60s" for x in brute if x.anomalous for e in x.explanation)
+
+
+def test_rules_escalate_on_the_stage_s_host_count_an_ipv6_attacker_counts_per_64(tmp_path):
+    """Each flow from a new address of one /64: the rules' own count by address never reaches 5; the
+    stage's count of the host (its /64) does, and the rule blocks the address of the flow that did."""
+    from dpack.sinks.rules import Policy, RuleBook
+
+    stage = _fitted(_stream())
+    attack = [
+        v(f"2001:db8:1:2::{i:x}", 5000.0 + i, f"10.2.0.{i}", 22, score=0.5, anomalous=True)
+        for i in range(1, 9)
+    ]
+    for with_stage in (False, True):
+        if with_stage:
+            ContextScorer(stage, escalation=(60.0, 5)).apply(attack)
+            assert [x.host_alarms for x in attack] == [1, 2, 3, 4, 5, 5, 5, 5]
+        book = RuleBook(Policy(threshold_flows=5), tmp_path / f"r{with_stage}.rules")
+        added = book.observe(attack, now=0.0)
+        assert added == ([f"src:2001:db8:1:2::{i:x}" for i in range(5, 9)] if with_stage else [])

@@ -370,9 +370,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             keep_top=args.top,
             workers=args.workers or cfg.scoring.processes(),
             on_verdicts=collected.extend if args.rules else None,
-            context=None
-            if args.no_context
-            else context_scorer(model, cfg.detectors.context, cfg.detectors.context_max_hosts),
+            context=None if args.no_context else context_scorer(model, cfg),
         )
     except BaseException:
         if tmp is not None:

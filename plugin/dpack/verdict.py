@@ -37,6 +37,9 @@ class Verdict:
     failed: bool = False
     # the host-context stage's score (summed benign tails), when the model has that stage; in the JSON then
     context_score: float | None = None
+    # anomalous flows of its host within the rules' window, counted by the host-context stage (its host
+    # key); the rules' escalation reads it instead of counting by address. Not in the JSON
+    host_alarms: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {

@@ -38,7 +38,14 @@ SCALED = [COLUMNS.index(c) for c in (
 )]  # fmt: skip
 MAX_KNOWN_HOSTS = 65_536  # hosts with a benign level of their own (the busiest of the benign capture)
 HOST_LEVEL_MIN_ROWS = 50  # a host with fewer benign flows is measured against the typical host
-FORMAT_VERSION = 3  # 2: decayed rates, grouped tails; 3: per-host levels
+FORMAT_VERSION = 4  # 2: decayed rates, grouped tails; 3: per-host levels; 4: per-service levels, tails beyond
+SAME_SERVICE = COLUMNS.index("host.same_service_60s")
+MAX_SERVICES = 4096  # services (proto/port) with a benign level of their own
+MAX_TAIL = 12.0  # -log10 p, at most, of a value beyond every benign one
+# steepest tail beyond the benign values: 10x the largest benign value is at most 100x rarer than it. Set
+# before measuring, not fitted: a tail fitted to one capture's top 1% (often a steady load generator's
+# rate) fell off 10x per 1.25x, and the next day's benign traffic of that host was beyond it.
+MAX_ALPHA = 2.0
 MAX_LEVELS = 8192  # distinct values kept per column (quantiles beyond): bounded model file
 
 
@@ -49,12 +56,17 @@ class Tails:
     levels: list[np.ndarray]
     ge: list[np.ndarray]
     n: int
+    # per column, how fast the tail falls beyond the benign values (Hill's estimate of a power law over
+    # the top 1%): a value at 10x the largest benign one is rarer than one just above it, which the
+    # empirical tail alone (at most -log10(1 / (n + 1))) cannot say
+    alpha: list[float] = field(default_factory=list)
 
     @classmethod
     def fit(cls, rows: np.ndarray) -> Tails:
-        levels, ge = [], []
+        levels, ge, alpha = [], [], []
         for j in range(rows.shape[1]):
             col = np.sort(rows[:, j].astype(np.float64))
+            alpha.append(_hill(col))
             vals = np.unique(col)
             if len(vals) > MAX_LEVELS:  # quantiles, and every value of the top 1% exactly
                 top = vals[vals >= np.quantile(col, 0.99)]
@@ -63,16 +75,42 @@ class Tails:
             idx = np.searchsorted(col, vals, side="left")
             levels.append(vals.astype(np.float32))
             ge.append((len(col) - idx).astype(np.int64))
-        return cls(levels, ge, len(rows))
+        return cls(levels, ge, len(rows), alpha)
 
     def tails(self, rows: np.ndarray) -> np.ndarray:
-        """(B, C) tail of each value: -log10((benign >= x, + 1) / (n + 1))."""
+        """(B, C) tail of each value: -log10((benign >= x, + 1) / (n + 1)); beyond the largest benign
+        value ``top`` (positive), that of the largest plus ``alpha * log10(x / top)``, at most ``MAX_TAIL``."""
         out = np.zeros(rows.shape, dtype=np.float64)
         for j in range(rows.shape[1]):
-            i = np.searchsorted(self.levels[j], rows[:, j], side="left")
+            x = rows[:, j]
+            i = np.searchsorted(self.levels[j], x, side="left")
             ge = np.where(i < len(self.ge[j]), self.ge[j][np.minimum(i, len(self.ge[j]) - 1)], 0)
             out[:, j] = -np.log10((ge + 1) / (self.n + 1))
+            top = float(self.levels[j][-1])
+            if top > 0 and self.alpha[j] > 0:
+                over = x > top
+                if over.any():
+                    out[over, j] = np.minimum(
+                        out[over, j] + self.alpha[j] * np.log10(x[over] / top), MAX_TAIL
+                    )
         return out
+
+
+def _hill(col: np.ndarray) -> float:
+    """Hill's estimate of the power-law index of a sorted column's top 1% (0: too few to say)."""
+    u = float(np.quantile(col, 0.99)) if len(col) else 0.0
+    if u <= 0:
+        pos = col[col > 0]
+        u = float(pos[0]) if len(pos) else 0.0
+    over = col[col > u] if u > 0 else col[:0]
+    if len(over) < 10:
+        return 0.0
+    return float(min(1.0 / max(float(np.mean(np.log(over / u))), 1e-3), MAX_ALPHA))
+
+
+def service_of(v: Verdict) -> str:
+    """A flow's service, for the benign level of repeats to one responder: protocol and responder port."""
+    return f"{v.proto}/{v.dport}"
 
 
 @dataclass
@@ -88,18 +126,40 @@ class ContextModel:
     # the level: the site's load generator at 160 flows a second is itself, a new host at 160 is not.
     levels: dict[str, np.ndarray] = field(default_factory=dict)
     typical: np.ndarray = field(default_factory=lambda: np.ones(len(SCALED), dtype=np.float32))
+    # service (``service_of``) -> the 99th percentile of ``host.same_service_60s`` of its benign flows; a
+    # service not in it has ``typical_service``. Repeats are measured against the smaller of the host's
+    # and the service's level: a workstation asks its resolver 100 times a minute, nobody logs in to SSH
+    # 100 times a minute. Only for hosts without a level of their own: a known host is measured against
+    # itself (the site's load generator hammers its web server every day; levels per host and service
+    # were too strict for the next day's benign traffic).
+    services: dict[str, float] = field(default_factory=dict)
+    typical_service: float = 1.0
 
-    def relative(self, rows: np.ndarray, hosts: Sequence[str]) -> np.ndarray:
-        """``rows`` (``COLUMNS``) with the ``SCALED`` counts divided by each host's benign level."""
-        return _relative(rows, hosts, self.levels, self.typical)
+    def relative(self, rows: np.ndarray, hosts: Sequence[str], services: Sequence[str]) -> np.ndarray:
+        """``rows`` (``COLUMNS``) with the ``SCALED`` counts divided by each host's benign level (and
+        repeats by the service's, when smaller)."""
+        out = rows.astype(np.float32, copy=True)
+        if len(out):
+            lv = np.stack([self.levels.get(h, self.typical) for h in hosts])
+            svc = np.array(
+                [
+                    self.services.get(s, self.typical_service) if h not in self.levels else np.inf
+                    for h, s in zip(hosts, services, strict=True)
+                ],
+                dtype=np.float32,
+            )
+            k = SCALED.index(SAME_SERVICE)
+            lv[:, k] = np.minimum(lv[:, k], svc)
+            out[:, SCALED] /= lv
+        return out
 
     def score_rows(
-        self, rows: np.ndarray, hosts: Sequence[str], use_prefix: bool = True
+        self, rows: np.ndarray, hosts: Sequence[str], services: Sequence[str], use_prefix: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """(context score, tails) of rows of ``columns`` of ``hosts``; without ``use_prefix``, the host
         context alone. The score sums, over groups of columns that measure one thing (``GROUPS``), the
         largest tail in each: one burst raises the 1, 10 and 60 s rates together, one piece of evidence."""
-        t = self.tails.tails(self.relative(rows, hosts))
+        t = self.tails.tails(self.relative(rows, hosts, services))
         if not use_prefix:
             t[:, 0] = 0.0
         return sum(t[:, g].max(axis=1) for g in GROUPS), t
@@ -120,6 +180,9 @@ class ContextModel:
             "prefix_v6": self.key.prefix_v6,
             "host_levels": {h: v.tolist() for h, v in self.levels.items()},
             "typical_level": self.typical.tolist(),
+            "alpha": list(self.tails.alpha),
+            "service_levels": dict(self.services),
+            "typical_service": self.typical_service,
             "provenance": self.provenance,
         }
 
@@ -145,6 +208,9 @@ class ContextModel:
                 str(h): np.asarray(v, dtype=np.float32) for h, v in dict(blob["host_levels"]).items()
             }
             typical = np.asarray(blob["typical_level"], dtype=np.float32)
+            alpha = [float(a) for a in blob["alpha"]]
+            services = {str(k): float(v) for k, v in dict(blob["service_levels"]).items()}
+            typical_service = float(blob["typical_service"])
         except ModelError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -158,6 +224,10 @@ class ContextModel:
             and math.isfinite(pmax)
             and all(np.isfinite(a).all() and (np.diff(a) >= 0).all() for a in levels)
             and len(host_levels) <= MAX_KNOWN_HOSTS
+            and len(alpha) == len(COLUMNS)
+            and all(0 <= a <= 10 for a in alpha)
+            and len(services) <= MAX_SERVICES
+            and all(math.isfinite(x) and x >= 1 for x in (typical_service, *services.values()))
             and all(
                 v.shape == (len(SCALED),) and np.isfinite(v).all() and (v >= 1).all()
                 for v in (typical, *host_levels.values())
@@ -165,7 +235,10 @@ class ContextModel:
         )
         if not ok:
             raise ModelError(f"{where}: damaged context stage (tails, threshold or counts out of range)")
-        return cls(Tails(levels, ge, n), thr, pmax, key, COLUMNS, prov, host_levels, typical)
+        return cls(
+            Tails(levels, ge, n, alpha), thr, pmax, key, COLUMNS, prov, host_levels, typical, services,
+            typical_service,
+        )  # fmt: skip
 
 
 def failed_rows(data: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -183,10 +256,16 @@ def failed_rows(data: np.ndarray, direction: np.ndarray) -> np.ndarray:
     return no_answer | rst
 
 
-def context_scorer(model: Any, enabled: bool = True, max_hosts: int | None = None) -> ContextScorer | None:
-    """The stage for a loaded prefix model (``model.context``), or None: no stage in the file, or off."""
+def context_scorer(model: Any, cfg: Any, enabled: bool = True) -> ContextScorer | None:
+    """The stage for a loaded prefix model (``model.context``) as the config sets it up (``detectors``:
+    on or off, hosts kept; ``rules``: the escalation it counts for), or None: no stage in the file, or off."""
     ctx = getattr(model, "context", None)
-    return ContextScorer(ctx, max_hosts) if enabled and ctx is not None else None
+    if not (enabled and cfg.detectors.context and ctx is not None):
+        return None
+    policy = cfg.rules_policy()
+    return ContextScorer(
+        ctx, cfg.detectors.context_max_hosts, escalation=(policy.window, policy.threshold_flows)
+    )
 
 
 def context_rows(state: HostState, verdicts: Sequence[Verdict]) -> tuple[np.ndarray, list[str]]:
@@ -205,24 +284,24 @@ def context_rows(state: HostState, verdicts: Sequence[Verdict]) -> tuple[np.ndar
     return np.array(out, dtype=np.float32).reshape(len(out), len(COLUMNS)), hosts
 
 
-def _relative(
-    rows: np.ndarray, hosts: Sequence[str], levels: dict[str, np.ndarray], typical: np.ndarray
-) -> np.ndarray:
-    """``rows`` with the ``SCALED`` counts divided by each host's benign level (``typical`` if unknown)."""
-    out = rows.astype(np.float32, copy=True)
-    if len(out):
-        out[:, SCALED] /= np.stack([levels.get(h, typical) for h in hosts])
-    return out
-
-
 class ContextScorer:
     """The stage over a stream of prefix verdicts, in the order they are decided; state carried across
-    calls (a host's history spans batches). ``use_prefix=False`` scores the host context alone."""
+    calls (a host's history spans batches). ``use_prefix=False`` scores the host context alone.
+    ``escalation`` (the rules' window and flow count): each anomalous verdict carries the number of its
+    host's anomalous flows within the window (``host_alarms``), which the rules' escalation reads - one
+    memory of a host, keyed as the stage keys it (an IPv6 attacker counts per /64 whatever its address)."""
 
-    def __init__(self, model: ContextModel, max_hosts: int | None = None, use_prefix: bool = True) -> None:
+    def __init__(
+        self,
+        model: ContextModel,
+        max_hosts: int | None = None,
+        use_prefix: bool = True,
+        escalation: tuple[float, int] = (60.0, 5),
+    ) -> None:
         self.model = model
         self.state = HostState(model.key, **({"max_hosts": max_hosts} if max_hosts else {}))
         self.use_prefix = use_prefix
+        self.escalation = escalation
 
     def apply(self, verdicts: Sequence[Verdict]) -> None:
         """Decide each verdict with its host context (in place): ``anomalous`` from the stage, the context
@@ -233,7 +312,7 @@ class ContextScorer:
             return
         m = self.model
         rows, hosts = context_rows(self.state, verdicts)
-        score, tails = m.score_rows(rows, hosts, self.use_prefix)
+        score, tails = m.score_rows(rows, hosts, [service_of(v) for v in verdicts], self.use_prefix)
         beyond = rows[:, 0] > m.prefix_max if self.use_prefix else np.zeros(len(rows), dtype=bool)
         flagged = (score >= m.threshold) | beyond
         host_tails = tails[:, 1:]
@@ -247,6 +326,7 @@ class ContextScorer:
                 if not prefix_said:
                     v.detector = "context"
                 v.explanation = named + [e for e in v.explanation if e not in named]
+                v.host_alarms = self.state.alarm(hosts[i], round(v.ts * 1000) / 1000, *self.escalation)
             else:  # the prefix alone flagged it, in an ordinary host context
                 v.explanation = []
         for v, s in zip(verdicts, score.tolist(), strict=True):
@@ -273,11 +353,28 @@ def host_levels(rows: np.ndarray, hosts: Sequence[str]) -> tuple[dict[str, np.nd
     return levels, np.maximum(typical, 1.0)
 
 
+def repeat_levels(rows: np.ndarray, keys: Sequence[str], most: int) -> tuple[dict[str, float], float]:
+    """Each key's benign level of repeats (99th percentile of ``host.same_service_60s``, at least 1) for
+    the ``most`` busiest keys with ``HOST_LEVEL_MIN_ROWS`` flows or more, and the median key's."""
+    kv = np.asarray(keys)
+    names, counts = np.unique(kv, return_counts=True)
+    out: dict[str, float] = {}
+    for name in names[np.argsort(-counts, kind="stable")][:most]:
+        sel = kv == name
+        if sel.sum() >= HOST_LEVEL_MIN_ROWS:
+            out[str(name)] = max(float(np.percentile(rows[sel, SAME_SERVICE], 99)), 1.0)
+    if out:
+        return out, max(float(np.median(list(out.values()))), 1.0)
+    return out, max(float(np.percentile(rows[:, SAME_SERVICE], 99)), 1.0) if len(rows) else 1.0
+
+
 def fit(
     rows: np.ndarray,
     hosts: Sequence[str],
+    services: Sequence[str],
     calibration: np.ndarray,
     calibration_hosts: Sequence[str],
+    calibration_services: Sequence[str],
     target_fpr: float,
     key: HostKey,
     provenance: dict[str, Any],
@@ -290,9 +387,12 @@ def fit(
         )
     levels, typical = host_levels(rows, hosts)
     prefix_max = float(np.max(rows[:, 0]))
-    tails = Tails.fit(_relative(rows, hosts, levels, typical))
-    m = ContextModel(tails, 1.0, prefix_max, key, COLUMNS, provenance, levels, typical)
-    s, _ = m.score_rows(calibration, calibration_hosts)
+    svc, typical_svc = repeat_levels(rows, services, MAX_SERVICES)
+    m = ContextModel(
+        Tails([], [], 0), 1.0, prefix_max, key, COLUMNS, provenance, levels, typical, svc, typical_svc
+    )
+    m.tails = Tails.fit(m.relative(rows, hosts, services))
+    s, _ = m.score_rows(calibration, calibration_hosts, calibration_services)
     beyond = calibration[:, 0] > prefix_max
     # the smallest threshold whose held-back false-positive rate (beyond-prefix flows included) is <= target
     allowed = int(math.floor(target_fpr * len(calibration))) - int(beyond.sum())

@@ -66,7 +66,19 @@ class _Host:
     second reads 1,000) - and its last ``HISTORY`` flows of the last minute with counts of their
     responders and ports, for the distinct counts."""
 
-    __slots__ = ("last", "r1", "r10", "r60", "failed", "flagged", "services", "ring", "dsts", "ports")
+    __slots__ = (
+        "last",
+        "r1",
+        "r10",
+        "r60",
+        "failed",
+        "flagged",
+        "services",
+        "ring",
+        "dsts",
+        "ports",
+        "alarms",
+    )
 
     def __init__(self) -> None:
         self.last = -math.inf
@@ -75,6 +87,7 @@ class _Host:
         self.ring: deque[tuple[float, str, int]] = deque()
         self.dsts: dict[str, int] = {}
         self.ports: dict[int, int] = {}
+        self.alarms: deque[float] = deque()  # times of the host's last flows the stage decided anomalous
 
     def expire(self, before: float) -> None:
         ring = self.ring
@@ -168,6 +181,21 @@ class HostState:
         h.dsts[dst] = h.dsts.get(dst, 0) + 1
         h.ports[dport] = h.ports.get(dport, 0) + 1
         h.expire(ts - _W60)
+
+    def alarm(self, host: str, ts: float, window: float, keep: int) -> int:
+        """Record that a flow of ``host`` at ``ts`` was decided anomalous; the number of such flows of the
+        host within ``window`` seconds up to it (at most ``keep`` remembered: the rules' escalation
+        needs no more). 1 for a host no longer kept."""
+        h = self.hosts.get(host)
+        if h is None:
+            return 1
+        q = h.alarms
+        q.append(ts)
+        while q and ts - q[0] > window:
+            q.popleft()
+        while len(q) > keep:
+            q.popleft()
+        return len(q)
 
 
 def prefix_feature(score: float, threshold: float) -> float:

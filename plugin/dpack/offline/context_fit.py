@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..context.stage import context_rows, fit
+from ..context.stage import context_rows, fit, service_of
 from ..context.state import HostKey, HostState
 from ..fileio import sha256_file
 from ..modelio import load_blob, save_blob
@@ -53,6 +53,7 @@ def fit_context(
     vs = prefix_verdicts(model, captures, rules, workers)
     rows, hosts = context_rows(HostState(key), vs)
     h = np.asarray(hosts)
+    sv = np.asarray([service_of(v) for v in vs])
     # held back: every k-th of 20 consecutive blocks of the stream (as the prefix model's calibration),
     # so that both parts see every hour's behaviour; the histories ran over the whole stream already
     block = np.arange(len(rows)) * 20 // max(1, len(rows))
@@ -61,8 +62,10 @@ def fit_context(
     stage = fit(
         rows[~back],
         h[~back].tolist(),
+        sv[~back].tolist(),
         rows[back],
         h[back].tolist(),
+        sv[back].tolist(),
         target_fpr,
         key,
         {

@@ -248,19 +248,52 @@ def evaluate_stages(model: Any, data: Labelled) -> dict[str, dict[str, Any]]:
         prefix += scorer.verdicts_encoded(
             samples[a : a + 8192], data.flows.data[sl], data.flows.direction[sl]
         )
-    out = {"prefix": metrics(y, np.array([v.score for v in prefix]), model.threshold, fam)}
+    scores = np.array([v.score for v in prefix])
+    out = {"prefix": metrics(y, scores, model.threshold, fam)}
+    out["prefix"]["until_flagged"] = until_flagged(prefix, scores > model.threshold, fam)
     for stage in STAGES[1:]:
         vs = [dataclasses.replace(v, explanation=list(v.explanation)) for v in prefix]
         ContextScorer(model.context, use_prefix=stage == "combined").apply(vs)
         scores = np.array([v.context_score for v in vs])
         pred = np.array([v.anomalous for v in vs])
         out[stage] = metrics(y, scores, model.context.threshold, fam, pred)
+        out[stage]["until_flagged"] = until_flagged(vs, pred, fam)
+    return out
+
+
+def until_flagged(
+    vs: Sequence[Verdict], pred: np.ndarray, family: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per family: its originators, how many of them had a flow flagged, and over those the median number
+    of the host's flows of the family before its first flagged one and the seconds from its first flow
+    to then (what an analyst waits: from then on the host has a Notice and, under the rules policy, a rule)."""
+    first: dict[tuple[str, str], list[Any]] = {}  # (family, src) -> [flows seen, first ts, flows before, s]
+    for v, p, f in zip(vs, pred.tolist(), family, strict=True):
+        e = first.setdefault((f, v.src), [0, v.ts, None, None])
+        if p and e[2] is None:
+            e[2], e[3] = e[0], v.ts - e[1]
+        e[0] += 1
+    out: dict[str, dict[str, Any]] = {}
+    for (f, _), (_, _, before, secs) in sorted(first.items()):
+        d = out.setdefault(f, {"hosts": 0, "flagged_hosts": 0, "_n": [], "_s": []})
+        d["hosts"] += 1
+        if before is not None:
+            d["flagged_hosts"] += 1
+            d["_n"].append(before)
+            d["_s"].append(secs)
+    for d in out.values():
+        n, sec = d.pop("_n"), d.pop("_s")
+        d["flows_before_first_flag"] = float(np.median(n)) if n else None
+        d["seconds_to_first_flag"] = round(float(np.median(sec)), 3) if sec else None
     return out
 
 
 def format_stages(res: dict[str, dict[str, Any]], attack_families: set[str]) -> str:
     fams = sorted(res["prefix"]["per_family"])
-    lines = [f"{'family':<24} {'flows':>7}  " + "  ".join(f"{s:>9}" for s in STAGES)]
+    lines = [
+        f"{'family':<24} {'flows':>7}  " + "  ".join(f"{s:>9}" for s in STAGES) + "  combined: hosts flagged,"
+        " median flows (s) before the first flag"
+    ]
     for f in fams:
         n = res["prefix"]["per_family"][f]["flows"]
         cells = []
@@ -268,6 +301,11 @@ def format_stages(res: dict[str, dict[str, Any]], attack_families: set[str]) -> 
             d = res[s]["per_family"][f]["detected"]
             share = d / n if n else 0.0
             cells.append(f"{share:>9.2%}" if f in attack_families else f"{share:>8.2%}*")
+        u = res["combined"].get("until_flagged", {}).get(f)
+        if u:
+            cells.append(f"{u['flagged_hosts']}/{u['hosts']}")
+            if u["flows_before_first_flag"] is not None:
+                cells.append(f"{u['flows_before_first_flag']:g} ({u['seconds_to_first_flag']:g} s)")
         lines.append(f"{f:<24} {n:>7}  " + "  ".join(cells))
     lines.append(f"{'FPR (all benign)':<24} {'':>7}  " + "  ".join(f"{res[s]['fpr']:>9.3%}" for s in STAGES))
     lines.append(

@@ -105,8 +105,7 @@ class Pipeline:
         self.metrics = metrics
         self.ratelog = ratelog
         self.scorer = self._scorer(model)
-        d = cfg.detectors
-        self.context = context_scorer(model, d.context, d.context_max_hosts)
+        self.context = context_scorer(model, self.cfg)
         self.record_scorer = RecordScorer.load(cfg.detectors.records_model, cfg.detectors.classifier_model)
         self.feed = AlertFeed(cfg.serve.alerts, cfg.serve.alerts_all) if cfg.serve.alerts else None
         self.queue: deque[Queued] = deque()
@@ -124,8 +123,7 @@ class Pipeline:
         self.model = model
         self.scorer = self._scorer(model)
         old = self.context
-        d = self.cfg.detectors
-        self.context = context_scorer(model, d.context, d.context_max_hosts)
+        self.context = context_scorer(model, self.cfg)
         if old is not None and self.context is not None and old.state.key == self.context.state.key:
             self.context.state = old.state  # the hosts' histories outlive a model swap
 

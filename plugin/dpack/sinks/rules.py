@@ -422,6 +422,11 @@ class RuleBook:
             if self.policy.scope == "flow":
                 key = f"flow:{_proto(v)}:{v.src}:{v.sport}:{v.dst}:{v.dport}"
                 count = 1
+            elif v.host_alarms is not None:  # counted by the host-context stage, in its host state
+                key = f"src:{v.src}"
+                count = v.host_alarms
+                if count < self.policy.threshold_flows:
+                    continue
             else:
                 key = f"src:{v.src}"
                 q = self.recent.get(v.src)
