@@ -240,7 +240,9 @@ def _real_zeek_peers(tmp_path, workers):
         assert r.returncode == 0, r.stderr
         wait_for(lambda: run.m["messages_malformed"] >= 2, what="garbage counted")
         r = _node(tmp_path, "old", port, OLD_CONTRACT)
-        assert "refused: contract version 2 from node zeek, dpack speaks 3" in r.stdout, r.stdout + r.stderr
+        assert f"refused: contract version 2 from node zeek, dpack speaks {C.CONTRACT_VERSION}" in r.stdout, (
+            r.stdout + r.stderr
+        )
         assert run.m["batches_refused"] == 1
         site = zeeklab.site_dir(tmp_path)
         real = tmp_path / "real"

@@ -172,6 +172,7 @@ def test_zeek_and_python_contracts_agree():
     assert C.CONNECTIONS_EVENT == "DPack::connections"
     assert C.CONNECTION_VERDICTS_EVENT == "DPack::connection_verdicts"
     assert events["scorer_refused"] == "reason: string"
+    assert events["scorer_status"] == "kind: string, msg: string" and C.STATUS_EVENT == "DPack::scorer_status"
     assert C.SAMPLES_EVENT == "DPack::samples" and C.VERDICTS_EVENT == "DPack::verdicts"
 
 

@@ -193,10 +193,11 @@ def samples_frame(
     )
 
 
-EXPECTED_ARGS = {
-    C.VERDICTS_EVENT: ("vector", C.VERDICT),
-    C.REFUSED_EVENT: ("string", None),
-    C.CONNECTION_VERDICTS_EVENT: ("vector", C.CONNECTION_VERDICT),
+EXPECTED_ARGS = {  # event -> its arguments: (data type, record fields of a vector's entries)
+    C.VERDICTS_EVENT: [("vector", C.VERDICT)],
+    C.REFUSED_EVENT: [("string", None)],
+    C.CONNECTION_VERDICTS_EVENT: [("vector", C.CONNECTION_VERDICT)],
+    C.STATUS_EVENT: [("string", None), ("string", None)],
 }
 
 
@@ -212,17 +213,16 @@ def zeek_accepts(text: str) -> tuple[str, list[Any]] | dict[str, str]:
         ev = decode_message(text)
     except Exception:  # noqa: BLE001
         return ERR_EVENT
-    if ev.name not in EXPECTED_ARGS or len(ev.args) != 1:
+    if ev.name not in EXPECTED_ARGS or len(ev.args) != len(EXPECTED_ARGS[ev.name]):
         return ERR_EVENT
-    kind, fields = EXPECTED_ARGS[ev.name]
-    arg = raw["data"][2]["data"][1]["data"][0]
-    if arg["@data-type"] != kind:
-        return ERR_EVENT
-    if fields is not None:
-        for rec in arg["data"]:
-            types = [f["@data-type"] for f in rec["data"]]
-            if types != [t for _, t in fields]:
-                return ERR_EVENT
+    for (kind, fields), arg in zip(EXPECTED_ARGS[ev.name], raw["data"][2]["data"][1]["data"], strict=True):
+        if arg["@data-type"] != kind:
+            return ERR_EVENT
+        if fields is not None:
+            for rec in arg["data"]:
+                types = [f["@data-type"] for f in rec["data"]]
+                if types != [t for _, t in fields]:
+                    return ERR_EVENT
     return ev.name, ev.args
 
 
@@ -380,3 +380,8 @@ class ZeekPeer:
     def refusals(self) -> list[str]:
         with self.lock:
             return [args[0] for name, args in self.received if name == C.REFUSED_EVENT]
+
+    def statuses(self) -> list[tuple[str, str]]:
+        """``DPack::scorer_status`` events: (kind, msg)."""
+        with self.lock:
+            return [(args[0], args[1]) for name, args in self.received if name == C.STATUS_EVENT]

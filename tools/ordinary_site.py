@@ -129,8 +129,10 @@ class Site:
             self._pkt(t + dt, a, b, seg, 6, client)
         self._label(t, "tcp", c, sport, s, dport, len(pk), fam)
 
-    def build(self, minutes: float) -> None:
+    def build(self, minutes: float, mix: dict[str, float] | None = None) -> None:
+        """``mix``: weights of some behaviours instead of ``FAMILIES``' (the site's mix changed)."""
         rng = self.rng
+        weights = {**FAMILIES, **(mix or {})}
         hosts = [f"172.20.0.{i}" for i in range(10, 40)]
         end = 60.0 * minutes
         t0 = 1_800_000_000.0
@@ -142,7 +144,7 @@ class Site:
             h = rng.choice(hosts)
             port = 49152 + (port - 49151) % 16000
             at = t0 + t
-            kind = rng.choices(list(FAMILIES), weights=list(FAMILIES.values()))[0]
+            kind = rng.choices(list(weights), weights=list(weights.values()))[0]
             if kind == "dns_parallel":
                 qa, qb = rng.randrange(65536), rng.randrange(65536)
                 name = rng.choice(names)
@@ -209,9 +211,12 @@ class Site:
         self.frames.sort(key=lambda x: x[0])
 
 
-def write(out: Path, minutes: float, seed: int) -> Path:
+def write(out: Path, minutes: float, seed: int, mix: dict[str, float] | None = None) -> Path:
+    unknown = set(mix or {}) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown behaviour(s) {sorted(unknown)}; known: {sorted(FAMILIES)}")
     site = Site(seed)
-    site.build(minutes)
+    site.build(minutes, mix)
     buf = io.BytesIO()
     w = dpkt.pcap.Writer(buf, snaplen=65535, linktype=1)
     for ts, fr in site.frames:
@@ -231,8 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument(
+        "--mix", action="append", default=[], metavar="BEHAVIOUR=WEIGHT",
+        help="another weight for a behaviour (repeatable), e.g. dns_unanswered=40: a site whose mix changed",
+    )  # fmt: skip
     a = ap.parse_args(argv)
-    write(a.out, a.minutes, a.seed)
+    mix = {}
+    for m in a.mix:
+        name, _, w = m.partition("=")
+        mix[name] = float(w)
+    write(a.out, a.minutes, a.seed, mix)
     print(f"wrote {a.out} and its labels")
     return 0
 

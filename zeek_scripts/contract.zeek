@@ -9,7 +9,7 @@ module DPack;
 export {
 	## Version of this contract. The scorer refuses batches of another version and answers with
 	## :zeek:see:`DPack::scorer_refused`.
-	const contract_version = 3;
+	const contract_version = 4;
 
 	## Upper bound of a batch's size on the wire (Broker's JSON text, bytes). A batch is
 	## published early when its estimated size would pass it; the scorer refuses larger
@@ -186,4 +186,10 @@ export {
 	## Scorer to Zeek: the scorer refused this node's batches (for example because its model
 	## expects another prefix than the one configured here). Reported once per reason.
 	global scorer_refused: event(reason: string) &is_used;
+
+	## Scorer to Zeek: a condition of the scorer an analyst must see. ``kind`` is
+	## "model_drift" (the scores of a service drifted from the model's baseline: a
+	## :zeek:see:`DPack::Model_Drift` notice), "guard_on" (the model flags most hosts of this
+	## site: notices are held, verdicts of model "guarded:NAME" are logged only) or "guard_off".
+	global scorer_status: event(kind: string, msg: string) &is_used;
 }

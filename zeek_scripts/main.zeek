@@ -31,6 +31,9 @@ export {
 		## dpack's flow-record detector found a finished connection anomalous (the notice's
 		## ``sub`` names the attack category when a classifier is configured).
 		Anomalous_Connection,
+		## The scores of a service's unflagged flows drifted from what the model learned
+		## (``sub`` names the service): the site changed, or the model no longer fits it.
+		Model_Drift,
 	};
 
 	## Whether connections are exported at all.
@@ -636,7 +639,8 @@ event DPack::verdicts(batch: vector of Verdict)
 			info$community_id = v$community_id;
 		Log::write(DPack::LOG, info);
 
-		if ( v$anomalous )
+		# "guarded:": the scorer's day-one guard holds notices (see DPack::scorer_status)
+		if ( v$anomalous && ! starts_with(v$model, "guarded:") )
 			NOTICE([$note=Anomalous_Flow, $uid=v$uid, $id=id, $msg=fmt("dpack: anomalous flow (score %.4g > threshold %.4g, model %s)",
 			    v$score, v$threshold, v$model), $sub=v$explanation,
 			    $identifier=cat(v$orig_h, v$resp_h, v$resp_p),
@@ -673,6 +677,21 @@ event DPack::connection_verdicts(batch: vector of ConnectionVerdict)
 			    v$resp_p, v$category),
 			    $suppress_for=notice_suppression]);
 		}
+	}
+
+event DPack::scorer_status(kind: string, msg: string)
+	{
+	# model_drift: "SERVICE: what drifted"; one notice per service per suppression interval
+	if ( kind == "model_drift" )
+		{
+		local service = split_string1(msg, /: /)[0];
+		NOTICE([$note=Model_Drift, $msg=fmt("dpack: %s", msg), $sub=service,
+		    $identifier=service, $suppress_for=notice_suppression]);
+		}
+	else if ( kind == "guard_on" )
+		Reporter::warning(fmt("dpack: day-one guard: %s", msg));
+	else if ( kind == "guard_off" )
+		Reporter::info(fmt("dpack: day-one guard lifted: %s", msg));
 	}
 
 event DPack::scorer_refused(reason: string)

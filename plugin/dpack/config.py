@@ -145,6 +145,15 @@ class ServeConfig:
     metrics_port: int = 9477  # Prometheus text format; 0 for none
     log_interval: float = 60.0  # seconds between operational log lines
     watch: bool = True  # reload the model and this file when they change
+    # day-one guard (serve/watch.py): auto = while serving the packaged default model; on; off
+    guard: str = "auto"
+    guard_window: int = 2000  # prefix verdicts it looks at
+    guard_hosts_share: float = (
+        0.25  # originators with a flagged flow above this share: the model does not fit
+    )
+    guard_min_hosts: int = 10  # and at least this many of them
+    drift_window: int = 2000  # unflagged flows of a service per drift check
+    drift_psi: float = 0.25  # population stability index above which a service has drifted
 
 
 @dataclass
@@ -285,6 +294,12 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("serve", "outbox_size"): lambda v: 1 <= v <= 10_000_000,
     ("serve", "metrics_port"): lambda v: 0 <= v <= 65535,
     ("serve", "log_interval"): lambda v: 0.1 <= v <= 86400,
+    ("serve", "guard"): lambda v: v in ("auto", "on", "off"),
+    ("serve", "guard_window"): lambda v: 100 <= v <= 10_000_000,
+    ("serve", "guard_hosts_share"): lambda v: 0 < v < 1,
+    ("serve", "guard_min_hosts"): lambda v: 1 <= v <= 1_000_000,
+    ("serve", "drift_window"): lambda v: 100 <= v <= 10_000_000,
+    ("serve", "drift_psi"): lambda v: 0 < v <= 10,
     ("detectors", "context_max_hosts"): lambda v: 1 <= v <= 10_000_000,
     ("learn", "flows"): lambda v: 1 <= v <= 100_000_000,
     ("learn", "duration"): lambda v: 0 <= v <= 366 * 86400,

@@ -11,6 +11,11 @@ from typing import Any
 EXPLAIN_MODES = ("anomalous", "all", "none")  # which verdicts carry an explanation
 
 
+def service_key(proto: str, port: int) -> str:
+    """A flow's service: its protocol name and responder port (``tcp/22``)."""
+    return f"{proto}/{port}"
+
+
 @dataclass(slots=True)
 class Verdict:
     ts: float

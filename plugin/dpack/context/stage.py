@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from ..verdict import Verdict
+from ..verdict import Verdict, service_key
 from .state import FEATURES, HostKey, HostState, prefix_feature
 
 COLUMNS = ("prefix.score", *FEATURES)
@@ -110,7 +110,7 @@ def _hill(col: np.ndarray) -> float:
 
 def service_of(v: Verdict) -> str:
     """A flow's service, for the benign level of repeats to one responder: protocol and responder port."""
-    return f"{v.proto}/{v.dport}"
+    return service_key(v.proto, v.dport)
 
 
 @dataclass

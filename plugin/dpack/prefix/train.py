@@ -29,6 +29,8 @@ from ..fileio import sha256_file
 from ..traffic.encode import PrefixSpec
 from ..traffic.flows import FlowRules
 from ..traffic.profiles import CLASS_NAMES, N_CLASSES, profile_class
+from ..verdict import service_key
+from .drift import score_baseline
 from .flowset import FlowSet, extract
 from .model import DPackNet, ModelConfig, to_input
 from .modelfile import save_model
@@ -192,6 +194,10 @@ def fit(
         },
         "cnn_val_accuracy": acc,
         "flows": {"train": int(len(tr)), "calibration": int(len(va))},
+        # per service, the deciles of the calibration scores: what dpack serve's drift watch compares with
+        "score_baseline": score_baseline(
+            s_va, [service_key(flows.samples[i].proto_name, flows.samples[i].dport) for i in va], thr
+        ),
     }
     return net, summary
 

@@ -72,6 +72,8 @@ class Metrics:
         "model_reload_failures": "new model files refused (the old model kept serving)",
         "config_reloads": "changed config files applied while serving",
         "config_reload_failures": "changed config files refused",
+        "drift_alarms": "services whose unflagged scores drifted from the model's baseline (DPack::Model_Drift)",
+        "guard_engaged": "times the day-one guard held notices, SIEM alerts and rules (the model flags most hosts)",
         "worker_restarts": "scoring workers that ended unexpectedly (restarted; their queued flows counted as dropped)",
     }
 
@@ -82,6 +84,7 @@ class Metrics:
         self.queue_depth = 0
         self.outbox_depth = 0
         self.connected = 0
+        self.guard_active = 0  # scoring processes whose day-one guard holds notices and rules
         self.extra: Callable[[], dict[str, int]] = dict  # more counters (the rules worker's)
 
     def inc(self, name: str, n: int = 1) -> None:
@@ -113,6 +116,11 @@ class Metrics:
             ("queue_depth", self.queue_depth, "flow samples waiting to be scored"),
             ("outbox_depth", self.outbox_depth, "verdicts waiting for a Zeek connection"),
             ("connected", self.connected, "1 while connected to Zeek"),
+            (
+                "guard_active",
+                self.guard_active,
+                "scoring processes whose day-one guard holds notices and rules",
+            ),
         ):
             lines += [f"# HELP dpack_{name} {help_}", f"# TYPE dpack_{name} gauge", f"dpack_{name} {value}"]
         p50, p99, pmax = self.percentiles()

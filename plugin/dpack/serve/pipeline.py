@@ -14,6 +14,7 @@ frames, wrong events, bad samples and refused batches are counted and logged (ra
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 from ..config import Config
 from ..context.stage import context_scorer
 from ..errors import CodecError, FrameTooLarge
+from ..prefix.drift import DriftWatch, checked_baseline
 from ..prefix.modelfile import LoadedModel
 from ..prefix.scorer import Scorer
 from ..records.scorer import RecordScorer
@@ -42,6 +44,7 @@ from ..zeek.codec import (
 )
 from ..zeek.wire import Ack, ErrorReply, Event, decode_message
 from .metrics import Metrics, RateLimitedLog
+from .watch import GUARD_PREFIX, DayOneGuard
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,9 @@ class Output(Protocol):
 
     def report(self) -> None:
         """A message or a batch is done (a worker tells its parent what its counters did)."""
+
+    async def status(self, topic: str, kind: str, msg: str) -> None:
+        """A condition of the scorer for Zeek (``DPack::scorer_status``: drift, the day-one guard)."""
 
 
 @dataclass(slots=True)
@@ -113,6 +119,7 @@ class Pipeline:
         self.wakeup = asyncio.Event()
         self.count_refusals = True  # a part of a shared batch leaves refusals to part 0 (workers.py)
         self.learner: Any = None  # learning mode (serve/learning.py): records samples, marks verdicts
+        self._watch_model(model)
 
     def _scorer(self, model: LoadedModel) -> Scorer:
         sc = self.cfg.scoring
@@ -126,6 +133,19 @@ class Pipeline:
         self.context = context_scorer(model, self.cfg)
         if old is not None and self.context is not None and old.state.key == self.context.state.key:
             self.context.state = old.state  # the hosts' histories outlive a model swap
+        self._watch_model(model)
+
+    def _watch_model(self, model: LoadedModel) -> None:
+        """The day-one guard (``serve.guard``) and the drift watch for the model being served."""
+        s = self.cfg.serve
+        default = s.guard == "auto" and model.sha256 == _default_sha256()
+        self.guard = (
+            DayOneGuard(s.guard_window, s.guard_hosts_share, s.guard_min_hosts)
+            if s.guard == "on" or default
+            else None
+        )
+        baseline = checked_baseline(model.meta.get("score_baseline"))
+        self.drift = DriftWatch(baseline, s.drift_window, s.drift_psi) if baseline else None
 
     def apply_config(self, new: Config) -> None:
         """What can change while serving: scoring and batching settings; the queue, the outputs and the
@@ -323,6 +343,8 @@ class Pipeline:
             self.context.apply(verdicts)
         if self.learner is not None:
             self.learner.take([q.sample for q in batch], verdicts)
+        else:
+            await self._watch(verdicts, {q.reply_topic for q in batch})
         self.metrics.inc("inputs_from_cache", scorer.cache_hits - hits)
         await self._catch_up()
         self.metrics.inc("flows_scored", len(verdicts))
@@ -334,6 +356,40 @@ class Pipeline:
             [q.sent for q in batch],
             [q.received for q in batch],
         )
+
+    async def _watch(self, verdicts: Sequence[Verdict], topics: set[str]) -> None:
+        """The day-one guard and the drift watch over a scored batch (not while learning)."""
+        guard = self.guard
+        if guard is not None:
+            change = guard.add(verdicts)
+            msg = ""
+            if change == "on":
+                self.metrics.inc("guard_engaged")
+                msg = guard.describe(self.model.name)
+                log.error("day-one guard: %s", msg)
+            elif change == "off":
+                msg = f"model {self.model.name} flags {guard.flagged_share:.0%} of the originators now"
+                log.warning("day-one guard lifted: %s", msg)
+            elif change == "fits":
+                log.info(
+                    "day-one guard: model %s flags %.0f%% of this site's originators over its first %d flows;"
+                    " rules from now on",
+                    self.model.name,
+                    100 * guard.flagged_share,
+                    guard.seen,
+                )
+            if change in ("on", "off"):
+                for t in sorted(topics):
+                    await self.output.status(t, f"guard_{change}", msg)
+            if guard.engaged:
+                for v in verdicts:
+                    v.model = GUARD_PREFIX + v.model
+        if self.drift is not None:
+            for _service, msg in self.drift.add(verdicts):
+                self.metrics.inc("drift_alarms")
+                log.warning("model drift: %s", msg)
+                for t in sorted(topics):
+                    await self.output.status(t, "model_drift", msg)
 
     async def _catch_up(self) -> None:
         """After a batch: let the receiving loop take in what arrived while it was scored (it takes
@@ -371,6 +427,10 @@ class Pipeline:
         done = time.monotonic()
         with self.metrics.lock:
             self.metrics.latency.extend(done - r for r in received)
+        held = [i for i, v in enumerate(verdicts) if v.model.startswith(GUARD_PREFIX)]
+        if held:  # the day-one guard: to Zeek's log only, not to the SIEM feed or the rule writer
+            keep = sorted(set(range(len(verdicts))) - set(held))
+            verdicts, nodes = [verdicts[i] for i in keep], [nodes[i] for i in keep]
         if self.feed is not None:
             try:
                 self.metrics.inc("alerts_written", self.feed.write(verdicts, nodes, time.time()))
@@ -378,6 +438,8 @@ class Pipeline:
                 self.metrics.inc("alert_write_errors")
                 self.ratelog(logging.ERROR, "feed", "SIEM feed %s not written: %s", self.feed.path, err)
         flagged = [i for i, v in enumerate(verdicts) if v.anomalous]
+        if flagged and self.guard is not None and self.guard.pending:
+            flagged = []  # no rule before the day-one guard has seen enough flows to judge the model
         if flagged:
             self.output.flagged([verdicts[i] for i in flagged], [nodes[i] for i in flagged])
         self.output.report()
@@ -390,3 +452,15 @@ class Pipeline:
                 await self._score(batch)
             elif self.stop.is_set():
                 return
+
+
+@functools.cache
+def _default_sha256() -> str:
+    """The packaged default model's hash ("" without one): the model the day-one guard watches."""
+    from ..config import default_model_path
+    from ..fileio import sha256_file
+
+    try:
+        return sha256_file(default_model_path())
+    except OSError:
+        return ""

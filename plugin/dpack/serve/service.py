@@ -26,11 +26,11 @@ from typing import Any, Protocol
 import torch
 
 from ..config import Config, load_config
-from ..errors import CodecError, DpackError, ModelError
+from ..errors import CodecError, DpackError, ModelError, one_line
 from ..fileio import sha256_file
 from ..prefix.modelfile import LoadedModel, load_model
 from ..verdict import Verdict
-from ..zeek.codec import encode_refusal
+from ..zeek.codec import encode_refusal, encode_status
 from ..zeek.link import BrokerLink, Link, WebSocketLink
 from ..zeek.wire import Event
 from .learning import Learner
@@ -194,6 +194,15 @@ class Service:
             if len(self.refusals_sent) > REFUSALS_REMEMBERED:
                 self.refusals_sent.popitem(last=False)
             await self.link.send(encode_refusal(topic, reason))
+
+    async def status(self, topic: str, kind: str, msg: str) -> None:
+        """A scorer condition for Zeek (``DPack::scorer_status``), sent now; the guard's gauge."""
+        if kind == "guard_on":
+            self.metrics.guard_active += 1
+        elif kind == "guard_off":
+            self.metrics.guard_active = max(0, self.metrics.guard_active - 1)
+        if valid_topic(topic):
+            await self.link.send(encode_status(topic, kind, one_line(msg, 1000)))
 
     def flagged(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
         """Anomalous verdicts to the anomaly hooks (the rule writer); a failing hook is counted, logged."""

@@ -155,6 +155,9 @@ class PipeOutput:
     async def refuse(self, topic: str, reason: str) -> None:
         self.write(("refuse", topic, reason))  # the parent says it once, not once per worker
 
+    async def status(self, topic: str, kind: str, msg: str) -> None:
+        self.write(("status", topic, kind, msg))
+
     def flagged(self, verdicts: Sequence[Verdict], nodes: Sequence[str]) -> None:
         if self.forward_hooks:
             self.write(("hook", list(verdicts), list(nodes)))
@@ -431,6 +434,8 @@ class WorkerPool:
                     m.queue_depth = sum(x.queued for x in self.workers if x is not None)
                 elif kind == "refuse":
                     await svc.refuse(msg[1], msg[2])
+                elif kind == "status":
+                    await svc.status(msg[1], msg[2], msg[3])
                 elif kind == "hook":
                     svc.flagged(msg[1], msg[2])
                 elif kind == "done":

@@ -269,3 +269,7 @@ def encode_verdicts(
 
 def encode_refusal(topic: str, reason: str) -> str:
     return encode_event(topic, C.REFUSED_EVENT, [encode_value("string", reason)])
+
+
+def encode_status(topic: str, kind: str, msg: str) -> str:
+    return encode_event(topic, C.STATUS_EVENT, [encode_value("string", kind), encode_value("string", msg)])

@@ -1,5 +1,5 @@
 """The Zeek <-> dpack event contract, declared once on the Python side (``zeek_scripts/contract.zeek`` is the
-Zeek side; ``tests/test_contract.py`` checks that the two agree field by field).
+Zeek side; ``tests/test_codec.py`` checks that the two agree field by field).
 
 Records travel as vectors of their fields in declaration order, so the order below is the wire format.
 Types are the WebSocket JSON v1 ``@data-type`` names; the Zeek type is in the comment.
@@ -11,8 +11,9 @@ both sides (``DPack::scorer_refused`` back to Zeek).
 from __future__ import annotations
 
 # 2: connection summaries and their verdicts (flow-record detectors); 3: max_wait in the batch header,
-# each sample's ready time, the IP protocol number as ``proto`` (Zeek's unknown_transport connections too)
-CONTRACT_VERSION = 3
+# each sample's ready time, the IP protocol number as ``proto`` (Zeek's unknown_transport connections too);
+# 4: ``DPack::scorer_status`` (drift and the day-one guard)
+CONTRACT_VERSION = 4
 
 # Zeek -> scorer
 SAMPLES_EVENT = "DPack::samples"  # (hdr: BatchHeader, batch: vector of Sample)
@@ -21,6 +22,9 @@ CONNECTIONS_EVENT = "DPack::connections"  # (hdr: BatchHeader, batch: vector of 
 VERDICTS_EVENT = "DPack::verdicts"  # (batch: vector of Verdict)
 CONNECTION_VERDICTS_EVENT = "DPack::connection_verdicts"  # (batch: vector of ConnectionVerdict)
 REFUSED_EVENT = "DPack::scorer_refused"  # (reason: string)
+# (kind: string, msg: string); kinds: model_drift, guard_on, guard_off
+STATUS_EVENT = "DPack::scorer_status"
+STATUS_KINDS = ("model_drift", "guard_on", "guard_off")
 
 DEFAULT_SAMPLE_TOPIC = "dpack/samples"
 DEFAULT_VERDICT_TOPIC = "dpack/verdicts"
