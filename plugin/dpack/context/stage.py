@@ -37,7 +37,17 @@ SCALED = [COLUMNS.index(c) for c in (
     "host.ports_60s", "host.same_service_60s", "host.failed_60s",
 )]  # fmt: skip
 MAX_KNOWN_HOSTS = 65_536  # hosts with a benign level of their own (the busiest of the benign capture)
-HOST_LEVEL_MIN_ROWS = 50  # a host with fewer benign flows is measured against the typical host
+# A host (a service) with fewer benign flows is measured against the typical host's (service's) level: a
+# 99th percentile of 80 flows is their maximum, every relative count of the fit is then <= 1 and the next
+# hour's ordinary fluctuation is beyond every benign value (a site of 30 quiet hosts: held-back FPR 8.3%
+# at a minimum of 50 flows, 0.8% at 500).
+HOST_LEVEL_MIN_ROWS = 500
+SERVICE_LEVEL_MIN_ROWS = 500
+# A rarer service (50-499 benign flows: SSH, FTP in the lab) still has a level of its own, its largest
+# benign count of repeats times ``SMALL_HEADROOM``: nobody logs in 200 times a minute, and the typical
+# service's level (a resolver's) would say they may.
+SERVICE_SMALL_ROWS = 50
+SMALL_HEADROOM = 2.0
 FORMAT_VERSION = 4  # 2: decayed rates, grouped tails; 3: per-host levels; 4: per-service levels, tails beyond
 SAME_SERVICE = COLUMNS.index("host.same_service_60s")
 MAX_SERVICES = 4096  # services (proto/port) with a benign level of their own
@@ -355,14 +365,17 @@ def host_levels(rows: np.ndarray, hosts: Sequence[str]) -> tuple[dict[str, np.nd
 
 def repeat_levels(rows: np.ndarray, keys: Sequence[str], most: int) -> tuple[dict[str, float], float]:
     """Each key's benign level of repeats (99th percentile of ``host.same_service_60s``, at least 1) for
-    the ``most`` busiest keys with ``HOST_LEVEL_MIN_ROWS`` flows or more, and the median key's."""
+    the ``most`` busiest keys with ``SERVICE_LEVEL_MIN_ROWS`` flows or more, and the median key's."""
     kv = np.asarray(keys)
     names, counts = np.unique(kv, return_counts=True)
     out: dict[str, float] = {}
     for name in names[np.argsort(-counts, kind="stable")][:most]:
         sel = kv == name
-        if sel.sum() >= HOST_LEVEL_MIN_ROWS:
-            out[str(name)] = max(float(np.percentile(rows[sel, SAME_SERVICE], 99)), 1.0)
+        k = int(sel.sum())
+        if k >= SERVICE_SMALL_ROWS:  # too few for a 99th percentile: their largest count, with headroom
+            col = rows[sel, SAME_SERVICE]
+            level = np.percentile(col, 99) if k >= SERVICE_LEVEL_MIN_ROWS else SMALL_HEADROOM * col.max()
+            out[str(name)] = max(float(level), 1.0)
     if out:
         return out, max(float(np.median(list(out.values()))), 1.0)
     return out, max(float(np.percentile(rows[:, SAME_SERVICE], 99)), 1.0) if len(rows) else 1.0
