@@ -4,6 +4,8 @@ background process. The site is tools/ordinary_site.py's (benign, unlike lab-dev
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 
@@ -79,6 +81,12 @@ def test_serve_learns_the_site_swaps_the_model_in_and_then_detects(
 
         prov = torch.load(learned, weights_only=True)["provenance"]
         assert prov["site"] == "test-site" and prov["flows_recorded"] == n
+        # the learning report beside it; and the host-context stage was learned too
+        rep = json.loads((tmp_path / "learn" / "site-model.report.json").read_text())
+        assert rep["ok"] and rep["context"] and rep["provenance"]["site"] == "test-site"
+        assert {r["service"] for r in rep["services"]} >= {"udp/53", "tcp/80", "tcp/443"}
+        assert len(rep["unusual"]) == 10 and rep["heldback"]["fpr"] == prov["heldback_fpr"]
+        assert run.service.model.context is not None
         # what was learned live is what learning offline from the site's own capture gives
         offline = learn_from(site_capture, tmp_path / "offline.pt", min_flows=500, max_fpr=0.03)
         assert offline["ok"] and prov["heldback_fpr"] == pytest.approx(offline["heldback_fpr"], abs=0.002)
@@ -106,3 +114,32 @@ def test_learning_on_too_small_a_sample_is_refused_with_its_reason(tmp_path, pee
 def test_learning_with_workers_is_refused_at_start(tmp_path):
     with pytest.raises(ConfigError, match="serve.workers: 0 while learning"):
         load_config(None, env={}, overrides={"serve": {"workers": 2}, "learn": {"enabled": True}})
+
+
+def test_a_service_learned_from_too_few_flows_is_refused_and_the_report_says_why(tmp_path, site_capture):
+    out = tmp_path / "site.pt"
+    res = learn_from(site_capture, out, min_flows=500, min_service_flows=100_000)
+    assert not res["ok"] and res["reason"].startswith("service udp/53: ") and "record longer" in res["reason"]
+    assert not out.exists()
+    rep = json.loads((tmp_path / "site.report.json").read_text())
+    assert rep["ok"] is False and rep["reason"] == res["reason"]
+    assert "refused: service udp/53" in (tmp_path / "site.report.html").read_text()
+
+
+def test_train_validate_learns_a_site_offline_as_learning_mode_does(tmp_path, site_capture):
+    """``dpack train --validate``: the same training, validation and report as learning mode, as a user
+    runs it (a real process); the page escapes what came from the capture."""
+    out = tmp_path / "site.pt"
+    r = subprocess.run(
+        [sys.executable, "-m", "dpack", "train", "--validate", "--site", "<b>lab</b>", "--out", str(out),
+         "--max-fpr", "0.03", str(site_capture)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "held back" in r.stdout and "site.report.html" in r.stdout
+    rep = json.loads((tmp_path / "site.report.json").read_text())
+    assert rep["ok"] and rep["flows"]["held_back"] > 0 and rep["heldback"]["fpr"] <= 0.03
+    page = (tmp_path / "site.report.html").read_text()
+    assert "Flows per service" in page and "&lt;b&gt;lab&lt;/b&gt;" in page and "<b>lab</b>" not in page
+    offline = learn_from(site_capture, tmp_path / "again.pt", min_flows=1000, max_fpr=0.03)
+    assert offline["heldback_fpr"] == rep["heldback"]["fpr"]  # the same model whichever path trained it

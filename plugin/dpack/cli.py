@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY, help="prefix policy")
     t.add_argument("--val-fraction", type=float, default=0.2, help="benign flows kept for calibration")
-    t.add_argument("--target-fpr", type=float, default=0.01, help="target false positive rate")
+    t.add_argument(
+        "--target-fpr",
+        type=float,
+        help="target false positive rate (default 0.01; with --validate, learning mode's learn.target_fpr, 0.005)",
+    )
     t.add_argument(
         "--threshold",
         choices=("quantile", "sigma"),
@@ -97,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ae-epochs", type=int, default=40)
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--name", default="", help="model name recorded in the file and in verdicts")
+    t.add_argument(
+        "--validate",
+        action="store_true",
+        help="prefix: learn a site as dpack serve's learning mode does, from one capture of it (the last "
+        "20%% by time held back, the host-context stage too, refused with its reason if it does not "
+        "pass; the learning report beside the model)",
+    )
+    t.add_argument("--site", default="", help="with --validate: the site's name, for the provenance")
+    t.add_argument(
+        "--max-fpr", type=float, default=0.01, help="with --validate: held-back FPR above it is refused"
+    )
 
     s = sub.add_parser("score", help="score every flow of a capture")
     s.add_argument("capture", help="pcap/pcapng file (gzip allowed)")
@@ -229,7 +244,7 @@ def cmd_train_records(args: argparse.Namespace) -> int:
             opts = RecordAEOptions(
                 threshold_method=args.threshold or "sigma",
                 sigma_k=args.sigma_k,
-                target_fpr=args.target_fpr,
+                target_fpr=args.target_fpr if args.target_fpr is not None else 0.01,
                 cmd_weight=args.cmd_weight,
                 seed=args.seed,
                 **({"epochs": args.epochs} if args.epochs else {}),
@@ -252,6 +267,38 @@ def cmd_train_records(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    """``dpack train --validate``: learning mode's training and validation on a capture of the site."""
+    from .config import LearnConfig
+    from .serve.learning import learn_from, report_paths
+    from .traffic.encode import PrefixSpec
+
+    if len(args.captures) != 1:
+        raise DpackError("train --validate learns from one capture of the site (merge them first: mergecap)")
+    try:
+        spec = PrefixSpec(args.packets, args.bytes, args.policy)
+        res = learn_from(
+            args.captures[0],
+            args.out,
+            {"site": args.site, "learned_live": False} if args.site else {"learned_live": False},
+            target_fpr=args.target_fpr if args.target_fpr is not None else LearnConfig.target_fpr,
+            max_fpr=args.max_fpr,
+            spec=spec,
+        )
+    except ValueError as err:
+        raise DpackError(str(err)) from None
+    jpath, hpath = report_paths(args.out)
+    if not res["ok"]:
+        print(f"refused    {res['reason']}", file=sys.stderr)
+        print(f"report     {hpath}", file=sys.stderr)
+        return 1
+    print(f"model      {args.out}  (learned{' from site ' + args.site if args.site else ''})")
+    print(f"flows      {res['train_flows']} learned, {res['heldback_flows']} held back")
+    print(f"held back  {res['heldback_fpr']:.4f} flagged (learn.max_fpr {args.max_fpr})")
+    print(f"report     {hpath}  ({jpath.name})")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -260,13 +307,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.detector != "prefix":
         return cmd_train_records(args)
+    if args.validate:
+        return cmd_learn(args)
     try:
         spec = PrefixSpec(args.packets, args.bytes, args.policy)
         opts = TrainOptions(
             arch=args.arch,
             spec=spec,
             val_fraction=args.val_fraction,
-            target_fpr=args.target_fpr,
+            target_fpr=args.target_fpr if args.target_fpr is not None else 0.01,
             threshold_method=args.threshold or "quantile",
             sigma_k=args.sigma_k,
             cnn_epochs=args.cnn_epochs,

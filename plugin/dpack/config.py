@@ -179,6 +179,7 @@ class LearnConfig:
     max_mb: int = 512  # the recording's size at most; reaching it ends the period
     out: str = ""  # the learned model's path ("" = DIR/site-model.pt)
     min_flows: int = 1000  # fewer recorded flows: refused
+    min_service_flows: int = 50  # a service of the held-back part learned from fewer flows: refused
     held_back: float = 0.2  # last part of the recording, for the validation
     target_fpr: float = 0.005  # for the threshold
     max_fpr: float = 0.01  # held-back false-positive rate above it: refused
@@ -305,6 +306,7 @@ _CHECKS: dict[tuple[str, str], Any] = {
     ("learn", "duration"): lambda v: 0 <= v <= 366 * 86400,
     ("learn", "max_mb"): lambda v: 1 <= v <= 1_000_000,
     ("learn", "min_flows"): lambda v: 1 <= v <= 100_000_000,
+    ("learn", "min_service_flows"): lambda v: 1 <= v <= 1_000_000,
     ("learn", "held_back"): lambda v: 0.05 <= v <= 0.5,
     ("learn", "target_fpr"): lambda v: 0 < v < 0.5,
     ("learn", "max_fpr"): lambda v: 0 < v <= 1,

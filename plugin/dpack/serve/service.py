@@ -120,7 +120,7 @@ class Service:
             rules = self.rules_worker
             self.metrics.extra = rules.figures
         if cfg.learn.enabled:
-            self.learner = Learner(cfg.learn, self.model.spec)
+            self.learner = Learner(cfg.learn, self.model.spec, cfg.detectors.context)
             extra = self.metrics.extra
             learner = self.learner
             self.metrics.extra = lambda: {**extra(), **learner.figures()}

@@ -21,10 +21,14 @@ function verdict(uid: string, model: string): DPack::Verdict
 
 event zeek_init() &priority=-10
 	{
-	event DPack::scorer_status("guard_on", "model dpack-default@x flags 87% of this site's originators");
+	event DPack::scorer_status("guard_on",
+	    "model dpack-default@x flags 87% of this site's originators");
 	event DPack::verdicts(vector(verdict("CGuarded1", "guarded:dpack-default@x")));
-	event DPack::scorer_status("guard_off", "model dpack-default@x flags 3% of the originators now");
+	event DPack::scorer_status("guard_off",
+	    "model dpack-default@x flags 3% of the originators now");
 	event DPack::verdicts(vector(verdict("CFlagged2", "dpack-default@x")));
-	event DPack::scorer_status("model_drift", "udp/53: scores of unflagged flows drifted (PSI 0.61 > 0.25)");
-	event DPack::scorer_status("model_drift", "udp/53: scores of unflagged flows drifted (PSI 0.70 > 0.25)");
+	event DPack::scorer_status("model_drift",
+	    "udp/53: scores of unflagged flows drifted (PSI 0.61 > 0.25)");
+	event DPack::scorer_status("model_drift",
+	    "udp/53: scores of unflagged flows drifted (PSI 0.70 > 0.25)");
 	}
