@@ -332,6 +332,22 @@ def test_encode_verdicts_shape():
     assert d["explanation"] == "p2.tcp.flags,p3.payload[0]" and d["scorer_latency"] == pytest.approx(0.002)
 
 
+def test_a_flow_the_host_context_flagged_is_a_flow_verdict_not_a_connection_verdict():
+    """The stage's verdict first in a batch made the whole batch connection verdicts once: no explanation,
+    the wrong notice, and (DPack::score_traces) never counted, so zeek -r waited forever."""
+    import dataclasses
+
+    base = Verdict(1.0, "tcp", "192.0.2.1", 40000, "198.51.100.2", 22, "1:x", 0.001, 0.1, True, "m@abc",
+                   ["host.same_service_60s"], "C1", detector="context")  # fmt: skip
+    ordinary = dataclasses.replace(base, uid="C2", anomalous=False, explanation=[], detector="prefix")
+    ev = decode_message(encode_verdicts("dpack/verdicts", [base, ordinary], [1.0, 1.0], [0.0, 0.0]))
+    assert ev.name == C.VERDICTS_EVENT and len(ev.args[0]) == 2
+    d = dict(zip([n for n, _ in C.VERDICT], ev.args[0][0], strict=True))
+    assert d["explanation"] == "host.same_service_60s" and d["anomalous"] is True
+    rec = dataclasses.replace(base, detector="records", explanation=[])
+    assert decode_message(encode_verdicts("t", [rec], [1.0], [0.0])).name == C.CONNECTION_VERDICTS_EVENT
+
+
 @pytest.mark.parametrize(
     "t, v",
     [

@@ -193,6 +193,7 @@ def test_serve_gives_the_verdicts_dpack_score_gives_with_host_context(tmp_path, 
         wait_for(lambda: len(peer.verdicts()) == len(sample_recs), what="every verdict")
     finally:
         run.stop()
+    assert peer.connection_verdicts() == []  # the stage's verdicts are flow verdicts (DPack::verdicts)
     live = {}
     for r in peer.verdicts():
         live[(str(r[1]), r[2].number, str(r[3]), r[4].number)] = (r[7], r[9])

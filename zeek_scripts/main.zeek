@@ -640,8 +640,12 @@ event DPack::verdicts(batch: vector of Verdict)
 		Log::write(DPack::LOG, info);
 
 		# "guarded:": the scorer's day-one guard holds notices (see DPack::scorer_status)
+		# a flow the prefix scored under its threshold was flagged by the host-context stage
+		# (its explanation names the host.* features)
 		if ( v$anomalous && ! starts_with(v$model, "guarded:") )
-			NOTICE([$note=Anomalous_Flow, $uid=v$uid, $id=id, $msg=fmt("dpack: anomalous flow (score %.4g > threshold %.4g, model %s)",
+			NOTICE([$note=Anomalous_Flow, $uid=v$uid, $id=id,
+			    $msg=v$score > v$threshold ? fmt("dpack: anomalous flow (score %.4g > threshold %.4g, model %s)",
+			    v$score, v$threshold, v$model) : fmt("dpack: anomalous flow in its host context (score %.4g <= threshold %.4g, model %s)",
 			    v$score, v$threshold, v$model), $sub=v$explanation,
 			    $identifier=cat(v$orig_h, v$resp_h, v$resp_p),
 			    $suppress_for=notice_suppression]);

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXPLAIN_MODES = ("anomalous", "all", "none")  # which verdicts carry an explanation
+# detectors of finished connections (Zeek's DPack::connection_verdicts); the others decide flows at their
+# first packets (DPack::verdicts): prefix, and context (the host-context stage flagged a flow)
+CONNECTION_DETECTORS = frozenset({"records", "classifier"})
 
 
 def service_key(proto: str, port: int) -> str:
@@ -35,7 +38,9 @@ class Verdict:
     # for anomalous verdicts only (the rules look at no others: for every flow it was half the live scoring
     # time of benign batches); not in the JSON
     handshake: bool = False
-    detector: str = "prefix"  # prefix (D-PACK, first packets) | records | classifier (connection summaries)
+    # prefix (D-PACK, first packets) | context (the host-context stage, at the same moment) | records |
+    # classifier (connection summaries: CONNECTION_DETECTORS)
+    detector: str = "prefix"
     category: str = ""  # the classifier's category of a connection, when one is configured
     confidence: float = 0.0  # the classifier's probability for that category
     # the prefix shows the flow failed (no answer, or a reset): host context; not in the JSON

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
-from ..verdict import Verdict
+from ..verdict import CONNECTION_DETECTORS, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ DESCRIPTIONS = {
     "prefix": "first packets of the flow are unlike the benign traffic the model learned",
     "records": "the connection's summary is unlike the benign connections the model learned",
     "classifier": "the connection classifier assigns an attack category",
+    "context": "an ordinary-looking flow, unlike what its originator's benign history allows (host context)",
 }
 
 
@@ -68,7 +69,7 @@ def ecs_record(v: Verdict, node: str = "", now: float | None = None) -> dict[str
         rec["dpack"]["category"] = v.category
         rec["dpack"]["confidence"] = round(v.confidence, 4)
     if v.anomalous:
-        conn = v.detector != "prefix"
+        conn = v.detector in CONNECTION_DETECTORS
         rec["rule"] = {
             "name": CONNECTION_RULE_NAME if conn else RULE_NAME,
             "ruleset": "dpack",

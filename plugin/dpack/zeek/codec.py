@@ -16,6 +16,7 @@ from ..traffic.encode import Frame
 from ..traffic.flows import FlowSample
 from ..traffic.keys import community_id
 from ..traffic.packets import PROTO_ICMP, PROTO_ICMP6, PROTO_NAMES, PROTO_TCP, PROTO_UDP
+from ..verdict import CONNECTION_DETECTORS
 from ..zeek import contract as C
 from .wire import (
     Event,
@@ -238,9 +239,11 @@ def encode_verdicts(
 ) -> str:
     """A ``DPack::verdicts`` event for ``verdicts`` (``score.Verdict`` objects) on ``topic``; ``sent`` is
     each sample's batch header time (echoed), ``latencies`` the seconds each spent in the scorer.
-    Verdicts on connection summaries (``v.detector != "prefix"``) go as ``DPack::connection_verdicts``;
-    a call takes one kind only."""
-    connection = bool(verdicts) and verdicts[0].detector != "prefix"
+    Verdicts on connection summaries (``CONNECTION_DETECTORS``) go as ``DPack::connection_verdicts``;
+    a call takes one kind only. (A flow the host-context stage flagged is a flow verdict: sent as a
+    connection verdict it lost its explanation, raised the wrong notice and, under DPack::score_traces,
+    was never counted, so ``zeek -r`` waited for it forever.)"""
+    connection = bool(verdicts) and verdicts[0].detector in CONNECTION_DETECTORS
     recs = []
     for v, t_sent, lat in zip(verdicts, sent, latencies, strict=True):
         proto = _wire_proto(v.proto)

@@ -1,4 +1,4 @@
-# @TEST-DOC: Verdicts from the scorer become dpack.log entries; anomalous ones raise DPack::Anomalous_Flow.
+# @TEST-DOC: Verdicts from the scorer become dpack.log entries; anomalous ones (by the prefix or the host context) raise DPack::Anomalous_Flow.
 # @TEST-REQUIRES: which zeek
 # @TEST-EXEC: zeek -b $PACKAGE %INPUT
 # @TEST-EXEC: zeek-cut uid id.orig_h id.resp_p anomalous model explanation < dpack.log > dpack.cut
@@ -22,5 +22,13 @@ event zeek_init() &priority=-10
 	    $model="dpack-default@03e83604a44e", $explanation="",
 	    $community_id="1:def=", $sent=double_to_time(1700000000.0),
 	    $scorer_latency=0.002);
-	event DPack::verdicts(vector(bad, good));
+	# flagged by the host-context stage: the prefix score is under its threshold
+	local context = DPack::Verdict($uid="CCtx789", $orig_h=192.0.2.12,
+	    $orig_p=40001/tcp, $resp_h=198.51.100.20, $resp_p=22/tcp,
+	    $score=0.05, $threshold=0.1, $anomalous=T,
+	    $model="dpack-default@03e83604a44e",
+	    $explanation="host.same_service_60s,host.new_flows_60s",
+	    $community_id="1:ghi=", $sent=double_to_time(1700000000.0),
+	    $scorer_latency=0.002);
+	event DPack::verdicts(vector(bad, good, context));
 	}
