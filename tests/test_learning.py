@@ -143,3 +143,58 @@ def test_train_validate_learns_a_site_offline_as_learning_mode_does(tmp_path, si
     assert "Flows per service" in page and "&lt;b&gt;lab&lt;/b&gt;" in page and "<b>lab</b>" not in page
     offline = learn_from(site_capture, tmp_path / "again.pt", min_flows=1000, max_fpr=0.03)
     assert offline["heldback_fpr"] == rep["heldback"]["fpr"]  # the same model whichever path trained it
+
+
+def test_serve_learns_the_site_from_the_real_zeek_then_detects(zeek, tmp_path, site_capture):
+    """On the real Zeek (``zeek -r`` with ``DPack::score_traces``): dpack serve learns the site from what
+    Zeek exports - every verdict of that run says learning:..., so Zeek raised no notice - swaps the
+    learned model in, and the next run's attacks (the lab sample's) raise notices with it."""
+    import subprocess
+    import urllib.request
+
+    import zeeklab
+    from conftest import SAMPLE
+
+    ws, mport = zeeklab.free_port(), zeeklab.free_port()
+    (tmp_path / "dpack.yaml").write_text(
+        f"model: {DEFAULT_MODEL}\n"
+        f"zeek: {{url: 'ws://127.0.0.1:{ws}/v1/messages/json', reconnect_max: 0.5}}\n"
+        f"serve: {{alerts: '', metrics_port: {mport}, log_interval: 1.0, watch: false}}\n"
+        "learn: {enabled: true, dir: learn, flows: 1500, min_flows: 500, max_fpr: 0.03, site: zeek-site}\n"
+    )
+    serve = subprocess.Popen(
+        [*zeeklab.dpack_cmd(), "serve", "--config", str(tmp_path / "dpack.yaml")],
+        cwd=tmp_path, stdout=open(tmp_path / "serve.out", "w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    site = zeeklab.site_dir(tmp_path)
+
+    def zeek_r(pcap, name):
+        d = tmp_path / name
+        d.mkdir()
+        r = subprocess.run(
+            ["zeek", "-C", "-r", str(pcap), "dpack", "DPack::score_traces=T", f"DPack::listen_port={ws}/tcp"],
+            cwd=d, env=zeeklab.zeek_env(site), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+        return zeeklab.read_zeek_log(d / "dpack.log"), zeeklab.read_zeek_log(d / "notice.log")
+
+    def state():
+        url = f"http://127.0.0.1:{mport}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            line = next(
+                ln for ln in resp.read().decode().splitlines() if ln.startswith("dpack_learning_state")
+            )
+        return STATES[int(float(line.split()[1]))]
+
+    try:
+        learned_log, learned_notices = zeek_r(site_capture, "learn-run")
+        assert len(learned_log) >= 1500 and all(e["model"].startswith("learning:") for e in learned_log)
+        assert not [n for n in learned_notices if n["note"] == "DPack::Anomalous_Flow"]
+        zeeklab.wait_for(lambda: state() in ("done", "refused"), 240, "learning to finish")
+        assert state() == "done", (tmp_path / "serve.out").read_text()[-3000:]
+        log, notices = zeek_r(zeeklab.plain_pcap(SAMPLE, tmp_path / "sample.pcap"), "detect-run")
+        assert {e["model"].split("@")[0] for e in log} == {"site-model"}
+        attackers = {n["id.orig_h"] for n in notices if n["note"] == "DPack::Anomalous_Flow"}
+        assert {"10.201.66.11", "10.201.66.31"} <= attackers, attackers
+    finally:
+        zeeklab.stop(serve)
