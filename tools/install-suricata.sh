@@ -3,9 +3,10 @@
 # already uses (read from its apt sources, never hard-coded), with ethtool and iproute2 for the IPS test and
 # the live Zeek sensor test, tcpreplay (tcpreplay, tcprewrite) for the sensor test's replays, and
 # python3-broker (Debian's Broker 1.4 Python bindings: the fallback peer of the Broker fault tests where no
-# Zeek with its own bindings is at hand). Does nothing if they are present.
+# Zeek with its own bindings is at hand), and chromium (the evaluation report's browser test renders the
+# page headless). Does nothing if they are present.
 set -euo pipefail
-if dpkg -s python3-broker >/dev/null 2>&1 && command -v ethtool >/dev/null 2>&1 && command -v tcpreplay >/dev/null 2>&1 && command -v suricata >/dev/null 2>&1 && suricata -V 2>/dev/null | grep -qE 'version ([7-9]|[1-9][0-9])\.'; then
+if command -v chromium >/dev/null 2>&1 && dpkg -s python3-broker >/dev/null 2>&1 && command -v ethtool >/dev/null 2>&1 && command -v tcpreplay >/dev/null 2>&1 && command -v suricata >/dev/null 2>&1 && suricata -V 2>/dev/null | grep -qE 'version ([7-9]|[1-9][0-9])\.'; then
   exit 0
 fi
 SUDO=""
@@ -21,4 +22,5 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports suricata ethtool iproute2 tcpreplay python3-broker >/dev/null
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 suricata -V

@@ -540,7 +540,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .offline.evaluate import evaluate, format_table, labelled_pcap, labelled_sets, write_report
+    from .offline.evaluate import evaluate, format_table, labelled_pcap, labelled_sets
     from .prefix.scorer import Scorer
 
     if args.pcap or args.labels:
@@ -558,6 +558,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(data.flows) == 0:
         raise DpackError("no labelled flows to evaluate")
     m, scores = evaluate(scorer, data)
+    decided = None
     attack_fams = {f for f, a in zip(data.family, data.is_attack, strict=True) if a}
     print(
         f"model {model.name} (N={model.spec.n_packets}, L={model.spec.n_bytes}, policy={model.spec.policy}); "
@@ -569,7 +570,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if model.context is not None and cfg.detectors.context:
         from .offline.evaluate import evaluate_stages, format_stages
 
-        stages = evaluate_stages(model, data)
+        stages, decided = evaluate_stages(model, data)
         print(
             "\nsame flows, by stage (prefix alone, host context alone, combined; combined is what dpack uses):"
         )
@@ -598,7 +599,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         atomic_write_bytes(args.json, (json.dumps(m, indent=1) + "\n").encode())
     if args.report:
-        files = write_report(args.report, m, data.is_attack, scores)
+        from .offline.report import write_report
+
+        caps = [args.pcap] if args.pcap else [*args.benign, *args.attack]
+        files = write_report(args.report, model, data, scores, decided, m, caps)
         print(f"report: {files[-1]}")
     return 0
 

@@ -8,10 +8,7 @@ beside each capture when there is one, else the file name) or from a labels CSV 
 from __future__ import annotations
 
 import dataclasses
-import html
-import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,79 +156,14 @@ def format_table(m: dict[str, Any], attack_families: set[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(
-    out_dir: str | os.PathLike[str], m: dict[str, Any], y: np.ndarray, scores: np.ndarray
-) -> list[Path]:
-    """ROC, precision-recall and score-histogram PNGs plus an index.html in ``out_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(-scores, kind="mergesort")
-    ys = y[order]
-    tps = np.cumsum(ys)
-    fps = np.cumsum(~ys)
-    tpr = tps / max(1, ys.sum())
-    fpr = fps / max(1, (~ys).sum())
-    prec = tps / np.arange(1, len(ys) + 1)
-    files = []
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(np.concatenate([[0], fpr]), np.concatenate([[0], tpr]))
-    ax.axvline(m["fpr"], ls="--", c="grey")
-    ax.set_xscale("symlog", linthresh=1e-3)
-    ax.set(xlabel="false positive rate", ylabel="detection rate", title=f"ROC (AUC {m['auc']:.4f})")
-    fig.tight_layout()
-    fig.savefig(d / "roc.png", dpi=100)
-    files.append(d / "roc.png")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(tpr, prec)
-    ax.set(xlabel="recall", ylabel="precision", title="precision-recall")
-    fig.tight_layout()
-    fig.savefig(d / "pr.png", dpi=100)
-    files.append(d / "pr.png")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    lo = max(float(scores[scores > 0].min()) if (scores > 0).any() else 1e-6, 1e-8)
-    bins = np.logspace(np.log10(lo), np.log10(max(float(scores.max()), lo * 10)), 60).tolist()
-    ax.hist(scores[~y], bins=bins, alpha=0.6, label="benign")
-    ax.hist(scores[y], bins=bins, alpha=0.6, label="attack")
-    ax.axvline(m["threshold"], c="k", ls="--", label="threshold")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set(xlabel="anomaly score", ylabel="flows", title="score histogram")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(d / "scores.png", dpi=100)
-    files.append(d / "scores.png")
-    plt.close(fig)
-    rows = "".join(
-        f"<tr><td>{html.escape(f)}</td><td>{e['flows']}</td><td>{e['detected']}</td>"
-        f"<td>{e['detected'] / max(1, e['flows']):.2%}</td></tr>"
-        for f, e in m["per_family"].items()
-    )
-    summary = {k: v for k, v in m.items() if k != "per_family"}
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>dpack evaluation</title></head><body>"
-        f"<h1>dpack evaluation</h1><pre>{html.escape(json.dumps(summary, indent=1))}</pre>"
-        f"<table border='1'><tr><th>family</th><th>flows</th><th>flagged</th><th>share</th></tr>{rows}</table>"
-        "<p><img src='roc.png'><img src='pr.png'><img src='scores.png'></p></body></html>"
-    )
-    (d / "index.html").write_text(page)
-    files.append(d / "index.html")
-    return files
-
-
 STAGES = ("prefix", "context", "combined")
 
 
-def evaluate_stages(model: Any, data: Labelled) -> dict[str, dict[str, Any]]:
+def evaluate_stages(model: Any, data: Labelled) -> tuple[dict[str, dict[str, Any]], list[Verdict]]:
     """The prefix model alone, the host-context stage alone (its score without the prefix column) and
     the shipped combination, on the labelled flows in the order a sensor sees them (by the time each
-    flow's verdict is due, then first packet): host histories run across benign and attack captures."""
+    flow's verdict is due, then first packet): host histories run across benign and attack captures.
+    Also returns the combined verdicts (what dpack decides), in ``data``'s order."""
     from ..context.stage import ContextScorer
 
     order = sorted(
@@ -258,7 +190,10 @@ def evaluate_stages(model: Any, data: Labelled) -> dict[str, dict[str, Any]]:
         pred = np.array([v.anomalous for v in vs])
         out[stage] = metrics(y, scores, model.context.threshold, fam, pred)
         out[stage]["until_flagged"] = until_flagged(vs, pred, fam)
-    return out
+    decided: list[Verdict] = [vs[0]] * len(vs)
+    for k, i in enumerate(order):
+        decided[i] = vs[k]  # vs: the last stage's, "combined"
+    return out, decided
 
 
 def until_flagged(

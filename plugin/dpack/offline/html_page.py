@@ -51,8 +51,10 @@ def facts(items: Iterable[tuple[str, Any]]) -> str:
 
 
 def figure(src: str, caption: str) -> str:
+    # data-loaded: the image's width once the browser decoded it (what the report's browser test reads)
     return (
-        f"<figure><img src='{esc(src)}' alt='{esc(caption)}'><figcaption>{esc(caption)}</figcaption></figure>"
+        f"<figure><img src='{esc(src)}' alt='{esc(caption)}' onload='this.dataset.loaded=this.naturalWidth'>"
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
     )
 
 
