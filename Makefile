@@ -10,15 +10,29 @@ SAMPLE := samples/lab-sample.pcap.gz
 install: $(VENV)/.installed
 
 # torch==2.13.0 first: it is the CPU build on the machine's disk; a bare `torch` could pull a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# .installed-run: what dpack needs to run (and draw the report); .installed: the tests' tools too.
+$(VENV)/.installed-run: pyproject.toml
+	@echo "install: dpack into $(VENV) (torch 2.13.0, CPU build, first; about a minute the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[report]'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
+	@echo "install: the test tools (pytest, btest, zkg, linters)"
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-demo: install
-	$(BIN)/dpack score $(SAMPLE) --verdicts verdicts.jsonl
+# The demo: score the shipped sample with the shipped model, evaluate it against the sample's labels,
+# and say what came out where (tools/demo_summary.py reads the figures from the report).
+demo: $(VENV)/.installed-run
+	@echo "demo: dpack score $(SAMPLE) --verdicts verdicts.jsonl"
+	@$(BIN)/dpack score $(SAMPLE) --verdicts verdicts.jsonl
+	@echo
+	@echo "demo: dpack evaluate against samples/lab-sample.labels.csv --report demo-report"
+	@$(BIN)/dpack evaluate --pcap $(SAMPLE) --labels samples/lab-sample.labels.csv --report demo-report > demo-report.txt
+	@$(BIN)/python tools/demo_summary.py verdicts.jsonl demo-report
 
 # Zeek: tools/find-zeek.sh finds a working zeek (on PATH, or ../shared/zeek beside the repository) and
 # puts it first on PATH for pytest and btest; DPACK_REQUIRE_ZEEK=1 then makes a Zeek test that would
@@ -54,4 +68,4 @@ model: install
 	  --target-fpr 0.005 --name dpack-default
 
 clean:
-	rm -rf $(VENV) verdicts.jsonl
+	rm -rf $(VENV) verdicts.jsonl demo-report demo-report.txt

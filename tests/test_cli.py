@@ -355,3 +355,24 @@ def test_score_and_evaluate_say_what_the_model_learned_from(capsys):
     assert rc == 0 and "learned from captures benign-train.pcap.gz" in out
     rc, out, _ = run(["evaluate", "--pcap", str(SAMPLE), "--labels", str(SAMPLE_LABELS)], capsys)
     assert rc == 0 and "learned from captures benign-train.pcap.gz" in out
+
+
+def test_every_option_has_help_and_shows_its_default():
+    """`dpack CMD --help` explains every option; an option with a default says which."""
+    import argparse
+
+    from dpack.cli import build_parser
+
+    ap = build_parser()
+    subs = [a for a in ap._actions if isinstance(a, argparse._SubParsersAction)][0]
+    for name, p in subs.choices.items():
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            assert a.help, f"dpack {name} {a.option_strings or a.dest}: no help text"
+        text = p.format_help()
+        for a in p._actions:
+            if a.option_strings and a.default not in (None, False, argparse.SUPPRESS, [], ""):
+                assert "default" in (p._get_formatter()._get_help_string(a) or ""), (name, a.option_strings)
+        assert "--help" in text
+    assert "(default: 40)" in " ".join(subs.choices["train"].format_help().split())

@@ -54,6 +54,8 @@ FORBIDDEN = {
     "offline": {"zeek", "sinks", "serve", "config", "cli"},
     "config": {"torch", "modelio", "prefix", "records", "zeek", "serve", "offline", "cli"},
     "serve": {"offline", "cli"},
+    # learning a site (train, validate, report): offline work that dpack serve's learner runs in a process
+    "learn": {"zeek", "sinks", "serve", "config", "cli"},
 }
 BASE = {"errors", "verdict", "fileio"}
 # the prefix function and what it imports: no torch, no transport

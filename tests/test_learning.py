@@ -19,7 +19,8 @@ from zeekpeer import samples_from_pcap
 
 from dpack.config import load_config
 from dpack.errors import ConfigError
-from dpack.serve.learning import STATES, learn_from
+from dpack.learn import learn_from
+from dpack.serve.learning import STATES
 from dpack.zeek import contract as C
 
 AT = {n: i for i, (n, _) in enumerate(C.VERDICT)}

@@ -125,3 +125,21 @@ def test_the_roc_plot_has_no_negative_rates_and_names_its_operating_point(report
     m = rep["metrics"]
     assert roc["operating_point"] == pytest.approx([max(m["fpr"], 1 / n_benign), m["recall"]])
     assert any(t.startswith("operating point (threshold ") for t in roc["labels"])
+
+
+def test_the_demo_says_where_its_output_is_and_what_the_numbers_mean(report, tmp_path):
+    """`make demo`'s last words (tools/demo_summary.py), from the files it made, not from a script."""
+    out, rep = report
+    verdicts = tmp_path / "verdicts.jsonl"
+    r = subprocess.run([sys.executable, "-m", "dpack", "score", str(SAMPLE), "--verdicts", str(verdicts)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "demo_summary.py"), str(verdicts), str(out)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    n = len(verdicts.read_text().splitlines())
+    c = rep["confusion"]
+    text = " ".join(r.stdout.split())
+    assert f"({n:,} flows," in text and str(out / "index.html") in text
+    assert f"{c['tp'] + c['fn']:,} of its {n:,} flows are attacks" in text and "flagged is expected" in text
+    assert "dpack explain" in text

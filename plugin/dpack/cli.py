@@ -45,6 +45,22 @@ def _bounded(lo: int, hi: int) -> Any:
     return parse
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, when it has one worth showing and the text does not
+    already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        d = action.default
+        if (
+            action.option_strings
+            and d not in (None, False, argparse.SUPPRESS, [], "")
+            and "default" not in text
+        ):
+            text += f" (default: {d})"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dpack", description="Early detection of malicious flows (D-PACK).")
     ap.add_argument("--version", action="version", version=f"dpack {__version__}")
@@ -70,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--cmd-weight", type=float, default=0.0, help="records: CMD penalty weight (0 = off)")
     t.add_argument("--epochs", type=int, help="records/classifier: maximum epochs (early stopping)")
-    t.add_argument("--arch", choices=("paper", "fast"), default="fast")
+    t.add_argument(
+        "--arch", choices=("paper", "fast"), default="fast",
+        help="paper: the article's network (1024-wide profile); fast: a narrower one, the shipped model's",
+    )  # fmt: skip
     t.add_argument(
         "--packets",
         type=int,
@@ -96,10 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantile: (1-target FPR) quantile; sigma: mean + k*std of calibration scores "
         "(default: quantile for prefix, sigma for records)",
     )
-    t.add_argument("--sigma-k", type=float, default=3.0)
-    t.add_argument("--cnn-epochs", type=int, default=8)
-    t.add_argument("--ae-epochs", type=int, default=40)
-    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--sigma-k", type=float, default=3.0, help="k of --threshold sigma")
+    t.add_argument("--cnn-epochs", type=int, default=8, help="epochs of the CNN profiler")
+    t.add_argument("--ae-epochs", type=int, default=40, help="epochs of the autoencoder")
+    t.add_argument("--seed", type=int, default=1, help="random seed (the same data and seed: the same model)")
     t.add_argument("--name", default="", help="model name recorded in the file and in verdicts")
     t.add_argument(
         "--validate",
@@ -153,16 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="Prometheus endpoint on 127.0.0.1 (0 for none; default 9477)"
     )
 
+    e = sub.add_parser(
+        "explain", help="an explanation token in words (p2.tcp.flags, p3.absent, host.new_flows_10s)"
+    )
+    e.add_argument("tokens", nargs="+", help="tokens as verdicts name them")
+
     r = sub.add_parser("rules", help="inspect and change the active Suricata rules")
     r.add_argument("--config", help="YAML configuration file (rules.file, rules.state)")
     r.add_argument("--file", help="rules file (default: rules.file, or suricata_rules/dpack.rules)")
     rsub = r.add_subparsers(dest="rules_cmd", required=True)
     rsub.add_parser("list", help="active entries")
     show = rsub.add_parser("show", help="one rule by SID")
-    show.add_argument("sid", type=int)
+    show.add_argument("sid", type=int, help="the rule's signature id")
     rsub.add_parser("expire", help="drop entries past their expiry and rewrite the file")
     rm = rsub.add_parser("remove", help="remove the entries for an address and rewrite the file")
-    rm.add_argument("address")
+    rm.add_argument("address", help="the blocked source address (or a flow rule's key)")
 
     e = sub.add_parser("evaluate", help="detection metrics on labelled captures")
     _add_model_args(e)
@@ -178,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--dataset", required=True, help="nsl-kdd or unsw-nb15 folder or table, or a lab-dev folder"
     )
-    c.add_argument("--task", choices=("binary", "multiclass"), default="binary")
+    c.add_argument(
+        "--task",
+        choices=("binary", "multiclass"),
+        default="binary",
+        help="benign/attack, or the attack family",
+    )
     c.add_argument("--folds", type=int, default=5, help="K of stratified k-fold (default 5)")
     c.add_argument("--models", default="cnn_bilstm,logreg,random_forest", help="comma-separated")
     c.add_argument(
@@ -188,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="random: stratified k-fold; group: source/target /24 pairs stay on one side",
     )
     c.add_argument("--epochs", type=int, default=8, help="CNN-BiLSTM epochs (early stopping, patience 2)")
-    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--seed", type=int, default=1, help="random seed")
     c.add_argument("--json", help="write model name -> mean metrics as JSON here")
     c.add_argument("--test", help="instead of k-fold: train on --dataset, score this table (e.g. KDDTest+)")
+    for p in [*sub.choices.values(), *rsub.choices.values()]:
+        p.formatter_class = DefaultsFormatter
     return ap
 
 
@@ -267,10 +298,18 @@ def cmd_train_records(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import UNKNOWN, describe, legend
+
+    for line in legend(args.tokens):
+        print(line)
+    return 1 if any(describe(t) == UNKNOWN for t in args.tokens) else 0
+
+
 def cmd_learn(args: argparse.Namespace) -> int:
     """``dpack train --validate``: learning mode's training and validation on a capture of the site."""
     from .config import LearnConfig
-    from .serve.learning import learn_from, report_paths
+    from .learn import learn_from, report_paths
     from .traffic.encode import PrefixSpec
 
     if len(args.captures) != 1:
@@ -409,6 +448,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name)
         out = os.fdopen(fd, "w")
     collected: list[Any] = []
+    from tqdm import tqdm
+
+    # on a terminal only (disable=None): a pipe or a log gets the summary alone
+    bar = tqdm(unit=" flows", desc="score", file=sys.stderr, disable=None, leave=False)
     try:
         run = score_capture(
             args.capture,
@@ -420,12 +463,14 @@ def cmd_score(args: argparse.Namespace) -> int:
             workers=args.workers or cfg.scoring.processes(),
             on_verdicts=collected.extend if args.rules else None,
             context=None if args.no_context else context_scorer(model, cfg),
+            progress=bar.update,
         )
     except BaseException:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
         raise
     finally:
+        bar.close()
         if out is not None and out is not sys.stdout:
             out.close()
     if tmp is not None:
@@ -473,6 +518,14 @@ def cmd_score(args: argparse.Namespace) -> int:
                 f"{v.dst + ':' + str(v.dport):<22} {', '.join(v.explanation)}",
                 file=info,
             )
+        from .explain import legend
+
+        print(
+            "\nwhat the explanations say (dpack explain TOKEN; docs/manual.md, 'Reading an explanation')",
+            file=info,
+        )
+        for line in legend([t for v in run.top for t in v.explanation]):
+            print(f"  {line}", file=info)
     return 0
 
 
@@ -549,15 +602,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif not (args.benign and args.attack):
         raise DpackError("evaluate needs --benign and --attack captures, or --pcap with --labels")
     cfg, model = _load(args)
+    from tqdm import tqdm
+
     scorer = Scorer(model, explain="none")
+    steps = ["read and label the flows", "score them"]
+    steps += ["host-context stage"] if model.context is not None and cfg.detectors.context else []
+    steps += ["write the report"] if args.report else []
+    bar = tqdm(total=len(steps), desc="evaluate", unit=" step", file=sys.stderr, disable=None, leave=False)
+
+    def step() -> None:
+        bar.set_postfix_str(steps[bar.n] if bar.n < len(steps) else "")
+
+    step()
     data = (
         labelled_pcap(args.pcap, args.labels, model.spec)
         if args.pcap
         else labelled_sets(args.benign, args.attack, model.spec)
     )
     if len(data.flows) == 0:
+        bar.close()
         raise DpackError("no labelled flows to evaluate")
+    bar.update()
+    step()
     m, scores = evaluate(scorer, data)
+    bar.update()
+    step()
     decided = None
     attack_fams = {f for f, a in zip(data.family, data.is_attack, strict=True) if a}
     print(
@@ -571,6 +640,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .offline.evaluate import evaluate_stages, format_stages
 
         stages, decided = evaluate_stages(model, data)
+        bar.update()
+        step()
         print(
             "\nsame flows, by stage (prefix alone, host context alone, combined; combined is what dpack uses):"
         )
@@ -603,7 +674,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         caps = [args.pcap] if args.pcap else [*args.benign, *args.attack]
         files = write_report(args.report, model, data, scores, decided, m, caps)
+        bar.update()
         print(f"report: {files[-1]}")
+    bar.close()
     return 0
 
 
@@ -682,6 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rules": cmd_rules,
             "crossval": cmd_crossval,
             "train-context": cmd_train_context,
+            "explain": cmd_explain,
         }
         return cmds[args.cmd](args)
     except DpackError as err:

@@ -86,6 +86,7 @@ def score_capture(
     on_verdicts: Any = None,
     workers: int = 1,
     context: ContextScorer | None = None,
+    progress: Any = None,
 ) -> ScoreRun:
     """Score every flow of a capture, streaming: verdict JSON lines go to ``out`` as batches finish.
 
@@ -93,13 +94,17 @@ def score_capture(
     own process (``_shard_worker``); their verdicts merge back in the order one process writes them.
     ``context``: the host-context stage, applied here to that one ordered stream (shards split flows,
     not hosts), as ``dpack serve`` applies it to the flows of each host in the order they arrive.
+    ``progress``: called with the number of flows of each batch as it is written (a progress bar).
     """
     run = ScoreRun()
 
     def emit(vs: Sequence[Verdict], lines: Sequence[str] | None = None) -> None:
         """Account verdicts; from shards, ``lines`` holds every verdict's line and ``vs`` all verdicts
         only if ``on_verdicts`` wants them (else the flagged ones)."""
-        run.flows += len(vs) if lines is None else len(lines)
+        n = len(vs) if lines is None else len(lines)
+        run.flows += n
+        if progress is not None:
+            progress(n)
         flagged = [v for v in vs if v.anomalous]
         run.flagged += len(flagged)
         if flagged:

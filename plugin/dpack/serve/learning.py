@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import struct
 import time
 from pathlib import Path
 from typing import Any
 
 from ..config import LearnConfig
+from ..learn import _pcap_header
 from ..traffic.encode import PrefixSpec
 from ..traffic.flows import FlowSample
 from ..verdict import Verdict
@@ -31,10 +31,6 @@ from ..verdict import Verdict
 log = logging.getLogger(__name__)
 
 STATES = ("off", "recording", "training", "done", "refused")
-
-
-def _pcap_header(linktype: int) -> bytes:
-    return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
 
 
 class Learner:
@@ -193,257 +189,9 @@ def _train_job(
     def done(**res: Any) -> None:
         atomic_write_bytes(result, json.dumps(res).encode())
 
+    from ..learn import learn_from  # in the spawned process: the training code, not the serving loop's
+
     try:
         done(**learn_from(recording, out, provenance, **opts))
     except Exception as err:  # noqa: BLE001 - reported to the service as the refusal's reason
         done(ok=False, reason=f"training failed: {type(err).__name__}: {err}")
-
-
-def learn_from(
-    recording: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    provenance: dict[str, Any] | None = None,
-    held_back: float = 0.2,
-    target_fpr: float = 0.005,
-    max_fpr: float = 0.01,
-    min_flows: int = 1000,
-    spec: PrefixSpec | None = None,
-    context: bool = True,
-    min_service_flows: int = 50,
-) -> dict[str, Any]:
-    """Learn a model from a recorded (or any benign) capture: ``dpack train`` on its first part (and the
-    host-context stage on the same part, with ``context``), the held-back last part scored for the
-    validation as ``dpack serve`` would decide it; writes ``out`` only if it passes, and the learning
-    report (``OUT.report.json`` and ``.html``) either way. The same for the live learner and for
-    ``dpack train --validate``. Refused: too few flows; a service that is a real part of the held-back
-    traffic but was learned from fewer than ``min_service_flows`` flows; held-back FPR above ``max_fpr``."""
-    import tempfile
-    from collections import Counter
-
-    import numpy as np
-
-    from ..prefix.flowset import extract
-    from ..prefix.modelfile import load_model
-    from ..prefix.train import TrainOptions, train
-    from ..verdict import service_key
-
-    spec = spec or PrefixSpec()  # the serving model's prefix: what Zeek exports
-    fs = extract([str(recording)], spec)
-    n = len(fs)
-    report: dict[str, Any] = {
-        "recording": os.path.basename(str(recording)),
-        "provenance": provenance or {},
-        "flows": {"recorded": n},
-    }
-
-    def refused(reason: str, **more: Any) -> dict[str, Any]:
-        res = {"ok": False, "reason": reason, **more}
-        write_learning_report(out, {**report, **res})
-        return res
-
-    if n < min_flows:
-        return refused(f"too few flows to learn from ({n}, at least {min_flows})")
-    # by time: the flows that start in the last ``held_back`` of the period are held back
-    starts = np.array([s.ts for s in fs.samples])
-    cut = float(np.quantile(starts, 1 - held_back))
-    learn_idx, rest = np.flatnonzero(starts < cut), np.flatnonzero(starts >= cut)
-    services = [service_key(s.proto_name, s.dport) for s in fs.samples]
-    learned, back = Counter(services[i] for i in learn_idx), Counter(services[i] for i in rest)
-    report["flows"] |= {"learned": int(len(learn_idx)), "held_back": int(len(rest))}
-    for svc, k in back.most_common():
-        if k >= max(20, 0.01 * len(rest)) and learned[svc] < min_service_flows:
-            return refused(
-                f"service {svc}: {learned[svc]} flows learned, {k} in the held-back part (at least "
-                f"{min_service_flows} needed, learn.min_service_flows): record longer or at a busier time"
-            )
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(out))) as d:
-        part = Path(d) / "learn.pcap"
-        _write_before(recording, part, cut)
-        tmp_model = Path(d) / "model.pt"
-        summary = train([part], tmp_model, TrainOptions(spec=spec, target_fpr=target_fpr, name="site-model"))
-        if context:
-            from ..offline.context_fit import fit_context
-
-            fit_context(load_model(tmp_model), [part], Path(d) / "ctx.pt", target_fpr=target_fpr)
-            tmp_model = Path(d) / "ctx.pt"
-        model = load_model(tmp_model)
-        vs = _decided(model, fs)
-        flagged = np.array([v.anomalous for v in vs])
-        prefix_flagged = np.array([v.score > model.threshold for v in vs])
-        fpr = float(flagged[rest].mean()) if len(rest) else 1.0
-        report |= _learned(model, fs, vs, services, learned, back, learn_idx, rest, flagged, prefix_flagged)
-        if fpr > max_fpr:
-            return refused(
-                f"held-back false-positive rate {fpr:.4f} is above learn.max_fpr {max_fpr}", heldback_fpr=fpr
-            )
-        import torch
-
-        blob = torch.load(tmp_model, weights_only=True)
-        blob["provenance"] = {
-            **blob.get("provenance", {}),
-            **(provenance or {}),
-            "heldback_fpr": fpr,
-            "heldback_flows": len(rest),
-        }
-        from ..modelio import save_blob
-
-        save_blob(out, blob)
-    res = {
-        "ok": True,
-        "heldback_fpr": fpr,
-        "heldback_flows": int(len(rest)),
-        "train_flows": summary["flows"]["train"],
-        "context": model.context is not None,
-    }
-    write_learning_report(out, {**report, **res, "model": {"path": os.path.basename(str(out))}})
-    return res
-
-
-def _decided(model: Any, fs: Any) -> list[Verdict]:
-    """Every flow's verdict as ``dpack serve`` decides it (prefix, then the host-context stage over the
-    flows in the order a sensor sees them), in the flow set's order."""
-    import numpy as np
-
-    from ..context.stage import ContextScorer
-    from ..prefix.scorer import Scorer
-
-    order = np.array(
-        sorted(range(len(fs)), key=lambda i: (fs.samples[i].ready, fs.samples[i].ts)), dtype=np.int64
-    )
-    scorer = Scorer(model, explain="none")
-    vs: list[Verdict] = []
-    for a in range(0, len(order), 8192):
-        sl = order[a : a + 8192]
-        vs += scorer.verdicts_encoded([fs.samples[i] for i in sl], fs.data[sl], fs.direction[sl])
-    if model.context is not None:
-        ContextScorer(model.context).apply(vs)
-    out: list[Verdict] = [vs[0]] * len(vs)
-    for k, i in enumerate(order.tolist()):
-        out[i] = vs[k]
-    return out
-
-
-def _learned(
-    model: Any, fs: Any, vs: list[Verdict], services: list[str], learned: Any, back: Any,
-    learn_idx: Any, rest: Any, flagged: Any, prefix_flagged: Any,
-) -> dict[str, Any]:  # fmt: skip
-    """The learning report's figures: services, thresholds, held-back rates, the most unusual flows."""
-    import numpy as np
-
-    from ..prefix.scorer import Scorer
-
-    back_flagged: dict[str, int] = {}
-    for i in rest.tolist():
-        back_flagged[services[i]] = back_flagged.get(services[i], 0) + int(flagged[i])
-    rows = [
-        {
-            "service": s,
-            "learned": learned[s],
-            "held_back": back[s],
-            "held_back_flagged": back_flagged.get(s, 0),
-        }
-        for s, _ in (learned + back).most_common(40)
-    ]
-    scores = np.array([v.score for v in vs])
-    top = learn_idx[np.argsort(-scores[learn_idx], kind="stable")[:10]]
-    explained = Scorer(model, explain="all").verdicts_encoded(
-        [fs.samples[i] for i in top], fs.data[top], fs.direction[top]
-    )
-    return {
-        "thresholds": {
-            "prefix": model.threshold,
-            "context": model.context.threshold if model.context is not None else None,
-        },
-        "heldback": {
-            "fpr_prefix_alone": float(prefix_flagged[rest].mean()) if len(rest) else None,
-            "fpr": float(flagged[rest].mean()) if len(rest) else None,
-        },
-        "services": rows,
-        "unusual": [
-            {
-                "ts": v.ts,
-                "src": v.src,
-                "dst": v.dst,
-                "service": services[i],
-                "score": v.score,
-                "explanation": v.explanation,
-            }
-            for i, v in zip(top.tolist(), explained, strict=True)
-        ],  # fmt: skip
-        "model": {"name": model.name, "learned_from": model.learned_from},
-        "model_card": model.meta.get("provenance", {}),
-    }
-
-
-def report_paths(out: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """The learning report beside the model file: ``site-model.report.json`` and ``.html``."""
-    p = Path(out)
-    stem = p.with_suffix("") if p.suffix else p
-    return stem.with_name(stem.name + ".report.json"), stem.with_name(stem.name + ".report.html")
-
-
-def write_learning_report(out: str | os.PathLike[str], rep: dict[str, Any]) -> None:
-    """JSON (everything) and one HTML page an analyst can read, written atomically."""
-    from ..fileio import atomic_write_bytes
-    from ..offline import html_page as H
-
-    jpath, hpath = report_paths(out)
-    atomic_write_bytes(jpath, (json.dumps(rep, indent=1, default=str) + "\n").encode())
-    prov = rep.get("provenance", {})
-    head = [
-        ("result", "model learned" if rep.get("ok") else f"refused: {rep.get('reason', '')}"),
-        ("site", prov.get("site") or "-"),
-        ("recording", rep.get("recording", "")),
-        ("period", " to ".join(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) for t in prov.get("period") or [] if t)),
-        ("flows recorded / learned / held back", " / ".join(str(rep.get("flows", {}).get(k, "-")) for k in ("recorded", "learned", "held_back"))),
-    ]  # fmt: skip
-    th, hb = rep.get("thresholds", {}), rep.get("heldback", {})
-    if th:
-        head += [
-            ("prefix threshold", th.get("prefix")),
-            ("host-context threshold", th.get("context") if th.get("context") is not None else "no stage"),
-            ("held-back FPR, prefix alone", hb.get("fpr_prefix_alone")),
-            ("held-back FPR, as served", hb.get("fpr")),
-        ]
-    parts = [
-        ("", H.para("model learned" if rep.get("ok") else "refused", "ok" if rep.get("ok") else "bad")),
-        ("", H.facts(head)),
-    ]
-    if rep.get("services"):
-        parts.append(("Flows per service", H.table(
-            ["service", "learned", "held back", "held back, flagged"],
-            [[r["service"], r["learned"], r["held_back"], r["held_back_flagged"]] for r in rep["services"]],
-        )))  # fmt: skip
-    if rep.get("unusual"):
-        parts.append(("The most unusual benign flows it learned from", H.table(
-            ["time (UTC)", "originator", "responder", "service", "score", "what made the score"],
-            [[time.strftime("%H:%M:%S", time.gmtime(u["ts"])), u["src"], u["dst"], u["service"], u["score"], ", ".join(u["explanation"])] for u in rep["unusual"]],
-        )))  # fmt: skip
-    if rep.get("model_card"):
-        card = rep["model_card"]
-        parts.append(
-            (
-                "Model card",
-                H.facts(
-                    (k, json.dumps(v, default=str) if isinstance(v, dict | list) else v)
-                    for k, v in card.items()
-                ),
-            )
-        )
-    atomic_write_bytes(hpath, H.page("dpack learning report", parts).encode())
-
-
-def _write_before(capture: str | os.PathLike[str], part: Path, cut: float) -> None:
-    """The frames of ``capture`` captured before ``cut``, as a pcap (the training part)."""
-    from ..traffic.capture import CaptureStats, read_capture
-
-    frames = [(ts, lt, fr) for ts, lt, fr in read_capture(capture, CaptureStats()) if ts < cut]
-    linktype = frames[0][1] if frames else 1
-    out = bytearray(_pcap_header(linktype))
-    for ts, lt, fr in frames:
-        if lt != linktype:
-            continue
-        sec = int(ts)
-        usec = min(999_999, int(round((ts - sec) * 1e6)))
-        out += struct.pack("<IIII", sec, usec, len(fr), len(fr)) + fr
-    part.write_bytes(bytes(out))
