@@ -82,6 +82,7 @@ def learn_from(
         _write_before(recording, part, cut)
         tmp_model = Path(d) / "model.pt"
         summary = train([part], tmp_model, TrainOptions(spec=spec, target_fpr=target_fpr, name="site-model"))
+        prefix_only = tmp_model
         if context:
             from .offline.context_fit import fit_context
 
@@ -92,6 +93,19 @@ def learn_from(
         flagged = np.array([v.anomalous for v in vs])
         prefix_flagged = np.array([v.score > model.threshold for v in vs])
         fpr = float(flagged[rest].mean()) if len(rest) else 1.0
+        alone = float(prefix_flagged[rest].mean()) if len(rest) else 1.0
+        if model.context is not None and fpr > min(max_fpr, alone + target_fpr):
+            # the stage does not hold on the held-back part (the site's hosts changed their habits over the
+            # period): the site model goes without it rather than with its false alarms, and says so
+            report["context_left_out"] = (
+                f"the host-context stage flagged {fpr:.2%} of the held-back flows, the prefix model alone "
+                f"{alone:.2%}: learned without the stage (record a longer period to learn the hosts' habits)"
+            )
+            tmp_model = prefix_only
+            model = load_model(tmp_model)
+            vs = _decided(model, fs)
+            flagged = prefix_flagged = np.array([v.score > model.threshold for v in vs])
+            fpr = alone
         report |= _learned(model, fs, vs, services, learned, back, learn_idx, rest, flagged, prefix_flagged)
         if fpr > max_fpr:
             return refused(
@@ -115,6 +129,7 @@ def learn_from(
         "heldback_flows": int(len(rest)),
         "train_flows": summary["flows"]["train"],
         "context": model.context is not None,
+        **({"context_left_out": report["context_left_out"]} if "context_left_out" in report else {}),
     }
     write_learning_report(out, {**report, **res, "model": {"path": os.path.basename(str(out))}})
     return res
@@ -222,7 +237,12 @@ def write_learning_report(out: str | os.PathLike[str], rep: dict[str, Any]) -> N
     if th:
         head += [
             ("prefix threshold", th.get("prefix")),
-            ("host-context threshold", th.get("context") if th.get("context") is not None else "no stage"),
+            (
+                "host-context threshold",
+                th.get("context")
+                if th.get("context") is not None
+                else rep.get("context_left_out", "no stage"),
+            ),
             ("held-back FPR, prefix alone", hb.get("fpr_prefix_alone")),
             ("held-back FPR, as served", hb.get("fpr")),
         ]

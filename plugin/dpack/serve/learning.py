@@ -157,6 +157,8 @@ class Learner:
             res["heldback_fpr"],
             res["heldback_flows"],
         )
+        if res.get("context_left_out"):
+            log.warning("learning: %s", res["context_left_out"])
         return str(self.out)
 
     def swapped(self) -> None:
