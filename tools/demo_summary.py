@@ -23,12 +23,12 @@ def main(argv: list[str]) -> int:
     print(f"""
 demo: done.
   {verdicts}  one verdict per flow ({len(lines):,} flows, {flagged:,} anomalous), JSON lines
-  {report / 'index.html'}  the evaluation: open it in a browser (figures in {report / 'report.json'})
+  {report / "index.html"}  the evaluation: open it in a browser (figures in {report / "report.json"})
 
   The sample is lab traffic with attacks in it: {attacks:,} of its {len(lines):,} flows are attacks
-  ({', '.join(att_fams)}), so {flagged / max(1, len(lines)):.1%} flagged is expected. Of the attack flows
-  {c['tp'] / max(1, attacks):.1%} were flagged; of the {benign:,} benign flows {c['fp']} were (false alarms,
-  {c['fp'] / max(1, benign):.2%}). The words after each flagged flow name what made its score:
+  ({", ".join(att_fams)}), so {flagged / max(1, len(lines)):.1%} flagged is expected. Of the attack flows
+  {c["tp"] / max(1, attacks):.1%} were flagged; of the {benign:,} benign flows {c["fp"]} were (false alarms,
+  {c["fp"] / max(1, benign):.2%}). The words after each flagged flow name what made its score:
   .venv/bin/dpack explain p2.tcp.flags tells what a token means.
 
   Next: .venv/bin/dpack --help; on your own network learn it first (README, "learn the site first").""")
