@@ -195,8 +195,10 @@ def test_serve_learns_the_site_from_the_real_zeek_then_detects(zeek, tmp_path, s
         assert state() == "done", (tmp_path / "serve.out").read_text()[-3000:]
         log, notices = zeek_r(zeeklab.plain_pcap(SAMPLE, tmp_path / "sample.pcap"), "detect-run")
         assert {e["model"].split("@")[0] for e in log} == {"site-model"}
-        attackers = {n["id.orig_h"] for n in notices if n["note"] == "DPack::Anomalous_Flow"}
-        assert {"10.201.66.11", "10.201.66.31"} <= attackers, attackers
+        noticed = {n["id.orig_h"] for n in notices if n["note"] == "DPack::Anomalous_Flow"}
+        attackers = {f"10.201.66.{i}" for i in (11, 12, 21, 31, 41)}  # the sample's five attack sources
+        # a model of another site: most attackers caught (which ones depends on what the site taught it)
+        assert len(noticed & attackers) >= 3, noticed
     finally:
         zeeklab.stop(serve)
 

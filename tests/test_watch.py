@@ -143,7 +143,7 @@ def test_day_one_guard_holds_notices_alerts_and_rules_when_the_shipped_model_doe
     try:
         got = peer.verdicts()
         guarded = [v for v in got if v[AT["model"]].startswith(GUARD_PREFIX)]
-        assert len(guarded) >= len(recs) // 2 and sum(v[AT["anomalous"]] for v in guarded) > len(guarded) // 2
+        assert len(guarded) == len(recs) and sum(v[AT["anomalous"]] for v in guarded) > len(guarded) // 2
         wait_for(lambda: any(k == "guard_on" for k, _ in peer.statuses()), what="the guard's status")
         msg = next(m for k, m in peer.statuses() if k == "guard_on")
         assert "does not fit this network" in msg and "learn.enabled" in msg
@@ -159,11 +159,16 @@ def test_day_one_guard_holds_notices_alerts_and_rules_when_the_shipped_model_doe
 
 
 def test_day_one_guard_lets_a_fitting_model_through_after_its_warm_up(tmp_path, peer):
-    """On lab traffic the shipped model fits: the guard never engages; once warmed up, the attackers of
-    the sample get rules (and no benign host does)."""
-    run, entries = _serve_default_with_rules(tmp_path, peer, samples_from_pcap(str(SAMPLE)))
+    """On lab traffic the shipped model fits: the guard never engages; once its warm-up is over, the
+    attackers of the sample get rules (and no benign host does)."""
+    recs = samples_from_pcap(str(SAMPLE))
+    run, entries = _serve_default_with_rules(tmp_path, peer, recs)
     try:
-        assert not any(v[AT["model"]].startswith(GUARD_PREFIX) for v in peer.verdicts())
+        held = [v[AT["model"]].startswith(GUARD_PREFIX) for v in peer.verdicts()]
+        # the warm-up's verdicts are held (logged, not noticed), then none; the batch that ends the
+        # warm-up is judged with it, so fewer than 500 are held
+        k = held.index(False)
+        assert 100 <= k < 500 and all(held[:k]) and not any(held[k:]), k
         assert peer.statuses() == [] and run.m["guard_engaged"] == 0
         wait_for(lambda: any("10.201.66." in e for e in entries()), what="rules for the attackers")
         blocked = {e.split(" ")[2] for e in entries()}

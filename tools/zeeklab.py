@@ -455,6 +455,9 @@ def run_live(
             "alerts": str(workdir / "alerts.jsonl"),
             "workers": workers,
             "log_interval": 5.0,
+            # live against offline: every verdict must notice as dpack score flags it, the warm-up's too
+            # (the day-one guard, on for the shipped model, has its own tests)
+            "guard": "off",
         },
     }
     for k, v in (serve_config or {}).items():
@@ -629,6 +632,7 @@ def run_cluster(capture: Path, workdir: Path, settle: float = 8.0) -> ClusterRun
                         "alerts": str(workdir / f"alerts-{i}.jsonl"),
                         "alerts_all": True,
                         "log_interval": 5.0,
+                        "guard": "off",  # as run_live
                     },
                 }
                 (workdir / f"dpack-{i}.yaml").write_text(json.dumps(cfg))

@@ -381,7 +381,8 @@ class Pipeline:
             if change in ("on", "off"):
                 for t in sorted(topics):
                     await self.output.status(t, f"guard_{change}", msg)
-            if guard.engaged:
+            # held until the guard has judged the model, and while it misfits
+            if guard.engaged or guard.pending:
                 for v in verdicts:
                     v.model = GUARD_PREFIX + v.model
         if self.drift is not None:
@@ -438,8 +439,6 @@ class Pipeline:
                 self.metrics.inc("alert_write_errors")
                 self.ratelog(logging.ERROR, "feed", "SIEM feed %s not written: %s", self.feed.path, err)
         flagged = [i for i, v in enumerate(verdicts) if v.anomalous]
-        if flagged and self.guard is not None and self.guard.pending:
-            flagged = []  # no rule before the day-one guard has seen enough flows to judge the model
         if flagged:
             self.output.flagged([verdicts[i] for i in flagged], [nodes[i] for i in flagged])
         self.output.report()

@@ -5,8 +5,8 @@ flows of most hosts (86.7% of the benign flows of ``tools/ordinary_site.py``). W
 the packaged default (``serve.guard: auto``; ``on`` for any model, ``off`` never), the guard looks at the
 last ``serve.guard_window`` prefix verdicts: when more than ``serve.guard_hosts_share`` of their
 originators, and at least ``serve.guard_min_hosts`` of them, had a flow flagged, the model does not fit
-this site. Rules wait until it has seen a quarter of a window (a benign host must not be blocked on the
-guard's first minute). While it does not fit, until the share falls under half the limit: every verdict still goes to Zeek and into
+this site. Until it has seen a quarter of a window (its warm-up), and while the model does not fit (until
+the share falls under half the limit): every verdict still goes to Zeek and into
 ``dpack.log`` (``anomalous`` as the model said), but with the model named ``guarded:NAME`` - Zeek raises
 no notice for it - and no verdict reaches the SIEM feed or the rule writer. Said once when it engages,
 loudly: an error in the log, the gauge ``guard_active``, a Zeek reporter warning (``DPack::scorer_status``).
@@ -29,7 +29,7 @@ GUARD_PREFIX = "guarded:"
 class DayOneGuard:
     """Whether the model fits this site at all, from the share of originators it flags.
 
-    ``pending`` for the first ``warmup`` verdicts (rules held: a benign host must not be blocked before
+    ``pending`` for the first ``warmup`` verdicts (held: no benign host is paged about or blocked before
     the guard has seen enough to judge), then checked on every batch over the last ``window``:
     ``engaged`` while the model does not fit (notices, SIEM alerts and rules held)."""
 
