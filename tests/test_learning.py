@@ -217,3 +217,19 @@ def test_a_context_stage_that_does_not_hold_is_left_out_and_the_report_says_why(
     rep = json.loads((tmp_path / "lab.report.json").read_text())
     assert rep["heldback"]["fpr"] < 0.01 and "learned without the stage" in rep["context_left_out"]
     assert "learned without the stage" in (tmp_path / "lab.report.html").read_text()
+
+
+def test_a_connection_exported_twice_is_recorded_once(tmp_path, site_recs):
+    """A node resends a batch after a reconnect: its connections are learned from once (counted)."""
+    from zeekpeer import samples_frame
+
+    from dpack.config import LearnConfig
+    from dpack.serve.learning import Learner
+    from dpack.zeek.codec import parse_samples
+    from dpack.zeek.wire import decode_message
+
+    batch = parse_samples(decode_message(samples_frame(site_recs[:50], time.time()))).samples
+    learner = Learner(LearnConfig(enabled=True, dir=str(tmp_path / "l"), flows=10_000, min_flows=1))
+    learner.take(batch, [])
+    learner.take(batch[:30], [])  # resent
+    assert learner.flows == 50 and learner.duplicates == 30 and learner.figures()["learning_duplicates"] == 30

@@ -19,6 +19,7 @@ import logging
 import multiprocessing as mp
 import struct
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..verdict import Verdict
 log = logging.getLogger(__name__)
 
 STATES = ("off", "recording", "training", "done", "refused")
+DEDUP_UIDS = 1_000_000  # uids remembered for deduplication (about 100 MB at most)
 
 
 class Learner:
@@ -48,6 +50,10 @@ class Learner:
         self.linktype: int | None = None
         self.flows = 0
         self.skipped = 0  # samples of another link type than the recording's
+        # the same connection exported twice (a node's batch resent after a reconnect) is recorded once:
+        # uids of the last DEDUP_UIDS samples
+        self.seen_uids: OrderedDict[str, None] = OrderedDict()
+        self.duplicates = 0
         self.bytes = 0
         self.started = time.time()
         self.first_ts: float | None = None
@@ -71,6 +77,13 @@ class Learner:
         for s in samples:
             if not s.frames:
                 continue
+            if s.uid:
+                if s.uid in self.seen_uids:
+                    self.duplicates += 1
+                    continue
+                self.seen_uids[s.uid] = None
+                if len(self.seen_uids) > DEDUP_UIDS:
+                    self.seen_uids.popitem(last=False)
             lt = s.frames[0].linktype
             if self.fh is None:
                 self.linktype = lt
@@ -104,9 +117,10 @@ class Learner:
             self.fh.close()
             self.fh = None
         log.info(
-            "learning: %d flows recorded (%d skipped, %.1f MB); training",
+            "learning: %d flows recorded (%d skipped, %d duplicates, %.1f MB); training",
             self.flows,
             self.skipped,
+            self.duplicates,
             self.bytes / 1e6,
         )
         if self.flows < self.cfg.min_flows:
@@ -166,7 +180,11 @@ class Learner:
         self.state = "done"
 
     def figures(self) -> dict[str, int]:
-        return {"learning_flows": self.flows, "learning_state": STATES.index(self.state)}
+        return {
+            "learning_flows": self.flows,
+            "learning_duplicates": self.duplicates,
+            "learning_state": STATES.index(self.state),
+        }
 
 
 def _opts(c: LearnConfig, spec: PrefixSpec, context: bool) -> dict[str, Any]:
