@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .traffic.encode import PrefixSpec
-from .verdict import Verdict
+from .verdict import Verdict, fold_services
 
 
 def _pcap_header(linktype: int) -> bytes:
@@ -56,6 +56,9 @@ def learn_from(
         "provenance": provenance or {},
         "flows": {"recorded": n},
     }
+    if n and not report["provenance"].get("period"):  # offline: the capture's own period
+        t = [s.ts for s in fs.samples]
+        report["provenance"] = {**report["provenance"], "period": [min(t), max(t)]}
 
     def refused(reason: str, **more: Any) -> dict[str, Any]:
         res = {"ok": False, "reason": reason, **more}
@@ -116,7 +119,7 @@ def learn_from(
         blob = torch.load(tmp_model, weights_only=True)
         blob["provenance"] = {
             **blob.get("provenance", {}),
-            **(provenance or {}),
+            **report["provenance"],
             "heldback_fpr": fpr,
             "heldback_flows": len(rest),
         }
@@ -171,14 +174,10 @@ def _learned(
     back_flagged: dict[str, int] = {}
     for i in rest.tolist():
         back_flagged[services[i]] = back_flagged.get(services[i], 0) + int(flagged[i])
+    counts = {s: [learned[s] + back[s], learned[s], back[s], back_flagged.get(s, 0)] for s in learned + back}
     rows = [
-        {
-            "service": s,
-            "learned": learned[s],
-            "held_back": back[s],
-            "held_back_flagged": back_flagged.get(s, 0),
-        }
-        for s, _ in (learned + back).most_common(40)
+        {"service": s, "learned": c[1], "held_back": c[2], "held_back_flagged": c[3]}
+        for s, c in list(fold_services(counts, 20).items())[:40]
     ]
     scores = np.array([v.score for v in vs])
     top = learn_idx[np.argsort(-scores[learn_idx], kind="stable")[:10]]

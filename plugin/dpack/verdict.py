@@ -19,6 +19,18 @@ def service_key(proto: str, port: int) -> str:
     return f"{proto}/{port}"
 
 
+def fold_services(counts: dict[str, list[int]], least: int) -> dict[str, list[int]]:
+    """Per-service counts (lists of the same length) with the services of fewer than ``least`` flows (the
+    first count) added up per protocol under ``PROTO/other``: FTP data and one-off ports, for a table."""
+    out: dict[str, list[int]] = {}
+    for s, c in counts.items():
+        key = s if c[0] >= least else f"{s.split('/')[0]}/other (services of < {least} flows)"
+        e = out.setdefault(key, [0] * len(c))
+        for j, x in enumerate(c):
+            e[j] += x
+    return dict(sorted(out.items(), key=lambda x: -x[1][0]))
+
+
 @dataclass(slots=True)
 class Verdict:
     ts: float

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import __version__
 from ..fileio import atomic_write_bytes
-from ..verdict import Verdict, service_key
+from ..verdict import Verdict, fold_services, service_key
 from . import html_page as H
 
 TOP = 10
@@ -140,11 +140,7 @@ def write_report(
         e = per_service.setdefault(s, [0, 0])
         e[0] += 1
         e[1] += int(pred[i])
-    for s in [s for s, (n, _) in per_service.items() if n < SMALL_SERVICE]:  # FTP data, one-off ports
-        n, k = per_service.pop(s)
-        e = per_service.setdefault(s.split("/")[0] + f"/other (services of < {SMALL_SERVICE} flows)", [0, 0])
-        e[0] += n
-        e[1] += k
+    per_service = fold_services(per_service, SMALL_SERVICE)
     families: dict[str, list[int]] = {}
     for f, p, a in zip(fam, pred.tolist(), y.tolist(), strict=True):
         e = families.setdefault(f, [0, 0, int(a)])
