@@ -12,6 +12,7 @@ Flagged flows are left out: an attack must not look like drift, nor drift hide b
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Sequence
@@ -101,7 +102,11 @@ class DriftWatch:
 
     def __init__(self, baseline: Baseline, window: int = 2000, limit: float = 0.25) -> None:
         self.baseline, self.window, self.limit = baseline, window, limit
-        self.counts: dict[str, np.ndarray] = {}
+        # per service: its bin edges as a list (bisect: a scalar numpy call per flow cost more than the
+        # rest of the check), and its window's counts per bin and in all
+        self.edges = {k: e.tolist() for k, (e, _) in baseline.items()}
+        self.counts: dict[str, list[int]] = {}
+        self.n: dict[str, int] = {}
         self.drifted: dict[str, float] = {}  # service -> PSI of the window that raised its alarm
         self.last: dict[str, float] = {}  # service -> PSI of its last full window
 
@@ -118,16 +123,19 @@ class DriftWatch:
                 key = "*"
                 if key not in self.baseline:
                     continue
-            edges, expected = self.baseline[key]
             c = self.counts.get(key)
             if c is None:
-                c = self.counts[key] = np.zeros(len(expected), dtype=np.int64)
-            c[int(np.searchsorted(edges, v.score, side="right"))] += 1
-            if c.sum() < self.window:
+                c = self.counts[key] = [0] * (len(self.edges[key]) + 1)
+                self.n[key] = 0
+            c[bisect.bisect_right(self.edges[key], v.score)] += 1  # numpy's searchsorted(side="right")
+            self.n[key] += 1
+            if self.n[key] < self.window:
                 continue
-            p = self.last[key] = psi(c, expected)
-            share_high, expected_high = c[-1] / c.sum(), expected[-1]
-            c[:] = 0
+            expected = self.baseline[key][1]
+            p = self.last[key] = psi(np.array(c), expected)
+            share_high, expected_high = c[-1] / self.n[key], expected[-1]
+            c[:] = [0] * len(c)
+            self.n[key] = 0
             if p > self.limit and key not in self.drifted:
                 self.drifted[key] = p
                 out.append((key, (

@@ -36,7 +36,10 @@ class DayOneGuard:
     def __init__(self, window: int = 2000, share: float = 0.25, min_hosts: int = 10, warmup: int = 0) -> None:
         self.window, self.share, self.min_hosts = window, share, min_hosts
         self.warmup = warmup or window // 4
-        self.recent: deque[tuple[str, bool]] = deque(maxlen=window)
+        self.recent: deque[tuple[str, bool]] = deque()
+        # per originator in ``recent``: [its verdicts, its flagged ones]; kept as verdicts come and go, so
+        # a batch costs its own length, not the window's (the guard is on every shipped-model serve)
+        self.hosts: dict[str, list[int]] = {}
         self.pending = True
         self.engaged = False
         self.flagged_share = 0.0
@@ -46,14 +49,27 @@ class DayOneGuard:
     def add(self, verdicts: Sequence[Verdict]) -> str | None:
         """What changed with these verdicts: ``"on"`` (engaged), ``"off"`` (lifted), ``"fits"`` (the
         warm-up ended and the model fits), or None."""
-        self.recent.extend((v.src, v.anomalous) for v in verdicts)
+        recent, hosts = self.recent, self.hosts
+        for v in verdicts:
+            flagged = bool(v.anomalous)
+            recent.append((v.src, flagged))
+            h = hosts.get(v.src)
+            if h is None:
+                h = hosts[v.src] = [0, 0]
+            h[0] += 1
+            h[1] += flagged
+            self.flagged_hosts += flagged and h[1] == 1
+            if len(recent) > self.window:
+                src, was = recent.popleft()
+                h = hosts[src]
+                h[0] -= 1
+                h[1] -= was
+                self.flagged_hosts -= was and h[1] == 0
+                if h[0] == 0:
+                    del hosts[src]
         self.seen += len(verdicts)
         if self.seen < self.warmup:
             return None
-        hosts: dict[str, bool] = {}
-        for src, flagged in self.recent:
-            hosts[src] = hosts.get(src, False) or flagged
-        self.flagged_hosts = sum(hosts.values())
         self.flagged_share = self.flagged_hosts / max(1, len(hosts))
         misfit = self.flagged_share > self.share and self.flagged_hosts >= self.min_hosts
         was_pending, self.pending = self.pending, False
