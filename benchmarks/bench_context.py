@@ -31,7 +31,7 @@ from dpack.context.state import HostState  # noqa: E402
 from dpack.offline.context_fit import fit_context  # noqa: E402
 from dpack.prefix.flowset import extract  # noqa: E402
 from dpack.prefix.modelfile import load_model  # noqa: E402
-from dpack.prefix.scorer import Scorer  # noqa: E402
+from dpack.prefix.scorer import Scorer, sensor_order  # noqa: E402
 from dpack.verdict import Verdict  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def main() -> None:
         if not all(c.exists() for c in caps):
             caps = [ROOT / "samples" / "lab-sample.pcap.gz"]
         fs = extract([str(c) for c in caps], model.spec)
-        order = sorted(range(len(fs)), key=lambda i: (fs.samples[i].ready, fs.samples[i].ts))
+        order = sensor_order(fs.samples).tolist()
         samples = [fs.samples[i] for i in order]
         scorer = Scorer(model, explain="anomalous", cache_size=0)
         t0 = time.perf_counter()

@@ -45,6 +45,7 @@ def learn_from(
 
     from .prefix.flowset import extract
     from .prefix.modelfile import load_model
+    from .prefix.scorer import Scorer, in_flow_order, verdicts_in_sensor_order
     from .prefix.train import TrainOptions, train
     from .verdict import service_key
 
@@ -92,7 +93,9 @@ def learn_from(
             fit_context(load_model(tmp_model), [part], Path(d) / "ctx.pt", target_fpr=target_fpr)
             tmp_model = Path(d) / "ctx.pt"
         model = load_model(tmp_model)
-        vs = _decided(model, fs)
+        # the prefix scored once: the stage's model and the prefix-only one share the network and threshold
+        order, prefix = verdicts_in_sensor_order(Scorer(model, explain="none"), fs)
+        vs = _decided(model, order, prefix)
         flagged = np.array([v.anomalous for v in vs])
         prefix_flagged = np.array([v.score > model.threshold for v in vs])
         fpr = float(flagged[rest].mean()) if len(rest) else 1.0
@@ -106,8 +109,8 @@ def learn_from(
             )
             tmp_model = prefix_only
             model = load_model(tmp_model)
-            vs = _decided(model, fs)
-            flagged = prefix_flagged = np.array([v.score > model.threshold for v in vs])
+            vs = in_flow_order(order, prefix)
+            flagged = prefix_flagged
             fpr = alone
         report |= _learned(model, fs, vs, services, learned, back, learn_idx, rest, flagged, prefix_flagged)
         if fpr > max_fpr:
@@ -138,28 +141,18 @@ def learn_from(
     return res
 
 
-def _decided(model: Any, fs: Any) -> list[Verdict]:
-    """Every flow's verdict as ``dpack serve`` decides it (prefix, then the host-context stage over the
-    flows in the order a sensor sees them), in the flow set's order."""
-    import numpy as np
+def _decided(model: Any, order: Any, prefix: list[Verdict]) -> list[Verdict]:
+    """The flows' verdicts as ``dpack serve`` decides them: copies of the prefix verdicts (in sensor
+    order), the host-context stage over them when the model has one, back in the flow set's order."""
+    import dataclasses
 
     from .context.stage import ContextScorer
-    from .prefix.scorer import Scorer
+    from .prefix.scorer import in_flow_order
 
-    order = np.array(
-        sorted(range(len(fs)), key=lambda i: (fs.samples[i].ready, fs.samples[i].ts)), dtype=np.int64
-    )
-    scorer = Scorer(model, explain="none")
-    vs: list[Verdict] = []
-    for a in range(0, len(order), 8192):
-        sl = order[a : a + 8192]
-        vs += scorer.verdicts_encoded([fs.samples[i] for i in sl], fs.data[sl], fs.direction[sl])
+    vs = [dataclasses.replace(v, explanation=list(v.explanation)) for v in prefix]
     if model.context is not None:
         ContextScorer(model.context).apply(vs)
-    out: list[Verdict] = [vs[0]] * len(vs)
-    for k, i in enumerate(order.tolist()):
-        out[i] = vs[k]
-    return out
+    return in_flow_order(order, vs)
 
 
 def _learned(

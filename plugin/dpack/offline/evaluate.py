@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..prefix.flowset import FlowSet, extract
-from ..prefix.scorer import Scorer
+from ..prefix.scorer import Scorer, in_flow_order, verdicts_in_sensor_order
 from ..traffic.labels import labels_beside, read_labels, sample_key
 from ..verdict import Verdict
 
@@ -166,20 +166,10 @@ def evaluate_stages(model: Any, data: Labelled) -> tuple[dict[str, dict[str, Any
     Also returns the combined verdicts (what dpack decides), in ``data``'s order."""
     from ..context.stage import ContextScorer
 
-    order = sorted(
-        range(len(data.flows)), key=lambda i: (data.flows.samples[i].ready, data.flows.samples[i].ts)
-    )
-    idx = np.array(order, dtype=np.int64)
-    samples = [data.flows.samples[i] for i in order]
-    scorer = Scorer(model, explain="none")
-    y = data.is_attack[idx]
-    fam = [data.family[i] for i in order]
-    prefix: list[Verdict] = []  # scored once; each context stage decides copies of them
-    for a in range(0, len(samples), 8192):
-        sl = idx[a : a + 8192]
-        prefix += scorer.verdicts_encoded(
-            samples[a : a + 8192], data.flows.data[sl], data.flows.direction[sl]
-        )
+    # scored once; each context stage decides copies of them
+    order, prefix = verdicts_in_sensor_order(Scorer(model, explain="none"), data.flows)
+    y = data.is_attack[order]
+    fam = [data.family[i] for i in order.tolist()]
     scores = np.array([v.score for v in prefix])
     out = {"prefix": metrics(y, scores, model.threshold, fam)}
     out["prefix"]["until_flagged"] = until_flagged(prefix, scores > model.threshold, fam)
@@ -190,10 +180,7 @@ def evaluate_stages(model: Any, data: Labelled) -> tuple[dict[str, dict[str, Any
         pred = np.array([v.anomalous for v in vs])
         out[stage] = metrics(y, scores, model.context.threshold, fam, pred)
         out[stage]["until_flagged"] = until_flagged(vs, pred, fam)
-    decided: list[Verdict] = [vs[0]] * len(vs)
-    for k, i in enumerate(order):
-        decided[i] = vs[k]  # vs: the last stage's, "combined"
-    return out, decided
+    return out, in_flow_order(order, vs)  # vs: the last stage's, "combined"
 
 
 def until_flagged(

@@ -15,7 +15,7 @@ from ..traffic import handshake
 from ..traffic.fields import FIELD_NAMES, field_layout
 from ..traffic.flows import FlowSample
 from ..verdict import EXPLAIN_MODES, Verdict
-from .flowset import encode_samples
+from .flowset import FlowSet, encode_samples
 from .model import to_input
 from .modelfile import LoadedModel
 
@@ -187,3 +187,31 @@ class Scorer:
             for i, smp in enumerate(samples)
         ]
         return out
+
+
+def sensor_order(samples: Sequence[FlowSample]) -> np.ndarray:
+    """Indices of ``samples`` in the order a sensor decides them: by the time each flow's verdict is due,
+    then its first packet (what the host-context stage's histories need)."""
+    return np.array(
+        sorted(range(len(samples)), key=lambda i: (samples[i].ready, samples[i].ts)), dtype=np.int64
+    )
+
+
+def verdicts_in_sensor_order(
+    scorer: Scorer, flows: FlowSet, chunk: int = 8192
+) -> tuple[np.ndarray, list[Verdict]]:
+    """(``sensor_order`` of a flow set, its prefix verdicts in that order), scored ``chunk`` at a time."""
+    order = sensor_order(flows.samples)
+    vs: list[Verdict] = []
+    for a in range(0, len(order), chunk):
+        sl = order[a : a + chunk]
+        vs += scorer.verdicts_encoded([flows.samples[i] for i in sl], flows.data[sl], flows.direction[sl])
+    return order, vs
+
+
+def in_flow_order(order: np.ndarray, verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """Verdicts listed in ``order`` (``sensor_order``) put back in the flow set's own order."""
+    out: list[Verdict] = list(verdicts)
+    for k, i in enumerate(order.tolist()):
+        out[i] = verdicts[k]
+    return out
