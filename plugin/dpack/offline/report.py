@@ -120,7 +120,7 @@ def write_report(
     tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
     tn, fn = int((~pred & ~y).sum()), int((~pred & y).sum())
     op = (fp / max(1, fp + tn), tp / max(1, tp + fn))
-    plots = _plots(d, y, scores, model.threshold, (float(((scores > model.threshold) & ~y).sum() / max(1, (~y).sum())), float(((scores > model.threshold) & y).sum() / max(1, y.sum()))))  # fmt: skip
+    plots = _plots(d, y, scores, model.threshold, (m["fpr"], m["recall"]))  # the prefix threshold's point
     stage = "prefix model and host-context stage (combined)" if decided is not None else "prefix model"
     # the flows to show, with what made their scores (explanations of the stage where it decided)
     fa = [i for i in np.argsort(-scores, kind="stable").tolist() if pred[i] and not y[i]][:TOP]
