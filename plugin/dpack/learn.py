@@ -20,6 +20,13 @@ def _pcap_header(linktype: int) -> bytes:
     return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
 
 
+def pcap_record(ts: float, frame: bytes) -> bytes:
+    """One classic-pcap record (microseconds; a time that rounds up to the next second stays in its own)."""
+    sec = int(ts)
+    usec = min(999_999, int(round((ts - sec) * 1e6)))
+    return struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame
+
+
 def learn_from(
     recording: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -276,7 +283,5 @@ def _write_before(capture: str | os.PathLike[str], part: Path, cut: float) -> No
     for ts, lt, fr in frames:
         if lt != linktype:
             continue
-        sec = int(ts)
-        usec = min(999_999, int(round((ts - sec) * 1e6)))
-        out += struct.pack("<IIII", sec, usec, len(fr), len(fr)) + fr
+        out += pcap_record(ts, fr)
     part.write_bytes(bytes(out))

@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import struct
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from ..config import LearnConfig
-from ..learn import _pcap_header
+from ..learn import _pcap_header, pcap_record
 from ..traffic.encode import PrefixSpec
 from ..traffic.flows import FlowSample
 from ..verdict import Verdict
@@ -94,9 +93,8 @@ class Learner:
                 self.skipped += 1
                 continue
             for i, fr in enumerate(s.frames):
-                t = s.ts + i * 1e-6  # the export has each flow's first time; its packets follow it in order
-                sec, usec = int(t), int(round((t % 1) * 1e6)) % 1_000_000
-                self.fh.write(struct.pack("<IIII", sec, usec, len(fr.data), len(fr.data)) + fr.data)
+                # the export has each flow's first time; its packets follow it in order
+                self.fh.write(pcap_record(s.ts + i * 1e-6, fr.data))
                 self.bytes += 16 + len(fr.data)
             self.flows += 1
             self.first_ts = s.ts if self.first_ts is None else min(self.first_ts, s.ts)
