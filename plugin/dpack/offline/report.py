@@ -141,11 +141,10 @@ def write_report(
         e[0] += 1
         e[1] += int(pred[i])
     per_service = fold_services(per_service, SMALL_SERVICE)
-    families: dict[str, list[int]] = {}
-    for f, p, a in zip(fam, pred.tolist(), y.tolist(), strict=True):
-        e = families.setdefault(f, [0, 0, int(a)])
-        e[0] += 1
-        e[1] += int(p)
+    # per family at the operating point: evaluate's metrics of the deciding stage hold it already
+    attack = {f for f, a in zip(fam, y.tolist(), strict=True) if a}
+    per_family = (m["stages"]["combined"] if decided is not None else m)["per_family"]
+    families = {f: [e["flows"], e["detected"], int(f in attack)] for f, e in per_family.items()}
     card = model.meta.get("provenance", {}) if isinstance(model.meta.get("provenance"), dict) else {}
     created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     head = [
