@@ -93,6 +93,8 @@ def test_one_bad_value_per_batch_never_stops_serve_or_its_other_samples(start, p
     sent += 10
     wait_for(lambda: len(peer.verdicts()) == sent, what="verdicts of the well-formed samples")
     wait_for(lambda: run.m["samples_skipped"] == len(BAD_SAMPLE_VALUES), what="skips counted")
+    # a worker's counters reach the parent after its verdicts, and the malformed header's after the skips
+    wait_for(lambda: run.m["messages_malformed"] >= 1, what="the malformed header counted")
     assert run.m["messages_malformed"] == 1
     assert run.thread.is_alive() and peer.connected.is_set() and run.m["reconnects"] == 1
     if workers:
