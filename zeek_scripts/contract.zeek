@@ -9,7 +9,7 @@ module DPack;
 export {
 	## Version of this contract. The scorer refuses batches of another version and answers with
 	## :zeek:see:`DPack::scorer_refused`.
-	const contract_version = 4;
+	const contract_version = 5;
 
 	## Upper bound of a batch's size on the wire (Broker's JSON text, bytes). A batch is
 	## published early when its estimated size would pass it; the scorer refuses larger
@@ -96,6 +96,10 @@ export {
 		sent: time;
 		## Seconds the scorer took from receipt to verdict.
 		scorer_latency: double;
+		## Which detector decided: "prefix" (the first packets alone) or "context" (the
+		## host-context stage: the flow in the context of its originator's recent flows; then
+		## ``score`` may be under ``threshold`` and the explanation names ``host.*`` features).
+		detector: string;
 	};
 
 	## The summary of one finished connection (the fields of ``conn.log`` the flow-record

@@ -146,8 +146,8 @@ export {
 		latency: interval &log &optional;
 		## Time the scorer spent on the sample.
 		scorer_latency: interval &log &optional;
-		## Which detector: "prefix" (first packets), "records" or "classifier" (connection
-		## summaries).
+		## Which detector: "prefix" (first packets), "context" (the host-context stage, at
+		## the same moment), "records" or "classifier" (connection summaries).
 		detector: string &log &default="prefix";
 		## The classifier's attack category of the connection, when one is configured.
 		category: string &log &optional;
@@ -632,7 +632,8 @@ event DPack::verdicts(batch: vector of Verdict)
 		local info = Info($ts=network_time(), $uid=v$uid, $id=id, $score=v$score,
 		    $threshold=v$threshold, $anomalous=v$anomalous,
 		    $model=v$model, $latency=now - v$sent,
-		    $scorer_latency=double_to_interval(v$scorer_latency));
+		    $scorer_latency=double_to_interval(v$scorer_latency),
+		    $detector=v$detector);
 		if ( v$explanation != "" )
 			info$explanation = v$explanation;
 		if ( v$community_id != "" )
@@ -640,11 +641,11 @@ event DPack::verdicts(batch: vector of Verdict)
 		Log::write(DPack::LOG, info);
 
 		# "guarded:": the scorer's day-one guard holds notices (see DPack::scorer_status)
-		# a flow the prefix scored under its threshold was flagged by the host-context stage
-		# (its explanation names the host.* features)
+		# detector "context": the host-context stage flagged the flow (its explanation names
+		# the host.* features; the prefix score may be under its threshold)
 		if ( v$anomalous && ! starts_with(v$model, "guarded:") )
 			NOTICE([$note=Anomalous_Flow, $uid=v$uid, $id=id,
-			    $msg=v$score > v$threshold ? fmt("dpack: anomalous flow (score %.4g > threshold %.4g, model %s)",
+			    $msg=v$detector != "context" ? fmt("dpack: anomalous flow (score %.4g > threshold %.4g, model %s)",
 			    v$score, v$threshold, v$model) : fmt("dpack: anomalous flow in its host context (score %.4g <= threshold %.4g, model %s)",
 			    v$score, v$threshold, v$model), $sub=v$explanation,
 			    $identifier=cat(v$orig_h, v$resp_h, v$resp_p),

@@ -14,6 +14,14 @@ EXPLAIN_MODES = ("anomalous", "all", "none")  # which verdicts carry an explanat
 CONNECTION_DETECTORS = frozenset({"records", "classifier"})
 
 
+def sensor_millis(ts: float) -> int:
+    """A time as Zeek's JSON carries it: whole milliseconds since the epoch, truncated (Broker's JSON
+    encoder takes ``duration_cast<milliseconds>``, which rounds toward zero), so that offline and live
+    runs see the same times. Through whole microseconds first: a float of seconds near 1.8e9 times 1000
+    is off by up to 2.4e-4 ms, enough to floor an exact millisecond to the one before."""
+    return round(ts * 1e6) // 1000
+
+
 def service_key(proto: str, port: int) -> str:
     """A flow's service: its protocol name and responder port (``tcp/22``)."""
     return f"{proto}/{port}"

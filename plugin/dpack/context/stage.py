@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from ..verdict import Verdict, service_key
+from ..verdict import Verdict, sensor_millis, service_key
 from .state import FEATURES, HostKey, HostState, prefix_feature
 
 COLUMNS = ("prefix.score", *FEATURES)
@@ -286,7 +286,7 @@ def context_rows(state: HostState, verdicts: Sequence[Verdict]) -> tuple[np.ndar
     observe, add = state.observe, state.add
     for v in verdicts:
         # times to the millisecond: what Zeek's JSON carries, so live and offline histories agree
-        t = round(v.ts * 1000) / 1000
+        t = sensor_millis(v.ts) / 1000
         host, feats = observe(v.src, t, v.dst, v.dport, v.failed)
         out.append([prefix_feature(v.score, v.threshold), *feats])
         hosts.append(host)
@@ -336,7 +336,7 @@ class ContextScorer:
                 if not prefix_said:
                     v.detector = "context"
                 v.explanation = named + [e for e in v.explanation if e not in named]
-                v.host_alarms = self.state.alarm(hosts[i], round(v.ts * 1000) / 1000, *self.escalation)
+                v.host_alarms = self.state.alarm(hosts[i], sensor_millis(v.ts) / 1000, *self.escalation)
             else:  # the prefix alone flagged it, in an ordinary host context
                 v.explanation = []
         for v, s in zip(verdicts, score.tolist(), strict=True):

@@ -265,7 +265,11 @@ def encode_verdicts(
             common |= {"detector": v.detector, "category": v.category, "confidence": v.confidence}
             recs.append(_record_json(C.CONNECTION_VERDICT, common))
         else:
-            recs.append(_record_json(C.VERDICT, common | {"explanation": ",".join(v.explanation)}))
+            recs.append(
+                _record_json(
+                    C.VERDICT, common | {"explanation": ",".join(v.explanation), "detector": v.detector}
+                )
+            )
     name = C.CONNECTION_VERDICTS_EVENT if connection else C.VERDICTS_EVENT
     return _event_json(topic, name, '{"@data-type":"vector","data":[' + ",".join(recs) + "]}")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 # 2: connection summaries and their verdicts (flow-record detectors); 3: max_wait in the batch header,
 # each sample's ready time, the IP protocol number as ``proto`` (Zeek's unknown_transport connections too);
 # 4: ``DPack::scorer_status`` (drift and the day-one guard)
-CONTRACT_VERSION = 4
+CONTRACT_VERSION = 5
 
 # Zeek -> scorer
 SAMPLES_EVENT = "DPack::samples"  # (hdr: BatchHeader, batch: vector of Sample)
@@ -71,6 +71,7 @@ VERDICT: tuple[Field, ...] = (
     ("community_id", "string"),  # string
     ("sent", "timestamp"),  # time: the batch header's ``sent``, echoed (Zeek computes the round trip)
     ("scorer_latency", "real"),  # double: seconds from receipt to verdict inside the scorer
+    ("detector", "string"),  # string: "prefix" or "context" (the host-context stage decided; v5)
 )
 
 CONNECTION: tuple[Field, ...] = (

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CodecError, FrameTooLarge
+from ..verdict import sensor_millis
 from .contract import CONNECTIONS_EVENT
 
 # A text frame larger than this is refused before parsing. Zeek publishes a batch before its text would
@@ -98,8 +99,8 @@ class Invalid:
 
 @functools.lru_cache(maxsize=256)  # a batch's verdicts all echo the same ``sent`` time
 def _ts_to_iso(ts: float) -> str:
-    """Zeek's JSON form of a ``time``: ISO 8601, UTC, no zone, milliseconds."""
-    ms = round(ts * 1000)
+    """Zeek's JSON form of a ``time``: ISO 8601, UTC, no zone, milliseconds (truncated, as Zeek's)."""
+    ms = sensor_millis(ts)
     dt = _dt.datetime.fromtimestamp(ms // 1000, _dt.UTC).replace(tzinfo=None)
     return f"{dt.strftime('%Y-%m-%dT%H:%M:%S')}.{ms % 1000:03d}"
 

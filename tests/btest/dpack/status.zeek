@@ -16,7 +16,7 @@ function verdict(uid: string, model: string): DPack::Verdict
 	    $resp_h=198.51.100.20, $resp_p=22/tcp, $score=0.5, $threshold=0.1,
 	    $anomalous=T, $model=model, $explanation="p2.absent",
 	    $community_id="1:abc=", $sent=double_to_time(1700000000.0),
-	    $scorer_latency=0.002);
+	    $scorer_latency=0.002, $detector="prefix");
 	}
 
 event zeek_init() &priority=-10
