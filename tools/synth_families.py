@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import heapq
-import io
 import random
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import dpkt
+import pcaprec
 
 FLOOD, HTTP_BF, SSH_BF, SCAN, LOADTEST = (
     "10.201.1.201",
@@ -53,32 +52,27 @@ SERVICES = {
 }
 
 
-def _open(path: Path) -> io.BufferedIOBase:
-    raw = path.read_bytes()
-    return io.BytesIO(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+# (microseconds, captured bytes, wire length): a cut capture's records keep the length the packet had on
+# the wire, or Zeek drops every packet shorter than its IP length (see tools/pcaprec.py)
+Frame = tuple[int, bytes, int]
 
 
-def read_frames(path: Path) -> list[tuple[int, bytes]]:
-    """(microseconds, frame) of every frame."""
-    out = []
-    for ts, buf in dpkt.pcap.Reader(_open(path)):
-        out.append((int(round(ts * 1e6)), bytes(buf)))
-    return out
+def read_frames(path: Path) -> list[Frame]:
+    """Every frame of a capture."""
+    return [(int(round(r.ts * 1e6)), r.data, r.wire_len) for r in pcaprec.read(path)[2]]
 
 
-def exchanges(
-    frames: list[tuple[int, bytes]], labels: Path
-) -> dict[str, list[list[tuple[int, bytes, bool]]]]:
-    """Family -> flows, each its frames (us, bytes, from the originator), for the services above; a flow's
-    frames are those of its 5-tuple within 10 s of its first packet."""
+def exchanges(frames: list[Frame], labels: Path) -> dict[str, list[list[tuple[int, bytes, bool, int]]]]:
+    """Family -> flows, each its frames (us, bytes, from the originator, wire length), for the services
+    above; a flow's frames are those of its 5-tuple within 10 s of its first packet."""
     want: dict[tuple[str, int, str, int, str], tuple[int, str]] = {}
     with open(labels, newline="") as fh:
         for row in csv.DictReader(fh):
             if row["family"] in SERVICES and row["proto"] in ("tcp", "udp"):
                 key = (row["src"], int(row["sport"]), row["dst"], int(row["dport"]), row["proto"])
                 want.setdefault(key, (int(round(float(row["ts_first"]) * 1e6)), row["family"]))
-    flows: dict[tuple[str, int, str, int, str], list[tuple[int, bytes, bool]]] = defaultdict(list)
-    for us, buf in frames:
+    flows: dict[tuple[str, int, str, int, str], list[tuple[int, bytes, bool, int]]] = defaultdict(list)
+    for us, buf, wire in frames:
         eth = dpkt.ethernet.Ethernet(buf)
         ip = eth.data
         if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, (dpkt.tcp.TCP, dpkt.udp.UDP)):
@@ -91,9 +85,9 @@ def exchanges(
         ):
             first = want.get(key)
             if first is not None and 0 <= us - first[0] <= 10_000_000:
-                flows[key].append((us, buf, orig))
+                flows[key].append((us, buf, orig, wire))
                 break
-    out: dict[str, list[list[tuple[int, bytes, bool]]]] = defaultdict(list)
+    out: dict[str, list[list[tuple[int, bytes, bool, int]]]] = defaultdict(list)
     for key, frs in flows.items():
         if frs and frs[0][2]:  # starts with the originator's packet
             out[want[key][1]].append(frs)
@@ -103,13 +97,13 @@ def exchanges(
 
 
 def replay(
-    flow: list[tuple[int, bytes, bool]], start_us: int, src: str, sport: int, dst: str | None
-) -> list[tuple[int, bytes]]:
+    flow: list[tuple[int, bytes, bool, int]], start_us: int, src: str, sport: int, dst: str | None
+) -> list[Frame]:
     """The flow's frames from ``start_us`` on, the originator re-addressed to ``src``:``sport`` (and the
     responder to ``dst``), checksums recomputed."""
     t0 = flow[0][0]
     out = []
-    for us, buf, orig in flow:
+    for us, buf, orig, wire in flow:
         eth = dpkt.ethernet.Ethernet(buf)
         ip = eth.data
         l4 = ip.data
@@ -127,7 +121,7 @@ def replay(
         l4.sum = 0
         ip.data = l4
         eth.data = ip
-        out.append((start_us + (us - t0), bytes(eth)))
+        out.append((start_us + (us - t0), bytes(eth), wire))
     return out
 
 
@@ -138,17 +132,22 @@ def _a(addr: str) -> bytes:
 
 
 def build(
-    frames: list[tuple[int, bytes]], ex: dict[str, list[list[tuple[int, bytes, bool]]]], seed: int
-) -> tuple[list[tuple[int, bytes]], list[dict[str, object]]]:
+    frames: list[Frame], ex: dict[str, list[list[tuple[int, bytes, bool, int]]]], seed: int
+) -> tuple[list[Frame], list[dict[str, object]]]:
     rng = random.Random(seed)
     t0 = frames[0][0]
     span = frames[-1][0] - t0
-    made: list[tuple[int, bytes]] = []
+    made: list[Frame] = []
     labels: list[dict[str, object]] = []
     ports = iter(range(20000, 65000))
 
     def add(
-        flow: list[tuple[int, bytes, bool]], at: int, src: str, fam: str, label: str, dst: str | None = None
+        flow: list[tuple[int, bytes, bool, int]],
+        at: int,
+        src: str,
+        fam: str,
+        label: str,
+        dst: str | None = None,
     ) -> None:
         sport = next(ports)
         frs = replay(flow, at, src, sport, dst)
@@ -201,11 +200,8 @@ def build(
     return made, labels
 
 
-def write_pcap(path: Path, frames: list[tuple[int, bytes]]) -> None:
-    with open(path, "wb") as fh:
-        w = dpkt.pcap.Writer(fh, snaplen=65535, linktype=1)
-        for us, buf in frames:
-            w.writepkt(buf, ts=us / 1e6)
+def write_pcap(path: Path, frames: list[Frame]) -> None:
+    pcaprec.write(path, (pcaprec.Record(us / 1e6, buf, wire) for us, buf, wire in frames), snaplen=65535)
 
 
 def main(argv: list[str] | None = None) -> int:
