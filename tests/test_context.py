@@ -257,3 +257,68 @@ def test_rules_escalate_on_the_stage_s_host_count_an_ipv6_attacker_counts_per_64
         book = RuleBook(Policy(threshold_flows=5), tmp_path / f"r{with_stage}.rules")
         added = book.observe(attack, now=0.0)
         assert added == ([f"src:2001:db8:1:2::{i:x}" for i in range(5, 9)] if with_stage else [])
+
+
+def test_real_zeek_and_serve_with_workers_decide_host_context_as_dpack_score(zeek, tmp_path):
+    """The real Zeek (``zeek -r`` with ``DPack::score_traces``) exports the lab sample merged with flows
+    that are ordinary one by one (tools/synth_families.py: a flood of GETs, brute forces, a slow sweep,
+    a benign load test) to ``dpack serve`` with two scoring workers and the shipped model with a stage
+    fitted on lab-dev benign-train (``dpack train-context``); every
+    verdict in dpack.log is the one ``dpack score`` gives the same capture (decision, detector and
+    explanation), the stage flags flows the prefix does not, and the flood's host raises a notice."""
+    import subprocess
+    import sys
+
+    import zeeklab
+    from conftest import LAB_DEV, ROOT
+
+    from dpack.offline.context_fit import fit_context
+    from dpack.prefix.modelfile import load_model
+
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "synth_families.py"), str(SAMPLE), str(tmp_path / "synth")],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    benign = LAB_DEV / "benign-train.pcap.gz"
+    if not benign.exists():
+        pytest.skip("lab-dev is not beside the repository")
+    capture = tmp_path / "synth" / "val-synth.pcap"
+    model = tmp_path / "ctx.pt"
+    fit_context(load_model(DEFAULT_MODEL), [benign], model)
+    offline = {}
+    for o in zeeklab.offline_verdicts(
+        [capture], tmp_path / "offline.jsonl", ["--model", str(model), "--explain", "anomalous"]
+    ):
+        offline.setdefault((o["src"], o["sport"], o["dst"], o["dport"]), []).append(o)
+
+    ws, mport = zeeklab.free_port(), zeeklab.free_port()
+    (tmp_path / "dpack.yaml").write_text(
+        f"model: {model}\n"
+        f"zeek: {{url: 'ws://127.0.0.1:{ws}/v1/messages/json', reconnect_max: 0.5}}\n"
+        f"serve: {{alerts: '', metrics_port: {mport}, log_interval: 1.0, watch: false, workers: 2}}\n"
+    )
+    serve = subprocess.Popen(
+        [*zeeklab.dpack_cmd(), "serve", "--config", str(tmp_path / "dpack.yaml")],
+        cwd=tmp_path, stdout=open(tmp_path / "serve.out", "w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        logs = zeeklab.read_with_zeek(capture, tmp_path / "zeek", ws, zeeklab.site_dir(tmp_path))
+    finally:
+        zeeklab.stop(serve)
+    live = [e for e in zeeklab.read_zeek_log(logs / "dpack.log") if e["detector"] in ("prefix", "context")]
+    conns = [c for c in zeeklab.read_zeek_log(logs / "conn.log") if c["proto"] in ("tcp", "udp", "icmp")]
+    assert len(conns) > 2500 and len({e["uid"] for e in live}) == len(live) == len(conns)
+    differ = []
+    for e in live:
+        key = (e["id.orig_h"], int(e["id.orig_p"]), e["id.resp_h"], int(e["id.resp_p"]))
+        (o,) = offline[key]  # every 5-tuple of this capture is one connection
+        flagged = e["anomalous"] == "T"
+        said = (flagged, e["detector"], e["explanation"] if flagged else "")
+        want = (o["anomalous"], o.get("detector", "prefix"), ",".join(o["explanation"]) if flagged else "")
+        if said != want:
+            differ.append((key, said, want))
+    assert differ == [], differ[:3]
+    by_stage = [e for e in live if e["detector"] == "context"]
+    assert len(by_stage) > 100 and all(e["explanation"].startswith("host.") for e in by_stage)
+    noticed = {n["id.orig_h"] for n in zeeklab.read_zeek_log(logs / "notice.log")}
+    assert "10.201.1.201" in noticed  # the flood of GETs (tools/synth_families.py FLOOD)

@@ -170,13 +170,7 @@ def test_serve_learns_the_site_from_the_real_zeek_then_detects(zeek, tmp_path, s
     site = zeeklab.site_dir(tmp_path)
 
     def zeek_r(pcap, name):
-        d = tmp_path / name
-        d.mkdir()
-        r = subprocess.run(
-            ["zeek", "-C", "-r", str(pcap), "dpack", "DPack::score_traces=T", f"DPack::listen_port={ws}/tcp"],
-            cwd=d, env=zeeklab.zeek_env(site), capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr[-2000:]
+        d = zeeklab.read_with_zeek(pcap, tmp_path / name, ws, site)
         return zeeklab.read_zeek_log(d / "dpack.log"), zeeklab.read_zeek_log(d / "notice.log")
 
     def state():

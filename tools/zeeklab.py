@@ -100,6 +100,19 @@ def zeek_env(site: Path) -> dict[str, str]:
     return env
 
 
+def read_with_zeek(pcap: Path, workdir: Path, ws_port: int, site: Path, timeout: float = 300) -> Path:
+    """``zeek -r pcap`` with ``@load dpack`` and ``DPack::score_traces=T`` (it waits for a scorer on
+    ``ws_port`` and for every verdict, as a live sensor would), in ``workdir``, which keeps its logs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(
+        ["zeek", "-C", "-r", str(pcap), "dpack", "DPack::score_traces=T", f"DPack::listen_port={ws_port}/tcp"],
+        cwd=workdir, env=zeek_env(site), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if r.returncode != 0:
+        raise RuntimeError(f"zeek -r {pcap.name} failed: {r.stderr[-2000:]}")
+    return workdir
+
+
 # --- captures ----------------------------------------------------------------------------------------------
 
 
