@@ -117,7 +117,9 @@ class Pipeline:
         self.queue: deque[Queued] = deque()
         self.stop = asyncio.Event()  # stop taking samples; ``run`` returns once the queue is scored
         self.wakeup = asyncio.Event()
-        self.count_refusals = True  # a part of a shared batch leaves refusals to part 0 (workers.py)
+        # a part of a batch shared among workers leaves what concerns the whole message (a refusal, a
+        # message that does not decode or fit the contract) to part 0 (workers.py): counted once
+        self.counts_message = True
         self.learner: Any = None  # learning mode (serve/learning.py): records samples, marks verdicts
         self._watch_model(model)
 
@@ -202,8 +204,9 @@ class Pipeline:
             self.ratelog(logging.WARNING, "too-large", "batch dropped: %s (%d entries)", err, err.entries)
             return
         except CodecError as err:
-            self.metrics.inc("messages_malformed")
-            self.ratelog(logging.WARNING, "malformed", "message from Zeek skipped: %s", err)
+            if self.counts_message:
+                self.metrics.inc("messages_malformed")
+                self.ratelog(logging.WARNING, "malformed", "message from Zeek skipped: %s", err)
             return
         if not self.cfg.detectors.prefix:
             self.metrics.inc("flows_ignored", len(batch.samples))
@@ -213,7 +216,7 @@ class Pipeline:
     async def _refuse(self, topic: str, reason: str, kind: str) -> None:
         """``kind`` (version, prefix) keys the rate limit: the reason names the node, and a peer that
         makes up a new node name for every batch must not get a log line for each."""
-        if not self.count_refusals:
+        if not self.counts_message:
             return
         self.metrics.inc("batches_refused")
         self.ratelog(logging.ERROR, "refuse-" + kind, "batch refused: %s", reason)
@@ -255,8 +258,9 @@ class Pipeline:
             return
         h = batch.header
         if not valid_topic(h.reply_topic):
-            self.metrics.inc("messages_malformed")
-            self.ratelog(logging.WARNING, "topic", "batch with an unusable reply topic skipped")
+            if self.counts_message:
+                self.metrics.inc("messages_malformed")
+                self.ratelog(logging.WARNING, "topic", "batch with an unusable reply topic skipped")
             return
         room = self.cfg.serve.queue_size - len(self.queue)
         take = batch.samples[: max(room, 0)]

@@ -176,8 +176,8 @@ class PipeOutput:
 async def _on_part(pipeline: Pipeline, raw: Any, received: float, index: int, parts: int) -> None:
     """Part ``index`` of ``parts`` of a batch the parent handed whole to several idle workers: each parses
     the frame and takes its share of the entries. Anything that is not such a batch (or has fewer entries
-    than parts) is handled whole by part 0 only, so each message is counted once; refusals, the same for
-    every part, are counted by part 0 only."""
+    than parts) is handled whole by part 0 only, so each message is counted once; refusals and a message
+    that does not decode or fit the contract, the same for every part, are counted by part 0 only."""
     share = None
     if not (isinstance(raw, str | bytes) and len(raw) > MAX_FRAME_TEXT):  # too large: part 0 refuses it
         try:
@@ -189,11 +189,11 @@ async def _on_part(pipeline: Pipeline, raw: Any, received: float, index: int, pa
         except (ValueError, RecursionError):
             share = None
     if share is not None and index < len(share):
-        pipeline.count_refusals = index == 0
+        pipeline.counts_message = index == 0
         try:
             await pipeline.on_message(share[index], received)
         finally:
-            pipeline.count_refusals = True
+            pipeline.counts_message = True
     elif index == 0:
         await pipeline.on_message(raw, received)
     else:
