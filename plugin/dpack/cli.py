@@ -635,9 +635,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if data.unlabelled:
         print(f"note: {data.unlabelled} flows had no label row and were left out")
+    with_stage = model.context is not None and cfg.detectors.context
+    if with_stage:
+        print("the prefix model alone (the first packets; the host-context stage follows):")
     print(format_table(m, attack_fams))
-    if model.context is not None and cfg.detectors.context:
-        from .offline.evaluate import evaluate_stages, format_stages
+    if with_stage:
+        from .offline.evaluate import evaluate_stages, format_headline, format_stages
 
         stages, decided = evaluate_stages(model, data)
         bar.update()
@@ -646,6 +649,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "\nsame flows, by stage (prefix alone, host context alone, combined; combined is what dpack uses):"
         )
         print(format_stages(stages, attack_fams))
+        print("\ncombined, what dpack decides:\n" + format_headline(stages["combined"]))
         m["stages"] = stages
     if args.records_model:
         from .records.recordae import load_record_model

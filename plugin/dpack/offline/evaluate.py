@@ -140,12 +140,17 @@ def evaluate(scorer: Scorer, data: Labelled) -> tuple[dict[str, Any], np.ndarray
     return metrics(data.is_attack, scores, scorer.model.threshold, data.family), scores
 
 
+def format_headline(m: dict[str, Any]) -> str:
+    return (
+        f"accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+        f"f1 {m['f1']:.4f}\nfpr {m['fpr']:.4f}  fnr {m['fnr']:.4f}  auc {m['auc']:.4f}"
+    )
+
+
 def format_table(m: dict[str, Any], attack_families: set[str]) -> str:
     lines = [
         f"flows {m['flows']}  threshold {m['threshold']:.6g}",
-        f"accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
-        f"f1 {m['f1']:.4f}",
-        f"fpr {m['fpr']:.4f}  fnr {m['fnr']:.4f}  auc {m['auc']:.4f}",
+        format_headline(m),
         "",
         f"{'family':<24} {'kind':<7} {'flows':>7} {'flagged':>8} {'share':>7}",
     ]
