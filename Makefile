@@ -63,9 +63,12 @@ bench: install
 # Rebuild the shipped default model from lab-dev benign-train (see models/MODEL_CARD.md). N, L and the
 # policy are the library's defaults (traffic/encode.py), so they are not repeated here.
 DATA ?= ../shared/datasets/lab-dev
+# The host-context stage is fitted on the same capture, on top of the prefix model just trained.
 model: install
 	$(BIN)/dpack train $(DATA)/benign-train.pcap.gz --out models/dpack-default.pt --arch fast \
 	  --target-fpr 0.005 --name dpack-default
+	$(BIN)/dpack train-context $(DATA)/benign-train.pcap.gz --model models/dpack-default.pt \
+	  --out models/dpack-default.pt --target-fpr 0.005
 
 clean:
 	rm -rf $(VENV) verdicts.jsonl demo-report demo-report.txt

@@ -16,6 +16,19 @@ DEFAULT_MODEL = ROOT / "models" / "dpack-default.pt"
 LAB_DEV = ROOT.parent / "shared" / "datasets" / "lab-dev"
 
 
+def offline_verdicts(model, capture=None):
+    """Every flow's verdict of ``capture`` (the sample) as ``dpack score`` gives it with ``model``: the
+    prefix model, then its host-context stage when the file has one (what ``dpack serve`` applies)."""
+    from dpack.context.stage import ContextScorer
+    from dpack.offline.score import score_capture
+    from dpack.prefix.scorer import Scorer
+
+    out = []
+    stage = ContextScorer(model.context) if model.context is not None else None
+    score_capture(capture or SAMPLE, Scorer(model), on_verdicts=out.extend, context=stage)
+    return out
+
+
 @pytest.fixture(scope="session")
 def default_model():
     from dpack.prefix.modelfile import load_model

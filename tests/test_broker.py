@@ -16,15 +16,13 @@ import time
 
 import pytest
 import zeeklab
-from conftest import DEFAULT_MODEL, ROOT, SAMPLE
+from conftest import DEFAULT_MODEL, ROOT, SAMPLE, offline_verdicts
 from test_serve import Running, free_port, wait_for
 from zeekpeer import samples_from_pcap
 
 from dpack.config import load_config
 from dpack.errors import DpackError
-from dpack.offline.score import score_capture
 from dpack.prefix.modelfile import load_model
-from dpack.prefix.scorer import Scorer
 from dpack.zeek import contract as C
 
 broker = pytest.importorskip("broker", reason="Zeek's Broker Python bindings are not installed")
@@ -153,12 +151,7 @@ def test_verdicts_over_native_broker_equal_offline_scoring(tmp_path, sample_recs
         names = [n for n, _ in C.VERDICT]
         by_uid = {v[0]: dict(zip(names, v, strict=True)) for v in verdicts}
         assert set(by_uid) == {r["uid"] for r in sample_recs} and run.m["flows_scored"] == len(sample_recs)
-        offline = {}
-        score_capture(
-            SAMPLE,
-            Scorer(load_model(DEFAULT_MODEL)),
-            on_verdicts=lambda vs: offline.update({(round(v.ts, 6), v.src, v.sport): v for v in vs}),
-        )
+        offline = {(round(v.ts, 6), v.src, v.sport): v for v in offline_verdicts(load_model(DEFAULT_MODEL))}
         for r in sample_recs:
             v = by_uid[r["uid"]]
             o = offline[(round(r["ts"], 6), r["orig_h"], r["orig_p"].number)]

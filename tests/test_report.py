@@ -102,11 +102,20 @@ def test_the_report_page_reads_right_in_a_browser(report, tmp_path):
     assert sorted(s for s, _ in loaded) == ["pr.png", "roc.png", "scores.png"] and all(
         int(w) > 300 for _, w in loaded
     )
-    fa = re.search(r"<h2>(Top (\d+) false alarms[^<]*)</h2>", dom)
-    assert fa and int(fa.group(2)) == min(10, c["fp"])
-    rows = _cells(dom, fa.group(1))
-    assert rows[0][-1] == "what made the score" and len(rows) == 1 + int(fa.group(2))
-    assert all(r[-1] not in ("", "-") for r in rows[1:])  # each false alarm says what made its score
+    # the false alarms and the misses (whichever the sample has: the shipped stage may leave none of one),
+    # each flow with what made its score
+    shown = 0
+    for what, count in (("false alarms", c["fp"]), ("misses", c["fn"])):
+        sec = re.search(rf"<h2>(Top (\d+) {what}[^<]*)</h2>", dom)
+        assert sec and int(sec.group(2)) == min(10, count), what
+        rows = _cells(dom, sec.group(1))
+        if count == 0:
+            assert rows == [] and ">none</p>" in dom.split(sec.group(1), 1)[1].split("<h2>", 1)[0]
+            continue
+        assert rows[0][-1] == "what made the score" and len(rows) == 1 + int(sec.group(2))
+        assert all(r[-1] not in ("", "-") for r in rows[1:])
+        shown += len(rows) - 1
+    assert shown > 0
     # and the screenshot is a page, not a blank
     import matplotlib.image
 

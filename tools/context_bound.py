@@ -22,11 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 
-from dpack.context.stage import context_rows  # noqa: E402
-from dpack.context.state import HostState  # noqa: E402
-from dpack.offline.evaluate import labelled_pcap  # noqa: E402
-from dpack.prefix.modelfile import load_model  # noqa: E402
-from dpack.prefix.scorer import Scorer, verdicts_in_sensor_order  # noqa: E402
+from dpack.context.stage import context_rows
+from dpack.context.state import HostState
+from dpack.offline.evaluate import labelled_pcap
+from dpack.prefix.modelfile import load_model
+from dpack.prefix.scorer import Scorer, verdicts_in_sensor_order
 
 
 def bound(rows: np.ndarray, reference: np.ndarray) -> np.ndarray:
