@@ -3,6 +3,7 @@ for dpack score (one process or shards) and the live pipeline."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -109,6 +110,34 @@ def test_a_flood_of_ordinary_requests_is_caught_by_its_host_context():
     assert len(caught) >= 200 and all(x.detector == "context" for x in caught)
     assert caught[-1].explanation[0].startswith("host.")
     assert all(x.context_score is not None for x in benign + flood)
+
+
+def test_explain_none_leaves_the_stage_s_verdicts_unexplained_too(tmp_path, capsys):
+    """``--explain none`` (``scoring.explain: none``): no verdict names features, the stage's flagged
+    flows included (the shipped model on the sample with tools/synth_families.py's flows); the decisions
+    are those of the default explain mode."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from dpack.cli import main
+
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "synth_families.py"), str(SAMPLE), str(tmp_path / "synth")],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    runs = {}
+    for mode in ("anomalous", "none"):
+        out = tmp_path / f"{mode}.jsonl"
+        cap = tmp_path / "synth" / "val-synth.pcap"
+        assert main(["score", str(cap), "--verdicts", str(out), "--explain", mode]) == 0
+        runs[mode] = [json.loads(x) for x in out.read_text().splitlines()]
+    capsys.readouterr()
+    by_stage = [x for x in runs["anomalous"] if x.get("detector") == "context"]
+    assert by_stage and all(x["explanation"][0].startswith("host.") for x in by_stage)
+    assert [x["anomalous"] for x in runs["none"]] == [x["anomalous"] for x in runs["anomalous"]]
+    assert all(x["explanation"] == [] for x in runs["none"])
 
 
 def test_the_stage_round_trips_through_the_model_file_and_damage_is_refused(tmp_path):

@@ -462,7 +462,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             keep_top=args.top,
             workers=args.workers or cfg.scoring.processes(),
             on_verdicts=collected.extend if args.rules else None,
-            context=None if args.no_context else context_scorer(model, cfg),
+            context=None if args.no_context else context_scorer(model, cfg, explain=args.explain),
             progress=bar.update,
         )
     except BaseException:

@@ -266,15 +266,21 @@ def failed_rows(data: np.ndarray, direction: np.ndarray) -> np.ndarray:
     return no_answer | rst
 
 
-def context_scorer(model: Any, cfg: Any, enabled: bool = True) -> ContextScorer | None:
+def context_scorer(
+    model: Any, cfg: Any, enabled: bool = True, explain: str | None = None
+) -> ContextScorer | None:
     """The stage for a loaded prefix model (``model.context``) as the config sets it up (``detectors``:
-    on or off, hosts kept; ``rules``: the escalation it counts for), or None: no stage in the file, or off."""
+    on or off, hosts kept; ``rules``: the escalation it counts for; ``scoring.explain``, or ``explain``:
+    "none" names no features), or None: no stage in the file, or off."""
     ctx = getattr(model, "context", None)
     if not (enabled and cfg.detectors.context and ctx is not None):
         return None
     policy = cfg.rules_policy()
     return ContextScorer(
-        ctx, cfg.detectors.context_max_hosts, escalation=(policy.window, policy.threshold_flows)
+        ctx,
+        cfg.detectors.context_max_hosts,
+        escalation=(policy.window, policy.threshold_flows),
+        explain=(explain or cfg.scoring.explain) != "none",
     )
 
 
@@ -299,7 +305,8 @@ class ContextScorer:
     calls (a host's history spans batches). ``use_prefix=False`` scores the host context alone.
     ``escalation`` (the rules' window and flow count): each anomalous verdict carries the number of its
     host's anomalous flows within the window (``host_alarms``), which the rules' escalation reads - one
-    memory of a host, keyed as the stage keys it (an IPv6 attacker counts per /64 whatever its address)."""
+    memory of a host, keyed as the stage keys it (an IPv6 attacker counts per /64 whatever its address).
+    ``explain=False`` (``scoring.explain: none``): a flow the stage flagged names no features either."""
 
     def __init__(
         self,
@@ -307,11 +314,13 @@ class ContextScorer:
         max_hosts: int | None = None,
         use_prefix: bool = True,
         escalation: tuple[float, int] = (60.0, 5),
+        explain: bool = True,
     ) -> None:
         self.model = model
         self.state = HostState(model.key, **({"max_hosts": max_hosts} if max_hosts else {}))
         self.use_prefix = use_prefix
         self.escalation = escalation
+        self.explain = explain
 
     def apply(self, verdicts: Sequence[Verdict]) -> None:
         """Decide each verdict with its host context (in place): ``anomalous`` from the stage, the context
@@ -331,8 +340,10 @@ class ContextScorer:
             prefix_said = v.anomalous
             v.anomalous = bool(flagged[i])
             if v.anomalous:
-                ranked = np.argsort(-host_tails[i], kind="stable")
-                named = [FEATURES[j] for j in ranked[:3] if host_tails[i, j] >= 1.0]
+                named: list[str] = []
+                if self.explain:
+                    ranked = np.argsort(-host_tails[i], kind="stable")
+                    named = [FEATURES[j] for j in ranked[:3] if host_tails[i, j] >= 1.0]
                 if not prefix_said:
                     v.detector = "context"
                 v.explanation = named + [e for e in v.explanation if e not in named]

@@ -158,6 +158,8 @@ class Pipeline:
         self.cfg.model = new.model
         if rescore:  # explain, top_k, cache_size: a scorer with the new settings (and an empty cache)
             self.scorer = self._scorer(self.model)
+            if self.context is not None:  # the hosts' histories stay
+                self.context.explain = new.scoring.explain != "none"
 
     # --- receiving ---------------------------------------------------------------------------------------
 
