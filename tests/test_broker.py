@@ -237,29 +237,14 @@ def _real_zeek_peers(tmp_path, workers):
             r.stdout + r.stderr
         )
         assert run.m["batches_refused"] == 1
-        site = zeeklab.site_dir(tmp_path)
-        real = tmp_path / "real"
-        real.mkdir()
         trace = ROOT / "tests" / "btest" / "Traces" / "mixed.pcap"
-        r = subprocess.run(
-            [
-                "zeek",
-                "-C",
-                "-r",
-                str(trace),
-                "dpack",
-                "DPack::score_traces=T",
-                "DPack::listen_websocket=F",
-                "DPack::listen_broker=T",
-                f"DPack::broker_port={port}/tcp",
-            ],
-            cwd=real,
-            env=zeeklab.zeek_env(site),
-            capture_output=True,
-            text=True,
+        real = zeeklab.read_with_zeek(
+            trace,
+            tmp_path / "real",
+            zeeklab.site_dir(tmp_path),
+            ["DPack::listen_websocket=F", "DPack::listen_broker=T", f"DPack::broker_port={port}/tcp"],
             timeout=120,
         )
-        assert r.returncode == 0, r.stderr
         logged = zeeklab.read_zeek_log(real / "dpack.log")
         conns = zeeklab.read_zeek_log(real / "conn.log")
         assert len(logged) == len(conns) == 4 and {v["uid"] for v in logged} == {c["uid"] for c in conns}

@@ -112,26 +112,32 @@ def test_a_flood_of_ordinary_requests_is_caught_by_its_host_context():
     assert all(x.context_score is not None for x in benign + flood)
 
 
-def test_explain_none_leaves_the_stage_s_verdicts_unexplained_too(tmp_path, capsys):
-    """``--explain none`` (``scoring.explain: none``): no verdict names features, the stage's flagged
-    flows included (the shipped model on the sample with tools/synth_families.py's flows); the decisions
-    are those of the default explain mode."""
+def _sample_with_synthetic_families(tmp_path):
+    """The lab sample merged with tools/synth_families.py's flows (a flood of GETs, brute forces, a slow
+    sweep, a benign load test): ``val-synth.pcap`` under ``tmp_path/synth``."""
     import subprocess
     import sys
 
     from conftest import ROOT
 
-    from dpack.cli import main
-
     subprocess.run(
         [sys.executable, str(ROOT / "tools" / "synth_families.py"), str(SAMPLE), str(tmp_path / "synth")],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
+    return tmp_path / "synth" / "val-synth.pcap"
+
+
+def test_explain_none_leaves_the_stage_s_verdicts_unexplained_too(tmp_path, capsys):
+    """``--explain none`` (``scoring.explain: none``): no verdict names features, the stage's flagged
+    flows included (the shipped model on the sample with tools/synth_families.py's flows); the decisions
+    are those of the default explain mode."""
+    from dpack.cli import main
+
+    capture = _sample_with_synthetic_families(tmp_path)
     runs = {}
     for mode in ("anomalous", "none"):
         out = tmp_path / f"{mode}.jsonl"
-        cap = tmp_path / "synth" / "val-synth.pcap"
-        assert main(["score", str(cap), "--verdicts", str(out), "--explain", mode]) == 0
+        assert main(["score", str(capture), "--verdicts", str(out), "--explain", mode]) == 0
         runs[mode] = [json.loads(x) for x in out.read_text().splitlines()]
     capsys.readouterr()
     by_stage = [x for x in runs["anomalous"] if x.get("detector") == "context"]
@@ -295,23 +301,16 @@ def test_real_zeek_and_serve_with_workers_decide_host_context_as_dpack_score(zee
     fitted on lab-dev benign-train (``dpack train-context``); every
     verdict in dpack.log is the one ``dpack score`` gives the same capture (decision, detector and
     explanation), the stage flags flows the prefix does not, and the flood's host raises a notice."""
-    import subprocess
-    import sys
-
     import zeeklab
-    from conftest import LAB_DEV, ROOT
+    from conftest import LAB_DEV
 
     from dpack.offline.context_fit import fit_context
     from dpack.prefix.modelfile import load_model
 
-    subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "synth_families.py"), str(SAMPLE), str(tmp_path / "synth")],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
     benign = LAB_DEV / "benign-train.pcap.gz"
     if not benign.exists():
         pytest.skip("lab-dev is not beside the repository")
-    capture = tmp_path / "synth" / "val-synth.pcap"
+    capture = _sample_with_synthetic_families(tmp_path)
     model = tmp_path / "ctx.pt"
     fit_context(load_model(DEFAULT_MODEL), [benign], model)
     offline = {}
@@ -320,18 +319,11 @@ def test_real_zeek_and_serve_with_workers_decide_host_context_as_dpack_score(zee
     ):
         offline.setdefault((o["src"], o["sport"], o["dst"], o["dport"]), []).append(o)
 
-    ws, mport = zeeklab.free_port(), zeeklab.free_port()
-    (tmp_path / "dpack.yaml").write_text(
-        f"model: {model}\n"
-        f"zeek: {{url: 'ws://127.0.0.1:{ws}/v1/messages/json', reconnect_max: 0.5}}\n"
-        f"serve: {{alerts: '', metrics_port: {mport}, log_interval: 1.0, watch: false, workers: 2}}\n"
-    )
-    serve = subprocess.Popen(
-        [*zeeklab.dpack_cmd(), "serve", "--config", str(tmp_path / "dpack.yaml")],
-        cwd=tmp_path, stdout=open(tmp_path / "serve.out", "w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    serve, ws, _ = zeeklab.serve_for_zeek(tmp_path, model, workers=2)
     try:
-        logs = zeeklab.read_with_zeek(capture, tmp_path / "zeek", ws, zeeklab.site_dir(tmp_path))
+        logs = zeeklab.read_with_zeek(
+            capture, tmp_path / "zeek", zeeklab.site_dir(tmp_path), [f"DPack::listen_port={ws}/tcp"]
+        )
     finally:
         zeeklab.stop(serve)
     live = [e for e in zeeklab.read_zeek_log(logs / "dpack.log") if e["detector"] in ("prefix", "context")]

@@ -150,27 +150,20 @@ def test_serve_learns_the_site_from_the_real_zeek_then_detects(zeek, tmp_path, s
     """On the real Zeek (``zeek -r`` with ``DPack::score_traces``): dpack serve learns the site from what
     Zeek exports - every verdict of that run says learning:..., so Zeek raised no notice - swaps the
     learned model in, and the next run's attacks (the lab sample's) raise notices with it."""
-    import subprocess
     import urllib.request
 
     import zeeklab
     from conftest import SAMPLE
 
-    ws, mport = zeeklab.free_port(), zeeklab.free_port()
-    (tmp_path / "dpack.yaml").write_text(
-        f"model: {DEFAULT_MODEL}\n"
-        f"zeek: {{url: 'ws://127.0.0.1:{ws}/v1/messages/json', reconnect_max: 0.5}}\n"
-        f"serve: {{alerts: '', metrics_port: {mport}, log_interval: 1.0, watch: false}}\n"
-        "learn: {enabled: true, dir: learn, flows: 1500, min_flows: 500, max_fpr: 0.03, site: zeek-site}\n"
+    serve, ws, mport = zeeklab.serve_for_zeek(
+        tmp_path,
+        DEFAULT_MODEL,
+        "learn: {enabled: true, dir: learn, flows: 1500, min_flows: 500, max_fpr: 0.03, site: zeek-site}\n",
     )
-    serve = subprocess.Popen(
-        [*zeeklab.dpack_cmd(), "serve", "--config", str(tmp_path / "dpack.yaml")],
-        cwd=tmp_path, stdout=open(tmp_path / "serve.out", "w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
     site = zeeklab.site_dir(tmp_path)
 
     def zeek_r(pcap, name):
-        d = zeeklab.read_with_zeek(pcap, tmp_path / name, ws, site)
+        d = zeeklab.read_with_zeek(pcap, tmp_path / name, site, [f"DPack::listen_port={ws}/tcp"])
         return zeeklab.read_zeek_log(d / "dpack.log"), zeeklab.read_zeek_log(d / "notice.log")
 
     def state():

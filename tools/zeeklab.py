@@ -100,17 +100,44 @@ def zeek_env(site: Path) -> dict[str, str]:
     return env
 
 
-def read_with_zeek(pcap: Path, workdir: Path, ws_port: int, site: Path, timeout: float = 300) -> Path:
-    """``zeek -r pcap`` with ``@load dpack`` and ``DPack::score_traces=T`` (it waits for a scorer on
-    ``ws_port`` and for every verdict, as a live sensor would), in ``workdir``, which keeps its logs."""
+def read_with_zeek(
+    pcap: Path, workdir: Path, site: Path, options: Sequence[str], timeout: float = 300
+) -> Path:
+    """``zeek -C -r pcap`` with ``@load dpack``, ``DPack::score_traces=T`` (it waits for a scorer and for
+    every verdict, as a live sensor would) and ``options`` (where the scorer attaches:
+    ``DPack::listen_port=PORT/tcp``, or the Broker ones), in ``workdir``, which keeps its logs."""
     workdir.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(
-        ["zeek", "-C", "-r", str(pcap), "dpack", "DPack::score_traces=T", f"DPack::listen_port={ws_port}/tcp"],
+        ["zeek", "-C", "-r", str(pcap), "dpack", "DPack::score_traces=T", *options],
         cwd=workdir, env=zeek_env(site), capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     if r.returncode != 0:
         raise RuntimeError(f"zeek -r {pcap.name} failed: {r.stderr[-2000:]}")
     return workdir
+
+
+def serve_for_zeek(
+    workdir: Path, model: Path, more: str = "", **serve: Any
+) -> tuple[subprocess.Popen[Any], int, int]:
+    """``dpack serve`` (the real command) with ``model``, waiting for a Zeek on a free WebSocket port:
+    (process, that port, its metrics port). ``serve``: more ``serve:`` settings; ``more``: more YAML
+    sections. Its output goes to ``workdir/serve.out``; stop it with ``stop``."""
+    ws, mport = free_port(), free_port()
+    settings = ", ".join(
+        ["alerts: ''", f"metrics_port: {mport}", "log_interval: 1.0", "watch: false"]
+        + [f"{k}: {v}" for k, v in serve.items()]
+    )
+    cfg = workdir / "dpack.yaml"
+    cfg.write_text(
+        f"model: {model}\n"
+        f"zeek: {{url: 'ws://127.0.0.1:{ws}/v1/messages/json', reconnect_max: 0.5}}\n"
+        f"serve: {{{settings}}}\n" + more
+    )
+    proc = subprocess.Popen(
+        [*dpack_cmd(), "serve", "--config", str(cfg)],
+        cwd=workdir, stdout=open(workdir / "serve.out", "w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return proc, ws, mport
 
 
 # --- captures ----------------------------------------------------------------------------------------------
