@@ -605,8 +605,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     scorer = Scorer(model, explain="none")
+    with_stage = model.context is not None and cfg.detectors.context
     steps = ["read and label the flows", "score them"]
-    steps += ["host-context stage"] if model.context is not None and cfg.detectors.context else []
+    steps += ["host-context stage"] if with_stage else []
     steps += ["write the report"] if args.report else []
     bar = tqdm(total=len(steps), desc="evaluate", unit=" step", file=sys.stderr, disable=None, leave=False)
 
@@ -635,7 +636,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if data.unlabelled:
         print(f"note: {data.unlabelled} flows had no label row and were left out")
-    with_stage = model.context is not None and cfg.detectors.context
     if with_stage:
         print("the prefix model alone (the first packets; the host-context stage follows):")
     print(format_table(m, attack_fams))

@@ -149,17 +149,12 @@ def learn_from(
 
 
 def _decided(model: Any, order: Any, prefix: list[Verdict]) -> list[Verdict]:
-    """The flows' verdicts as ``dpack serve`` decides them: copies of the prefix verdicts (in sensor
-    order), the host-context stage over them when the model has one, back in the flow set's order."""
-    import dataclasses
-
-    from .context.stage import ContextScorer
+    """The flows' verdicts as ``dpack serve`` decides them: the host-context stage over copies of the
+    prefix verdicts (in sensor order) when the model has one, back in the flow set's order."""
+    from .context.stage import decide_copies
     from .prefix.scorer import in_flow_order
 
-    vs = [dataclasses.replace(v, explanation=list(v.explanation)) for v in prefix]
-    if model.context is not None:
-        ContextScorer(model.context).apply(vs)
-    return in_flow_order(order, vs)
+    return in_flow_order(order, decide_copies(model.context, prefix) if model.context is not None else prefix)
 
 
 def _learned(

@@ -354,6 +354,17 @@ class ContextScorer:
             v.context_score = s
 
 
+def decide_copies(model: ContextModel, prefix: Sequence[Verdict], use_prefix: bool = True) -> list[Verdict]:
+    """Copies of prefix verdicts (in the order a sensor decides them) decided by a fresh stage: what
+    ``dpack serve`` would make of them, the prefix verdicts themselves left as they were (an evaluation
+    or a validation compares both)."""
+    import dataclasses
+
+    vs = [dataclasses.replace(v, explanation=list(v.explanation)) for v in prefix]
+    ContextScorer(model, use_prefix=use_prefix).apply(vs)
+    return vs
+
+
 def host_levels(rows: np.ndarray, hosts: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each benign host's level of every ``SCALED`` count (99th percentile of its rows, at least 1), for
     the ``MAX_KNOWN_HOSTS`` busiest with ``HOST_LEVEL_MIN_ROWS`` rows or more, and the median host's."""

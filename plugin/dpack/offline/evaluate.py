@@ -7,7 +7,6 @@ beside each capture when there is one, else the file name) or from a labels CSV 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -169,7 +168,7 @@ def evaluate_stages(model: Any, data: Labelled) -> tuple[dict[str, dict[str, Any
     the shipped combination, on the labelled flows in the order a sensor sees them (by the time each
     flow's verdict is due, then first packet): host histories run across benign and attack captures.
     Also returns the combined verdicts (what dpack decides), in ``data``'s order."""
-    from ..context.stage import ContextScorer
+    from ..context.stage import decide_copies
 
     # scored once; each context stage decides copies of them
     order, prefix = verdicts_in_sensor_order(Scorer(model, explain="none"), data.flows)
@@ -179,8 +178,7 @@ def evaluate_stages(model: Any, data: Labelled) -> tuple[dict[str, dict[str, Any
     out = {"prefix": metrics(y, scores, model.threshold, fam)}
     out["prefix"]["until_flagged"] = until_flagged(prefix, scores > model.threshold, fam)
     for stage in STAGES[1:]:
-        vs = [dataclasses.replace(v, explanation=list(v.explanation)) for v in prefix]
-        ContextScorer(model.context, use_prefix=stage == "combined").apply(vs)
+        vs = decide_copies(model.context, prefix, use_prefix=stage == "combined")
         scores = np.array([v.context_score for v in vs])
         pred = np.array([v.anomalous for v in vs])
         out[stage] = metrics(y, scores, model.context.threshold, fam, pred)

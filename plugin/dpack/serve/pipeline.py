@@ -434,9 +434,8 @@ class Pipeline:
         done = time.monotonic()
         with self.metrics.lock:
             self.metrics.latency.extend(done - r for r in received)
-        held = [i for i, v in enumerate(verdicts) if v.model.startswith(GUARD_PREFIX)]
-        if held:  # the day-one guard: to Zeek's log only, not to the SIEM feed or the rule writer
-            keep = sorted(set(range(len(verdicts))) - set(held))
+        keep = [i for i, v in enumerate(verdicts) if not v.model.startswith(GUARD_PREFIX)]
+        if len(keep) < len(verdicts):  # the day-one guard: to Zeek's log only, not the SIEM feed or rules
             verdicts, nodes = [verdicts[i] for i in keep], [nodes[i] for i in keep]
         if self.feed is not None:
             try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 # 2: connection summaries and their verdicts (flow-record detectors); 3: max_wait in the batch header,
 # each sample's ready time, the IP protocol number as ``proto`` (Zeek's unknown_transport connections too);
-# 4: ``DPack::scorer_status`` (drift and the day-one guard)
+# 4: ``DPack::scorer_status`` (drift and the day-one guard); 5: the flow verdict's ``detector``
 CONTRACT_VERSION = 5
 
 # Zeek -> scorer
